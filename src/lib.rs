@@ -1,0 +1,20 @@
+//! roster-sync keeps the attendance record of Amazon Chime SDK meetings: it polls
+//! `ListAttendees`, diffs each complete roster against the previous snapshot and records
+//! `joined`, `left` and `capabilities_changed` events in Postgres or SQLite.
+//!
+//! The binary (`main.rs`) only parses arguments and wires these modules together.
+
+pub mod chime;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod diff;
+pub mod domain;
+pub mod driver;
+pub mod http;
+pub mod rate;
+pub mod report;
+pub mod scheduler;
+pub mod sim;
+pub mod store;
+pub mod telemetry;

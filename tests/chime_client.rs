@@ -1,0 +1,384 @@
+//! The real AWS SDK client against the simulator over HTTP on 127.0.0.1.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use roster_sync::chime::{
+    ChimeClient, ChimeError, ClientOptions, RetryPolicy, RosterSource, simulator_sdk_config,
+};
+use roster_sync::domain::{Capabilities, Capability, MeetingId, Region};
+use roster_sync::driver::Driver;
+use roster_sync::sim::{self, ScriptedFault, SimConfig, SimHandle};
+
+fn region() -> Region {
+    Region::parse("us-east-1").unwrap()
+}
+
+fn options(endpoint: &str, max_results: i32) -> ClientOptions {
+    ClientOptions {
+        endpoint_url: Some(endpoint.to_owned()),
+        max_results,
+        connect_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(5),
+        page_timeout: Duration::from_secs(10),
+        retry: RetryPolicy {
+            base: Duration::from_millis(20),
+            cap: Duration::from_secs(2),
+            max_retries: 4,
+        },
+        // The simulator's default quota, like the real one.
+        requests_per_second: 10.0,
+        burst: 20,
+        adaptive: true,
+    }
+}
+
+async fn start_sim(cfg: SimConfig) -> SimHandle {
+    sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            exempt_control: true,
+            ..cfg
+        },
+    )
+    .await
+    .expect("simulator starts")
+}
+
+fn client(sim: &SimHandle, max_results: i32) -> ChimeClient {
+    ChimeClient::new(
+        simulator_sdk_config(&region()),
+        options(&sim.endpoint_url(), max_results),
+    )
+}
+
+/// Creates a meeting with `n` attendees (every third one audio-receive only) and returns
+/// its id, the attendees as (attendee id, external user id, capabilities) sorted, and every
+/// JoinToken the service issued.
+async fn meeting_with(
+    c: &ChimeClient,
+    n: usize,
+) -> (MeetingId, Vec<(String, String, String)>, Vec<String>) {
+    let driver = Driver::new(c.sdk_client(&region()));
+    let meeting = driver
+        .create_meeting("test-meeting", "us-east-1")
+        .await
+        .expect("CreateMeeting");
+    let listener = Capabilities {
+        audio: Capability::Receive,
+        video: Capability::None,
+        content: Capability::None,
+    };
+    let people = (0..n).map(|i| {
+        (
+            format!("user «{i}», \"quoted\" Zoë"),
+            (i % 3 == 0).then_some(listener),
+        )
+    });
+    let made = driver
+        .add_attendees(&meeting, people)
+        .await
+        .expect("BatchCreateAttendee");
+    let mut created: Vec<(String, String, String)> = made
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let k = if i % 3 == 0 {
+                listener
+            } else {
+                Capabilities::DEFAULT
+            };
+            (
+                a.attendee_id.to_string(),
+                a.external_user_id.clone(),
+                format!("{}/{}/{}", k.audio, k.video, k.content),
+            )
+        })
+        .collect();
+    created.sort();
+    (
+        meeting,
+        created,
+        made.into_iter().map(|a| a.join_token).collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_250_attendee_meeting_read_seven_at_a_time_comes_back_complete_and_identical() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 7);
+    let (meeting, created, _) = meeting_with(&c, 250).await;
+    let fetched = c
+        .fetch_roster(&meeting, &region(), false)
+        .await
+        .expect("complete roster");
+    assert_eq!(fetched.pages, 36, "250 attendees at 7 per page");
+    let got: Vec<(String, String, String)> = fetched
+        .roster
+        .attendees()
+        .iter()
+        .map(|a| {
+            let k = a.capabilities;
+            (
+                a.attendee_id.to_string(),
+                a.external_user_id.to_string(),
+                format!("{}/{}/{}", k.audio, k.video, k.content),
+            )
+        })
+        .collect();
+    assert_eq!(got, created);
+}
+
+#[tokio::test]
+async fn an_unknown_meeting_is_gone() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 100);
+    let unknown = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
+    let err = c
+        .fetch_roster(&unknown, &region(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ChimeError::MeetingGone { status: 404, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        sim.stats().list_attendees.requests,
+        1,
+        "a gone meeting is not retried"
+    );
+}
+
+#[tokio::test]
+async fn a_throttling_storm_still_completes_and_counts_its_throttles() {
+    let sim = start_sim(SimConfig {
+        rate: 1.0,
+        burst: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut opts = options(&sim.endpoint_url(), 10);
+    opts.retry = RetryPolicy {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(2),
+        max_retries: 30,
+    };
+    let c = ChimeClient::new(simulator_sdk_config(&region()), opts);
+    let (meeting, created, _) = meeting_with(&c, 30).await;
+    let fetched = c
+        .fetch_roster(&meeting, &region(), false)
+        .await
+        .expect("completes despite throttling");
+    assert_eq!(fetched.roster.len(), created.len());
+    let throttled = c
+        .counters()
+        .throttled
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(throttled > 0, "the storm was observed");
+    assert_eq!(throttled, sim.stats().list_attendees.throttled);
+    assert!(c.budget(&region()).rate() < 10.0, "the budget slowed down");
+}
+
+#[tokio::test]
+async fn retry_after_of_a_503_is_honoured() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 100);
+    let (meeting, created, _) = meeting_with(&c, 3).await;
+    sim.script(
+        &meeting,
+        ScriptedFault {
+            page: Some(0),
+            times: Some(1),
+            status: 503,
+            error_type: "ServiceUnavailableException".into(),
+            retry_after: Some(1),
+        },
+    );
+    let started = Instant::now();
+    let fetched = c
+        .fetch_roster(&meeting, &region(), false)
+        .await
+        .expect("second attempt succeeds");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fetched.roster.len(), created.len());
+    assert_eq!(sim.stats().list_attendees.requests, 2);
+}
+
+#[tokio::test]
+async fn a_bad_request_is_not_retried() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 100);
+    let (meeting, _, _) = meeting_with(&c, 3).await;
+    sim.script(
+        &meeting,
+        ScriptedFault {
+            page: None,
+            times: None,
+            status: 400,
+            error_type: "BadRequestException".into(),
+            retry_after: None,
+        },
+    );
+    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    assert!(
+        matches!(err, ChimeError::Fatal { status: 400, .. }),
+        "{err:?}"
+    );
+    assert_eq!(sim.stats().list_attendees.requests, 1);
+}
+
+#[tokio::test]
+async fn undocumented_codes_are_classified_by_http_status() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 100);
+    let (meeting, _, _) = meeting_with(&c, 3).await;
+    sim.script(
+        &meeting,
+        ScriptedFault {
+            page: None,
+            times: Some(1),
+            status: 400,
+            error_type: "ValidationException".into(),
+            retry_after: None,
+        },
+    );
+    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    assert!(
+        matches!(&err, ChimeError::Fatal { status: 400, code, .. } if code == "ValidationException"),
+        "{err:?}"
+    );
+    sim.script(
+        &meeting,
+        ScriptedFault {
+            page: None,
+            times: Some(1),
+            status: 502,
+            error_type: "BadGatewayException".into(),
+            retry_after: None,
+        },
+    );
+    let fetched = c
+        .fetch_roster(&meeting, &region(), true)
+        .await
+        .expect("a 5xx with an unknown code is retried");
+    assert_eq!(fetched.roster.len(), 3);
+}
+
+#[tokio::test]
+async fn forbidden_means_gone_only_for_a_meeting_that_answered_before() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 100);
+    let (meeting, _, _) = meeting_with(&c, 1).await;
+    sim.script(
+        &meeting,
+        ScriptedFault {
+            page: None,
+            times: None,
+            status: 403,
+            error_type: "ForbiddenException".into(),
+            retry_after: None,
+        },
+    );
+    let never = c
+        .fetch_roster(&meeting, &region(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(never, ChimeError::Fatal { status: 403, .. }),
+        "{never:?}"
+    );
+    let before = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    assert!(
+        matches!(before, ChimeError::MeetingGone { status: 403, .. }),
+        "{before:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_page_that_keeps_failing_yields_an_error_never_a_partial_roster() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 10);
+    let (meeting, _, _) = meeting_with(&c, 25).await;
+    sim.script(
+        &meeting,
+        ScriptedFault {
+            page: Some(1),
+            times: None,
+            status: 500,
+            error_type: "ServiceFailureException".into(),
+            retry_after: None,
+        },
+    );
+    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    assert!(
+        matches!(err, ChimeError::Unavailable { status: 500, .. }),
+        "{err:?}"
+    );
+    // Page 0 once, then page 1: the first attempt and max_retries (4) retries. Page 0 is
+    // never fetched again: a retry repeats only the page that failed.
+    assert_eq!(sim.stats().list_attendees.requests, 1 + 5);
+}
+
+/// Captures every log line of every target at TRACE.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn trace_logs_of_a_fetch_contain_no_join_token() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 5);
+    let (meeting, _, tokens) = meeting_with(&c, 12).await;
+    sim.script(
+        &meeting,
+        ScriptedFault {
+            page: Some(1),
+            times: Some(1),
+            status: 503,
+            error_type: "ServiceUnavailableException".into(),
+            retry_after: Some(0),
+        },
+    );
+    let fetched = c
+        .fetch_roster(&meeting, &region(), false)
+        .await
+        .expect("roster");
+    assert_eq!(fetched.roster.len(), 12);
+    let debug = format!("{fetched:?}");
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.len() > 1000,
+        "trace logging was captured ({} bytes)",
+        logs.len()
+    );
+    for t in &tokens {
+        assert!(!logs.contains(t.as_str()), "a JoinToken reached the logs");
+        assert!(
+            !debug.contains(t.as_str()),
+            "a JoinToken reached Debug output"
+        );
+    }
+    assert!(!debug.contains("Zoë"), "Debug output hides ExternalUserId");
+}
