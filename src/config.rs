@@ -1,1 +1,380 @@
-//! TODO
+//! Configuration: embedded defaults (`config/default.toml`), an optional TOML file, then the
+//! environment (`DATABASE_URL`, `ROSTER_SYNC__SECTION__KEY`).
+//!
+//! Every value is validated once here, so the rest of the program never sees an invalid one;
+//! a refusal names the key and says why. It must never print a secret: use
+//! [`Settings::redacted`] for display.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{MeetingId, Region};
+
+/// The defaults, compiled in so the binary runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variable that names the configuration file (like `--config`).
+pub const CONFIG_ENV: &str = "ROSTER_SYNC_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: `{key}` {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub chime: ChimeSettings,
+    pub poll: PollSettings,
+    pub retry: RetrySettings,
+    pub rate: RateSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+    #[serde(default)]
+    pub meetings: Vec<MeetingEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Empty means the embedded SQLite default; see [`Settings::database_url`].
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChimeSettings {
+    pub region: Region,
+    /// Empty means the AWS default endpoint.
+    pub endpoint_url: String,
+    #[serde(with = "human_duration")]
+    pub connect_timeout: Duration,
+    #[serde(with = "human_duration")]
+    pub attempt_timeout: Duration,
+    #[serde(with = "human_duration")]
+    pub page_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollSettings {
+    #[serde(with = "human_duration")]
+    pub interval: Duration,
+    pub max_results: i32,
+    pub concurrency: usize,
+    pub jitter: f64,
+    #[serde(with = "human_duration")]
+    pub failure_backoff_cap: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(with = "human_duration")]
+    pub base: Duration,
+    #[serde(with = "human_duration")]
+    pub cap: Duration,
+    pub max_retries: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSettings {
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub adaptive: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Empty disables the endpoint.
+    pub listen: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    #[serde(with = "human_duration")]
+    pub grace: Duration,
+}
+
+/// A `[[meetings]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingEntry {
+    pub id: MeetingId,
+    pub region: Option<Region>,
+    pub label: Option<String>,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or the file named by `ROSTER_SYNC_CONFIG`), then the
+    /// environment, and validates the result.
+    ///
+    /// # Errors
+    /// An unreadable file, a malformed or wrongly typed value, an unknown key, or a value out
+    /// of range; the message names the file or key.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let env_file = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(env_file);
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+                path: path.clone(),
+                source,
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            builder = builder
+                .set_override("database.url", url)
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
+        // ROSTER_SYNC__DATABASE__URL beats DATABASE_URL: the specific name wins.
+        if let Ok(url) = std::env::var("ROSTER_SYNC__DATABASE__URL") {
+            builder = builder
+                .set_override("database.url", url)
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ROSTER_SYNC")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings =
+            builder
+                .build()
+                .and_then(|c| c.try_deserialize())
+                .map_err(|e| match &file {
+                    Some(path) => ConfigError::Parse(format!("{e} (file {})", path.display())),
+                    None => ConfigError::Parse(e.to_string()),
+                })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone, as the demo and benchmarks start from.
+    ///
+    /// # Errors
+    /// Only if the embedded defaults are broken, which a unit test rules out.
+    pub fn defaults() -> Result<Self> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses values the program could not run with, naming the key.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for the first bad value found.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(key: &'static str, why: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                why: why.into(),
+            }
+        }
+        let url = &self.database.url;
+        if !(url.is_empty()
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return Err(bad(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite default)",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(bad("database.max_connections", "must be at least 1"));
+        }
+        let endpoint = &self.chime.endpoint_url;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            return Err(bad(
+                "chime.endpoint_url",
+                format!("{endpoint:?} is not an http:// or https:// URL"),
+            ));
+        }
+        for (key, d) in [
+            ("chime.connect_timeout", self.chime.connect_timeout),
+            ("chime.attempt_timeout", self.chime.attempt_timeout),
+            ("chime.page_timeout", self.chime.page_timeout),
+            ("poll.interval", self.poll.interval),
+            ("retry.base", self.retry.base),
+            ("retry.cap", self.retry.cap),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be longer than zero"));
+            }
+        }
+        if self.retry.cap < self.retry.base {
+            return Err(bad("retry.cap", "must not be shorter than retry.base"));
+        }
+        if !(1..=100).contains(&self.poll.max_results) {
+            return Err(bad(
+                "poll.max_results",
+                format!(
+                    "is {}, must be within 1..=100 (the API's limit)",
+                    self.poll.max_results
+                ),
+            ));
+        }
+        if self.poll.concurrency == 0 {
+            return Err(bad("poll.concurrency", "must be at least 1"));
+        }
+        if !(0.0..=0.5).contains(&self.poll.jitter) {
+            return Err(bad(
+                "poll.jitter",
+                format!("is {}, must be within 0.0..=0.5", self.poll.jitter),
+            ));
+        }
+        if !(self.rate.requests_per_second.is_finite() && self.rate.requests_per_second > 0.0) {
+            return Err(bad("rate.requests_per_second", "must be a positive number"));
+        }
+        if self.rate.burst == 0 {
+            return Err(bad("rate.burst", "must be at least 1"));
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(bad(
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464",
+                    self.http.listen
+                ),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(bad(
+                "log.level",
+                format!(
+                    "{:?} is not a tracing filter such as \"info\"",
+                    self.log.level
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.meetings {
+            if !seen.insert(&m.id) {
+                return Err(bad("meetings", format!("lists meeting {} twice", m.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL to use: the configured one, or the embedded SQLite default.
+    pub fn database_url(&self) -> String {
+        if !self.database.url.is_empty() {
+            return self.database.url.clone();
+        }
+        let dir = std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        format!("sqlite://{}", dir.join("roster-sync.db").display())
+    }
+
+    /// The endpoint override, if any.
+    pub fn endpoint_url(&self) -> Option<&str> {
+        Some(self.chime.endpoint_url.as_str()).filter(|s| !s.is_empty())
+    }
+
+    /// A copy safe to print: the database password is replaced by `***`.
+    pub fn redacted(&self) -> Self {
+        let mut s = self.clone();
+        s.database.url = crate::store::redact_url(&s.database.url);
+        s
+    }
+}
+
+/// Serde adapter for human-readable durations ("10s", "1m 30s", "250ms").
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"10s\" ({e})"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.poll.max_results, 100);
+        assert_eq!(s.rate.requests_per_second, 10.0);
+        assert_eq!(s.rate.burst, 20);
+        assert_eq!(s.poll.interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn out_of_range_value_is_refused_naming_the_key() {
+        let mut s = Settings::defaults().unwrap();
+        s.poll.max_results = 101;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("poll.max_results"), "{err}");
+    }
+
+    #[test]
+    fn redacted_hides_the_database_password() {
+        let mut s = Settings::defaults().unwrap();
+        s.database.url = "postgres://app:hunter2@db:5432/roster".into();
+        let shown = toml::to_string(&s.redacted()).unwrap_or_default();
+        assert!(!format!("{shown}{:?}", s.redacted()).contains("hunter2"));
+    }
+}

@@ -3,19 +3,35 @@
 //! `apply` writes the new snapshot rows, the events and the poll bookkeeping of one poll in one
 //! transaction, fenced by the meeting's `poll_seq`, so a poll is either fully recorded or not at
 //! all. It must never store a JoinToken (no type here can hold one).
+//!
+//! SQL whose text is the same on both backends lives once, in `store/shared.rs`, and is compiled
+//! for each backend; `store/postgres.rs` and `store/sqlite.rs` hold only what differs (connecting,
+//! bulk inserts, transaction start, timestamp encoding, the writer lock).
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Attendee, AttendeeId, Capabilities, Change, EventKind, ExternalUserId, LeftReason, MeetingId,
-    Region,
+    Attendee, AttendeeId, Capabilities, Capability, Change, EventKind, ExternalUserId, LeftReason,
+    MeetingId, Region,
 };
+
+mod postgres;
+mod shared;
+mod sqlite;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database url {0:?} is neither postgres://… nor sqlite://…")]
     UnsupportedUrl(String),
+    /// The database did not answer or refused us. `url` has its password redacted.
+    #[error("cannot connect to database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -24,6 +40,20 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Locked(String),
+    /// A file next to the SQLite database (its directory, its lock file) is unusable.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The meeting has no row in `tracked_meetings`.
+    #[error("meeting {0} is not tracked")]
+    UnknownMeeting(MeetingId),
+    /// The caller's changes contradict themselves or the stored snapshot (a bug in the caller,
+    /// never a property of the roster): nothing was written.
+    #[error("refusing to record the poll: {0}")]
+    InvalidRecord(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -44,6 +74,26 @@ pub enum MeetingStatus {
     Stopped,
 }
 
+impl MeetingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Ended => "ended",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl FromStr for MeetingStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Active, Self::Ended, Self::Stopped]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("status {s:?} is not one of active, ended, stopped"))
+    }
+}
+
 /// One row of `tracked_meetings`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrackedMeeting {
@@ -58,6 +108,8 @@ pub struct TrackedMeeting {
     pub poll_seq: i64,
     pub consecutive_failures: i32,
     pub last_error: Option<String>,
+    /// When `last_error` happened; set exactly when `last_error` is.
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 /// The current snapshot of one meeting, as the previous recorded poll left it.
@@ -90,8 +142,14 @@ pub struct PollRecord<'a> {
     pub meeting_id: &'a MeetingId,
     /// `poll_seq` of the snapshot the changes were computed against.
     pub expected_seq: i64,
+    /// When the poll started fetching. It becomes `last_polled_at`, the lower end of the next
+    /// poll's change window: an attendee created while this poll was paging may be missing from
+    /// it, so the next poll cannot claim the change happened after `observed_at`.
+    pub started_at: DateTime<Utc>,
+    /// When the last page arrived: every event's `observed_at`.
     pub observed_at: DateTime<Utc>,
     pub previous_poll_at: Option<DateTime<Utc>>,
+    /// At most one change per attendee, as `diff` produces them; stored in this order.
     pub changes: &'a [Change],
 }
 
@@ -99,7 +157,10 @@ pub struct PollRecord<'a> {
 #[derive(Clone, Debug)]
 pub enum ApplyOutcome {
     /// Recorded; the events as stored, in `event_id` order, and the new `poll_seq`.
-    Applied { events: Vec<StoredEvent>, poll_seq: i64 },
+    Applied {
+        events: Vec<StoredEvent>,
+        poll_seq: i64,
+    },
     /// The meeting's `poll_seq` moved or it is no longer active: nothing was written.
     Conflict,
 }
@@ -136,4 +197,521 @@ pub struct AttendanceRow {
     pub first_joined_at: DateTime<Utc>,
     pub last_left_at: Option<DateTime<Utc>>,
     pub total_seconds: f64,
+}
+
+/// A pool of connections to the roster-sync database. Cheap to clone: clones share the pool
+/// (and, on SQLite, the writer lock, released when the last clone is dropped).
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+#[derive(Clone, Debug)]
+enum Db {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlite::SqliteDb),
+}
+
+/// Runs `backend::$function(pool, args…)` on whichever backend `$store` talks to.
+macro_rules! on_backend {
+    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
+        match &$store.db {
+            Db::Postgres(pool) => postgres::$function(pool, $($arg),*).await,
+            Db::Sqlite(db) => sqlite::$function(&db.pool, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens a pool of at most `max_connections` connections.
+    ///
+    /// `postgres://…` and `postgresql://…` open Postgres. `sqlite://path`, `sqlite:path` (the
+    /// file and its directory are created if missing) and `sqlite::memory:` open SQLite in WAL
+    /// mode with foreign keys on, `synchronous = NORMAL` and a 5 s busy timeout.
+    ///
+    /// # Errors
+    /// [`StoreError::UnsupportedUrl`] for any other scheme; [`StoreError::Connect`] (naming the
+    /// database, password redacted) when it cannot be reached; [`StoreError::File`] when the
+    /// SQLite file's directory cannot be created.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Db::Postgres(postgres::connect(url, max_connections).await?)
+        } else if url.starts_with("sqlite:") {
+            Db::Sqlite(sqlite::connect(url, max_connections).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        Ok(Store { db })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Postgres(_) => Backend::Postgres,
+            Db::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Closes the pool: waits for the connections in use to come back, then closes every
+    /// connection, so the database sees clean disconnects at shutdown. Queries after this fail.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(db) => db.pool.close().await,
+        }
+    }
+
+    /// Applies the migrations this binary embeds that the database lacks.
+    ///
+    /// # Errors
+    /// [`StoreError::Migrate`] when a migration fails or the database holds migrations this
+    /// binary does not know (it is older than the schema).
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.db {
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Db::Sqlite(db) => sqlx::migrate!("./migrations/sqlite").run(&db.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Makes this the only process writing polls to the database, for as long as the store
+    /// (or a clone of it) lives. Idempotent.
+    ///
+    /// SQLite: an exclusive OS lock on `<database>.lock`, so two daemons on one file (whose
+    /// snapshots would fight) refuse to start. Postgres: nothing yet; several replicas will share
+    /// one database through leases.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when another process holds the lock; [`StoreError::File`] when the
+    /// lock file cannot be opened.
+    pub async fn acquire_writer_lock(&self) -> Result<()> {
+        match &self.db {
+            Db::Postgres(_) => Ok(()),
+            Db::Sqlite(db) => db.acquire_writer_lock(),
+        }
+    }
+
+    /// Starts tracking a meeting. Idempotent: an active meeting stays as it is (its label is
+    /// replaced if `label` is given); a stopped one becomes active again with the new region
+    /// and label, and its first poll counts as the first ever (`last_polled_at` is cleared);
+    /// an ended one is left alone.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn add_meeting(
+        &self,
+        id: &MeetingId,
+        region: &Region,
+        label: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<AddOutcome> {
+        on_backend!(self, add_meeting(id, region, label, now))
+    }
+
+    /// Stops tracking a meeting: in one transaction every attendee of the snapshot gets a
+    /// `left` event with reason `tracking_stopped` (`observed_at` = `now`), the snapshot is
+    /// emptied and the meeting becomes `stopped`, which makes any poll in flight conflict.
+    ///
+    /// Returns `None` when the meeting is not tracked, and no events when it was already
+    /// stopped or ended (then nothing changes).
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; nothing is written then.
+    pub async fn remove_meeting(
+        &self,
+        id: &MeetingId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<StoredEvent>>> {
+        on_backend!(self, remove_meeting(id, now))
+    }
+
+    /// Every tracked meeting, whatever its status, ordered by `added_at` then id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn list_meetings(&self) -> Result<Vec<TrackedMeeting>> {
+        on_backend!(self, list_meetings(false))
+    }
+
+    /// The meetings to poll (status `active`), ordered by `added_at` then id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn active_meetings(&self) -> Result<Vec<TrackedMeeting>> {
+        on_backend!(self, list_meetings(true))
+    }
+
+    /// One tracked meeting, whatever its status; `None` when it was never added.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn get_meeting(&self, id: &MeetingId) -> Result<Option<TrackedMeeting>> {
+        on_backend!(self, get_meeting(id))
+    }
+
+    /// The roster the last recorded poll left, sorted by attendee id, with the `poll_seq` an
+    /// `apply` of a diff against it must present. Read in one statement, so the attendees
+    /// and `poll_seq` always belong together.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownMeeting`] when the meeting is not tracked; [`StoreError::Sqlx`] when
+    /// the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn snapshot(&self, id: &MeetingId) -> Result<Snapshot> {
+        on_backend!(self, snapshot(id))
+    }
+
+    /// Records one successful poll, if the meeting is still active and its `poll_seq` is still
+    /// `rec.expected_seq`; otherwise returns [`ApplyOutcome::Conflict`] having written nothing.
+    ///
+    /// Without changes this is one `UPDATE` of the meeting's bookkeeping and nothing else.
+    /// With changes, one transaction inserts the events in the order given (so `event_id`
+    /// follows it) and applies them to the snapshot.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRecord`] when an attendee appears in two changes, a change's fields
+    /// do not fit its kind, or a change contradicts the stored snapshot (a `left` for an
+    /// attendee not in it, a `joined` for one already in it); [`StoreError::Sqlx`] when the
+    /// database fails. Nothing is written in either case.
+    pub async fn apply(&self, rec: PollRecord<'_>) -> Result<ApplyOutcome> {
+        check_changes(rec.meeting_id, rec.changes)?;
+        on_backend!(self, apply(&rec))
+    }
+
+    /// Records that the service says the meeting is gone, fenced like [`Store::apply`]: in
+    /// one transaction the meeting becomes `ended` (at `observed_at`), everyone still in the
+    /// snapshot gets a `left` event with reason `meeting_ended` (their last capabilities as
+    /// `before`), and the snapshot is emptied.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; nothing is written then.
+    pub async fn end_meeting(
+        &self,
+        id: &MeetingId,
+        expected_seq: i64,
+        observed_at: DateTime<Utc>,
+        previous_poll_at: Option<DateTime<Utc>>,
+    ) -> Result<ApplyOutcome> {
+        on_backend!(
+            self,
+            end_meeting(id, expected_seq, observed_at, previous_poll_at)
+        )
+    }
+
+    /// Notes a failed poll: bumps `consecutive_failures` and keeps `error` (cut to
+    /// [`MAX_ERROR_LEN`] bytes) as `last_error`. The snapshot and events are untouched.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn record_failure(
+        &self,
+        id: &MeetingId,
+        error: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let error = truncate_at_char_boundary(error, MAX_ERROR_LEN);
+        on_backend!(self, record_failure(id, error, at))
+    }
+
+    /// At most `limit` events with `event_id > after_event_id`, in `event_id` order: the
+    /// cursor read of a consumer that must see every event once, in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn events_since(&self, after_event_id: i64, limit: i64) -> Result<Vec<StoredEvent>> {
+        // A negative LIMIT is an error on Postgres and "no limit" on SQLite: make it none.
+        let limit = limit.max(0);
+        on_backend!(self, events_since(after_event_id, limit))
+    }
+
+    /// Every event of one meeting, in `event_id` order.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn events_for_meeting(&self, id: &MeetingId) -> Result<Vec<StoredEvent>> {
+        on_backend!(self, events_for_meeting(id))
+    }
+
+    /// The meeting's rows of the `attendance_sessions` view, ordered by `joined_at` then
+    /// attendee id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn sessions(&self, id: &MeetingId) -> Result<Vec<SessionRow>> {
+        on_backend!(self, sessions(id))
+    }
+
+    /// The meeting's rows of the `meeting_attendance` view, ordered by `first_joined_at` then
+    /// external user id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn attendance(&self, id: &MeetingId) -> Result<Vec<AttendanceRow>> {
+        on_backend!(self, attendance(id))
+    }
+}
+
+/// `last_error` is cut to this many bytes: an error message is for a human, and a service
+/// answering with a huge body must not bloat the meetings table.
+pub const MAX_ERROR_LEN: usize = 2000;
+
+fn truncate_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    &s[..end]
+}
+
+/// `url` with the password (in the user info, or a `password=` query parameter) replaced by
+/// `***`, for messages and logs. When unsure where the user info ends, it hides more.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let (head, rest) = url.split_at(scheme_end);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(head);
+    // The user info ends at the last '@': a password may hold '/', '?' or '#' unencoded.
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let user_info = &rest[..at];
+            match user_info.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(user_info),
+            }
+            &rest[at..]
+        }
+        None => rest,
+    };
+    let Some((before_query, query)) = rest.split_once('?') else {
+        out.push_str(rest);
+        return out;
+    };
+    out.push_str(before_query);
+    out.push('?');
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                out.push_str(key);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+/// Refuses changes that cannot be applied as a set: the snapshot update applies each kind of
+/// change in bulk, which is only right when every attendee appears at most once.
+fn check_changes(meeting: &MeetingId, changes: &[Change]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(changes.len());
+    for c in changes {
+        if !seen.insert(&c.attendee_id) {
+            return Err(StoreError::InvalidRecord(format!(
+                "attendee {} of meeting {meeting} appears in more than one change",
+                c.attendee_id
+            )));
+        }
+        let fits = match c.kind {
+            EventKind::Joined => c.after.is_some() && c.before.is_none() && c.reason.is_none(),
+            EventKind::Left => c.after.is_none() && c.before.is_some() && c.reason.is_some(),
+            EventKind::CapabilitiesChanged => {
+                c.after.is_some() && c.before.is_some() && c.reason.is_none()
+            }
+        };
+        if !fits {
+            return Err(StoreError::InvalidRecord(format!(
+                "the {} change of attendee {} of meeting {meeting} lacks fields of its kind",
+                c.kind, c.attendee_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Number of values [`event_values`] gives.
+const EVENT_VALUES: usize = 10;
+
+/// The values of the `roster_events` row of `change`, in the order of the columns `attendee_id,
+/// external_user_id, kind, audio, video, content, previous_audio, previous_video,
+/// previous_content, reason` (the other columns are the same for every event of a poll).
+fn event_values(change: &Change) -> [Option<&str>; EVENT_VALUES] {
+    let [audio, video, content] = capability_values(change.after);
+    let [previous_audio, previous_video, previous_content] = capability_values(change.before);
+    [
+        Some(change.attendee_id.as_str()),
+        Some(change.external_user_id.as_str()),
+        Some(change.kind.as_str()),
+        audio,
+        video,
+        content,
+        previous_audio,
+        previous_video,
+        previous_content,
+        change.reason.map(LeftReason::as_str),
+    ]
+}
+
+fn capability_values(caps: Option<Capabilities>) -> [Option<&'static str>; 3] {
+    match caps {
+        Some(c) => [
+            Some(c.audio.as_str()),
+            Some(c.video.as_str()),
+            Some(c.content.as_str()),
+        ],
+        None => [None; 3],
+    }
+}
+
+/// Turning stored text back into domain values. A value that does not parse is
+/// [`StoreError::Corrupt`], naming the column.
+mod decode {
+    use super::*;
+
+    pub(super) fn parse<T>(column: &str, value: &str) -> Result<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        value
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+    }
+
+    pub(super) fn meeting_id(value: &str) -> Result<MeetingId> {
+        MeetingId::parse(value).map_err(|e| StoreError::Corrupt(format!("column meeting_id: {e}")))
+    }
+
+    pub(super) fn attendee_id(value: &str) -> Result<AttendeeId> {
+        AttendeeId::parse(value)
+            .map_err(|e| StoreError::Corrupt(format!("column attendee_id: {e}")))
+    }
+
+    pub(super) fn region(value: &str) -> Result<Region> {
+        Region::parse(value).map_err(|e| StoreError::Corrupt(format!("column region: {e}")))
+    }
+
+    /// Three capability columns (`audio, video, content` or their `previous_` twins): all set
+    /// or all NULL.
+    pub(super) fn capabilities(
+        columns: [&str; 3],
+        values: [Option<String>; 3],
+    ) -> Result<Option<Capabilities>> {
+        match values {
+            [None, None, None] => Ok(None),
+            [Some(audio), Some(video), Some(content)] => Ok(Some(Capabilities {
+                audio: parse::<Capability>(columns[0], &audio)?,
+                video: parse::<Capability>(columns[1], &video)?,
+                content: parse::<Capability>(columns[2], &content)?,
+            })),
+            _ => Err(StoreError::Corrupt(format!(
+                "columns {}, {}, {} must be all set or all NULL",
+                columns[0], columns[1], columns[2]
+            ))),
+        }
+    }
+
+    /// A `try_get` failure: a value of the wrong type is corruption; anything else (a missing
+    /// column) is a bug reported as the database error it is.
+    pub(super) fn column_error(column: &str, e: sqlx::Error) -> StoreError {
+        match e {
+            sqlx::Error::ColumnDecode { source, .. } => {
+                StoreError::Corrupt(format!("column {column}: {source}"))
+            }
+            other => StoreError::Sqlx(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_of_the_user_info() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/roster"),
+            "postgres://app:***@db:5432/roster"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_a_password_holding_url_delimiters() {
+        let shown = redact_url("postgresql://app:p@ss/w?rd#x@db/roster?sslmode=require");
+        assert_eq!(shown, "postgresql://app:***@db/roster?sslmode=require");
+    }
+
+    #[test]
+    fn redact_url_hides_a_password_query_parameter() {
+        let shown = redact_url("postgres://db/roster?user=app&password=hunter2&sslmode=require");
+        assert_eq!(
+            shown,
+            "postgres://db/roster?user=app&password=***&sslmode=require"
+        );
+    }
+
+    #[test]
+    fn redact_url_leaves_urls_without_password_alone() {
+        for url in [
+            "postgres://app@db/roster",
+            "sqlite://data/roster.db",
+            "sqlite:roster.db",
+            "",
+        ] {
+            assert_eq!(redact_url(url), url);
+        }
+    }
+
+    #[test]
+    fn last_error_is_cut_on_a_char_boundary() {
+        assert_eq!(truncate_at_char_boundary("héllo", 2), "h");
+        assert_eq!(truncate_at_char_boundary("héllo", 3), "hé");
+        assert_eq!(truncate_at_char_boundary("hello", 10), "hello");
+    }
+
+    #[test]
+    fn an_attendee_in_two_changes_is_refused() {
+        let meeting = MeetingId::parse("00000000-0000-0000-0000-0000000000aa").unwrap();
+        let a = Attendee {
+            attendee_id: AttendeeId::parse("00000000-0000-0000-0000-000000000001").unwrap(),
+            external_user_id: ExternalUserId::new("a"),
+            capabilities: Capabilities::DEFAULT,
+        };
+        let changes = [Change::joined(&a), Change::left(&a, LeftReason::Removed)];
+        let err = check_changes(&meeting, &changes).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidRecord(_)), "{err}");
+        assert!(check_changes(&meeting, &changes[..1]).is_ok());
+    }
+
+    #[test]
+    fn a_change_with_fields_of_another_kind_is_refused() {
+        let meeting = MeetingId::parse("00000000-0000-0000-0000-0000000000aa").unwrap();
+        let a = Attendee {
+            attendee_id: AttendeeId::parse("00000000-0000-0000-0000-000000000001").unwrap(),
+            external_user_id: ExternalUserId::new("a"),
+            capabilities: Capabilities::DEFAULT,
+        };
+        let mut c = Change::joined(&a);
+        c.reason = Some(LeftReason::Removed);
+        assert!(matches!(
+            check_changes(&meeting, &[c]),
+            Err(StoreError::InvalidRecord(_))
+        ));
+    }
 }

@@ -1,0 +1,324 @@
+//! `roster-sync demo`: the simulator, a churn driver and the daemon in one process, with every
+//! event shown live as it is recorded, then each meeting's attendance.
+//!
+//! Zero setup: no config file, no network beyond 127.0.0.1, the embedded SQLite default unless
+//! a database URL is given. It must never touch AWS: the client points at the in-process
+//! simulator with placeholder credentials.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
+use crate::config::Settings;
+use crate::domain::{Capabilities, Capability, EventKind, MeetingId};
+use crate::driver::Driver;
+use crate::scheduler::{Scheduler, SchedulerOptions};
+use crate::sim::{self, SimConfig};
+use crate::store::{Store, StoredEvent, redact_url};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Meetings to create.
+    #[arg(long, default_value_t = 3)]
+    pub meetings: usize,
+    /// Attendees each meeting starts with.
+    #[arg(long, default_value_t = 40)]
+    pub attendees: usize,
+    /// How long the demo runs (Ctrl-C ends it early).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Database to record into (default: the configured one, else roster-sync.db here).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Poll interval of the demo's daemon.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+}
+
+const NAMES: &[&str] = &[
+    "alice", "bruno", "chidi", "dana", "élodie", "farid", "grace", "hiro", "ines", "jonas", "kofi",
+    "lena", "mateo", "nadia", "oskar", "priya", "quinn", "rosa", "sven", "tariq", "uma", "vera",
+    "wei", "ximena", "yusuf", "zoë",
+];
+const LABELS: &[&str] = &[
+    "all-hands",
+    "design review",
+    "standup",
+    "support rota",
+    "retro",
+];
+
+/// Runs the demo to the end of `--duration` or Ctrl-C.
+///
+/// # Errors
+/// The database cannot be opened or is in use by another writer, or the simulator cannot bind
+/// a port on 127.0.0.1.
+pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| settings.database_url());
+    let store = Store::connect(&url, settings.database.max_connections)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
+    store.acquire_writer_lock().await?;
+    store.migrate().await.context("applying migrations")?;
+
+    let sim = sim::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            exempt_control: true,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .context("starting the simulator on 127.0.0.1")?;
+    let mut options = ClientOptions::from_settings(&settings);
+    options.endpoint_url = Some(sim.endpoint_url());
+    let client = Arc::new(ChimeClient::new(
+        simulator_sdk_config(&settings.chime.region),
+        options,
+    ));
+    let driver = Driver::new(client.sdk_client(&settings.chime.region));
+
+    let color = std::io::stdout().is_terminal();
+    println!(
+        "roster-sync demo: simulator at {}, database {}, {} meeting(s) × {} attendee(s), {:?}",
+        sim.endpoint_url(),
+        redact_url(&url),
+        args.meetings,
+        args.attendees,
+        args.duration
+    );
+
+    let mut meetings = Vec::new();
+    for i in 0..args.meetings.max(1) {
+        let label = LABELS[i % LABELS.len()];
+        let id = driver
+            .create_meeting(label, settings.chime.region.as_str())
+            .await?;
+        driver
+            .add_attendees(&id, (0..args.attendees).map(|i| (person(i), None)))
+            .await?;
+        store
+            .add_meeting(
+                &id,
+                &settings.chime.region,
+                Some(label),
+                crate::domain::now(),
+            )
+            .await?;
+        meetings.push((id, label));
+    }
+
+    let (tx, mut rx) = broadcast::channel::<StoredEvent>(4096);
+    let cancel = CancellationToken::new();
+    crate::cli::spawn_signal_handler(cancel.clone());
+    let mut opts = SchedulerOptions::from_settings(&settings);
+    opts.interval = args.interval;
+    opts.refresh_every = args.interval;
+    let scheduler = Scheduler::new(Arc::clone(&client), store.clone(), opts).with_event_sink(tx);
+    let daemon = tokio::spawn(scheduler.run(cancel.clone()));
+
+    let labels: std::collections::HashMap<MeetingId, &str> =
+        meetings.iter().map(|(id, l)| (id.clone(), *l)).collect();
+    let printer = tokio::spawn(async move {
+        let mut counts = [0usize; 3];
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let k = match e.kind {
+                        EventKind::Joined => 0,
+                        EventKind::Left => 1,
+                        EventKind::CapabilitiesChanged => 2,
+                    };
+                    counts[k] += 1;
+                    let label = labels.get(&e.meeting_id).copied().unwrap_or("?");
+                    println!("{}", event_line(&e, label, counts, color));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => println!("({n} events not shown)"),
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        counts
+    });
+
+    let churn_cancel = cancel.clone();
+    let churn_meetings: Vec<MeetingId> = meetings.iter().map(|(id, _)| id.clone()).collect();
+    let churn = tokio::spawn(async move {
+        churn(driver, churn_meetings, args.duration, churn_cancel).await;
+    });
+
+    tokio::select! {
+        _ = tokio::time::sleep(args.duration) => {}
+        _ = cancel.cancelled() => {}
+    }
+    // One more interval so the last changes are seen before stopping.
+    tokio::select! {
+        _ = tokio::time::sleep(args.interval + Duration::from_millis(500)) => {}
+        _ = cancel.cancelled() => {}
+    }
+    cancel.cancel();
+    let _ = churn.await;
+    let _ = daemon.await;
+
+    // The demo's meetings live only in this process's simulator: stop tracking what is left,
+    // so a later `run` on this database does not poll them against AWS.
+    for (id, _) in &meetings {
+        store.remove_meeting(id, crate::domain::now()).await?;
+    }
+    let counts = printer.await.unwrap_or_default();
+    println!(
+        "\nrecorded {} joined, {} left, {} capabilities_changed\n",
+        counts[0], counts[1], counts[2]
+    );
+    let mut out = std::io::stdout().lock();
+    for (id, _) in &meetings {
+        if let Some(m) = store.get_meeting(id).await? {
+            crate::report::write_table(&mut out, &m, &store.attendance(id).await?)?;
+            writeln!(out)?;
+        }
+    }
+    writeln!(
+        out,
+        "events are in {}: roster-sync report <MEETING_ID> shows one meeting",
+        redact_url(&url)
+    )?;
+    if let Err(e) = sim.shutdown().await {
+        tracing::warn!(error = %e, "simulator did not shut down cleanly");
+    }
+    Ok(())
+}
+
+fn event_line(e: &StoredEvent, label: &str, counts: [usize; 3], color: bool) -> String {
+    let (name, paint) = match e.kind {
+        EventKind::Joined => ("joined", "32"),
+        EventKind::Left => ("left", "31"),
+        EventKind::CapabilitiesChanged => ("capabilities_changed", "33"),
+    };
+    let caps = |c: Option<crate::domain::Capabilities>| {
+        c.map(|c| {
+            format!(
+                "a:{} v:{} c:{}",
+                short(c.audio),
+                short(c.video),
+                short(c.content)
+            )
+        })
+        .unwrap_or_default()
+    };
+    let detail = match e.kind {
+        EventKind::Joined => caps(e.after),
+        EventKind::Left => e.reason.map(|r| r.to_string()).unwrap_or_default(),
+        EventKind::CapabilitiesChanged => format!("{} → {}", caps(e.before), caps(e.after)),
+    };
+    let kind = if color {
+        format!("\x1b[{paint}m{name:<20}\x1b[0m")
+    } else {
+        format!("{name:<20}")
+    };
+    format!(
+        "{}  #{:<5} {kind}  {:<14} {:<12} {detail}   [{} joined · {} left · {} changed]",
+        e.observed_at.format("%H:%M:%S"),
+        e.event_id,
+        label,
+        e.external_user_id.as_str(),
+        counts[0],
+        counts[1],
+        counts[2]
+    )
+}
+
+fn short(c: Capability) -> &'static str {
+    match c {
+        Capability::SendReceive => "sr",
+        Capability::Send => "s",
+        Capability::Receive => "r",
+        Capability::None => "-",
+    }
+}
+
+fn person(i: usize) -> String {
+    format!("{}-{}", NAMES[i % NAMES.len()], i / NAMES.len() + 1)
+}
+
+/// Joins, deletions and capability changes at random, about three a second; the last meeting
+/// ends two thirds of the way through. Failed calls are skipped: the driver is not under test.
+async fn churn(
+    driver: Driver,
+    meetings: Vec<MeetingId>,
+    duration: Duration,
+    cancel: CancellationToken,
+) {
+    let started = tokio::time::Instant::now();
+    let mut next_person = 10_000;
+    let mut ended = false;
+    let mut live = meetings;
+    loop {
+        let pause = Duration::from_millis(rand::rng().random_range(150..500));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        if started.elapsed() >= duration {
+            return;
+        }
+        if !ended && live.len() > 1 && started.elapsed() >= duration.mul_f64(2.0 / 3.0) {
+            if let Some(last) = live.pop() {
+                let _ = driver.delete_meeting(&last).await;
+            }
+            ended = true;
+            continue;
+        }
+        let Some(meeting) = live.choose(&mut rand::rng()).cloned() else {
+            return;
+        };
+        let roll = rand::rng().random_range(0..10);
+        if roll < 4 {
+            next_person += 1;
+            let _ = driver
+                .add_attendees(&meeting, [(person(next_person), None)])
+                .await;
+            continue;
+        }
+        let Ok(ids) = driver.attendee_ids(&meeting).await else {
+            continue;
+        };
+        let Some(target) = ids.choose(&mut rand::rng()).cloned() else {
+            continue;
+        };
+        if roll < 7 {
+            let _ = driver.delete_attendee(&meeting, &target).await;
+        } else {
+            let _ = driver
+                .set_capabilities(&meeting, &target, random_capabilities())
+                .await;
+        }
+    }
+}
+
+/// Any capabilities the service accepts (content receive only with video receive).
+fn random_capabilities() -> Capabilities {
+    let mut rng = rand::rng();
+    loop {
+        let pick = |rng: &mut rand::rngs::ThreadRng| {
+            *Capability::ALL.choose(rng).unwrap_or(&Capability::None)
+        };
+        let c = Capabilities {
+            audio: pick(&mut rng),
+            video: pick(&mut rng),
+            content: pick(&mut rng),
+        };
+        if c.is_allowed() {
+            return c;
+        }
+    }
+}

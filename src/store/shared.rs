@@ -1,0 +1,619 @@
+//! SQL whose text is the same on Postgres and SQLite, written once and compiled for each.
+//!
+//! `shared_queries!` expands to a `queries` module inside `store/postgres.rs` and
+//! `store/sqlite.rs`. Parameters are written `$1`, `$2`, … which both backends accept. What
+//! differs is supplied by the expanding module, as items of its own:
+//!
+//! - `fn ts(DateTime<Utc>) -> impl Encode`: a timestamp in the backend's column encoding;
+//! - `async fn begin_write(&Pool) -> Result<Transaction>`: a transaction that will write;
+//! - `async fn serialize_event_writers(&mut Connection) -> Result<()>`: called before any
+//!   event insert, so that event ids become visible in commit order;
+//! - `async fn insert_events(&mut Connection, &PollRecord) -> Result<Vec<StoredEvent>>`: the
+//!   bulk insert of a poll's changes, in order, returning the stored events by `event_id`;
+//!
+//! and the `for_update` suffix that locks the row a read will update (empty on SQLite, whose
+//! write transactions are exclusive from their start).
+
+/// The columns of `roster_events` in the order [`queries::event_from_row`] reads them.
+macro_rules! event_columns {
+    () => {
+        "event_id, meeting_id, attendee_id, external_user_id, kind, audio, video, content, \
+         previous_audio, previous_video, previous_content, reason, observed_at, previous_poll_at"
+    };
+}
+pub(super) use event_columns;
+
+/// The columns of `tracked_meetings` that [`TrackedMeeting`](super::TrackedMeeting) holds.
+macro_rules! meeting_columns {
+    () => {
+        "meeting_id, region, label, status, added_at, ended_at, last_polled_at, poll_seq, \
+         consecutive_failures, last_error, last_error_at"
+    };
+}
+pub(super) use meeting_columns;
+
+macro_rules! shared_queries {
+    (database = $db:ty, for_update = $for_update:literal) => {
+        /// The queries whose SQL is the same on every backend (see `store/shared.rs`).
+        pub(in crate::store) mod queries {
+            use chrono::{DateTime, Utc};
+            use sqlx::Row as _;
+
+            use super::{begin_write, insert_events, serialize_event_writers, ts};
+            use crate::domain::{
+                Attendee, EventKind, ExternalUserId, LeftReason, MeetingId, Region,
+            };
+            use crate::store::shared::{event_columns, meeting_columns};
+            use crate::store::{
+                decode, AddOutcome, ApplyOutcome, AttendanceRow, MeetingStatus, PollRecord,
+                Result, SessionRow, Snapshot, StoreError, StoredEvent, TrackedMeeting,
+            };
+
+            type Db = $db;
+            type Pool = sqlx::Pool<Db>;
+            type Connection = <Db as sqlx::Database>::Connection;
+            type DbRow = <Db as sqlx::Database>::Row;
+
+            fn get<'r, T>(row: &'r DbRow, column: &'static str) -> Result<T>
+            where
+                T: sqlx::Decode<'r, Db> + sqlx::Type<Db>,
+            {
+                row.try_get(column).map_err(|e| decode::column_error(column, e))
+            }
+
+            pub(in crate::store) async fn add_meeting(
+                pool: &Pool,
+                id: &MeetingId,
+                region: &Region,
+                label: Option<&str>,
+                now: DateTime<Utc>,
+            ) -> Result<AddOutcome> {
+                let mut tx = begin_write(pool).await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO tracked_meetings (meeting_id, region, label, status, added_at) \
+                     VALUES ($1, $2, $3, 'active', $4) \
+                     ON CONFLICT (meeting_id) DO NOTHING",
+                )
+                .bind(id.as_str())
+                .bind(region.as_str())
+                .bind(label)
+                .bind(ts(now))
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    tx.commit().await?;
+                    return Ok(AddOutcome::Added);
+                }
+                let status: String = sqlx::query_scalar(concat!(
+                    "SELECT status FROM tracked_meetings WHERE meeting_id = $1",
+                    $for_update
+                ))
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                let outcome = match decode::parse::<MeetingStatus>("status", &status)? {
+                    MeetingStatus::Active => {
+                        if label.is_some() {
+                            sqlx::query(
+                                "UPDATE tracked_meetings SET label = $2 WHERE meeting_id = $1",
+                            )
+                            .bind(id.as_str())
+                            .bind(label)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        AddOutcome::AlreadyTracked
+                    }
+                    MeetingStatus::Stopped => {
+                        // The snapshot was emptied when tracking stopped, so the first poll
+                        // reports everyone as joined; clearing last_polled_at makes it the first
+                        // poll (no lower bound for the change window) and due at once.
+                        sqlx::query(
+                            "UPDATE tracked_meetings \
+                             SET status = 'active', ended_at = NULL, region = $2, \
+                                 label = COALESCE($3, label), last_polled_at = NULL, \
+                                 consecutive_failures = 0, last_error = NULL, \
+                                 last_error_at = NULL \
+                             WHERE meeting_id = $1",
+                        )
+                        .bind(id.as_str())
+                        .bind(region.as_str())
+                        .bind(label)
+                        .execute(&mut *tx)
+                        .await?;
+                        AddOutcome::Reactivated
+                    }
+                    MeetingStatus::Ended => AddOutcome::AlreadyEnded,
+                };
+                tx.commit().await?;
+                Ok(outcome)
+            }
+
+            pub(in crate::store) async fn remove_meeting(
+                pool: &Pool,
+                id: &MeetingId,
+                now: DateTime<Utc>,
+            ) -> Result<Option<Vec<StoredEvent>>> {
+                let mut tx = begin_write(pool).await?;
+                let stopped: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+                    "UPDATE tracked_meetings \
+                     SET status = 'stopped', ended_at = $2, poll_seq = poll_seq + 1 \
+                     WHERE meeting_id = $1 AND status = 'active' \
+                     RETURNING last_polled_at",
+                )
+                .bind(id.as_str())
+                .bind(ts(now))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(last_polled_at) = stopped else {
+                    let known: Option<String> = sqlx::query_scalar(
+                        "SELECT meeting_id FROM tracked_meetings WHERE meeting_id = $1",
+                    )
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    return Ok(known.map(|_| Vec::new()));
+                };
+                let events = leave_everyone(
+                    &mut tx,
+                    id,
+                    LeftReason::TrackingStopped,
+                    now,
+                    last_polled_at,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Some(events))
+            }
+
+            pub(in crate::store) async fn list_meetings(
+                pool: &Pool,
+                active_only: bool,
+            ) -> Result<Vec<TrackedMeeting>> {
+                let sql = if active_only {
+                    concat!(
+                        "SELECT ",
+                        meeting_columns!(),
+                        " FROM tracked_meetings WHERE status = 'active' \
+                         ORDER BY added_at, meeting_id"
+                    )
+                } else {
+                    concat!(
+                        "SELECT ",
+                        meeting_columns!(),
+                        " FROM tracked_meetings ORDER BY added_at, meeting_id"
+                    )
+                };
+                let rows = sqlx::query(sql).fetch_all(pool).await?;
+                rows.iter().map(meeting_from_row).collect()
+            }
+
+            pub(in crate::store) async fn get_meeting(
+                pool: &Pool,
+                id: &MeetingId,
+            ) -> Result<Option<TrackedMeeting>> {
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    meeting_columns!(),
+                    " FROM tracked_meetings WHERE meeting_id = $1"
+                ))
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?;
+                row.as_ref().map(meeting_from_row).transpose()
+            }
+
+            pub(in crate::store) async fn snapshot(
+                pool: &Pool,
+                id: &MeetingId,
+            ) -> Result<Snapshot> {
+                // One statement, so the attendees and poll_seq come from the same commit.
+                let rows = sqlx::query(
+                    "SELECT m.poll_seq, m.last_polled_at, \
+                            a.attendee_id, a.external_user_id, a.audio, a.video, a.content \
+                     FROM tracked_meetings AS m \
+                     LEFT JOIN roster_attendees AS a ON a.meeting_id = m.meeting_id \
+                     WHERE m.meeting_id = $1 \
+                     ORDER BY a.attendee_id",
+                )
+                .bind(id.as_str())
+                .fetch_all(pool)
+                .await?;
+                let Some(first) = rows.first() else {
+                    return Err(StoreError::UnknownMeeting(id.clone()));
+                };
+                let mut snapshot = Snapshot {
+                    attendees: Vec::with_capacity(rows.len()),
+                    poll_seq: get(first, "poll_seq")?,
+                    last_polled_at: get(first, "last_polled_at")?,
+                };
+                for row in &rows {
+                    let Some(attendee_id) = get::<Option<String>>(row, "attendee_id")? else {
+                        continue;
+                    };
+                    let capabilities = decode::capabilities(
+                        ["audio", "video", "content"],
+                        [get(row, "audio")?, get(row, "video")?, get(row, "content")?],
+                    )?
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("roster_attendees without capabilities".into())
+                    })?;
+                    snapshot.attendees.push(Attendee {
+                        attendee_id: decode::attendee_id(&attendee_id)?,
+                        external_user_id: ExternalUserId::new(get::<String>(
+                            row,
+                            "external_user_id",
+                        )?),
+                        capabilities,
+                    });
+                }
+                // The diff merges two lists sorted by Rust's order; do not depend on the
+                // database's collation for that.
+                snapshot.attendees.sort_by(|a, b| a.attendee_id.cmp(&b.attendee_id));
+                Ok(snapshot)
+            }
+
+            /// The poll bookkeeping, fenced: it matches no row unless the meeting is active and
+            /// still at the `poll_seq` the diff was computed against.
+            fn record_poll(
+                rec: &PollRecord<'_>,
+            ) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
+                sqlx::query(
+                    "UPDATE tracked_meetings \
+                     SET last_polled_at = $3, poll_seq = poll_seq + 1, \
+                         consecutive_failures = 0, last_error = NULL, last_error_at = NULL \
+                     WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'",
+                )
+                .bind(rec.meeting_id.as_str())
+                .bind(rec.expected_seq)
+                .bind(ts(rec.started_at))
+            }
+
+            pub(in crate::store) async fn apply(
+                pool: &Pool,
+                rec: &PollRecord<'_>,
+            ) -> Result<ApplyOutcome> {
+                if rec.changes.is_empty() {
+                    // An unchanged roster: one statement, no snapshot or event rows.
+                    let done = record_poll(rec).execute(pool).await?;
+                    return Ok(if done.rows_affected() == 1 {
+                        ApplyOutcome::Applied {
+                            events: Vec::new(),
+                            poll_seq: rec.expected_seq + 1,
+                        }
+                    } else {
+                        ApplyOutcome::Conflict
+                    });
+                }
+                let mut tx = begin_write(pool).await?;
+                if record_poll(rec).execute(&mut *tx).await?.rows_affected() != 1 {
+                    // Dropping the transaction rolls it back; nothing was written anyway.
+                    return Ok(ApplyOutcome::Conflict);
+                }
+                let events = insert_events(&mut tx, rec).await?;
+                update_snapshot(&mut tx, rec.meeting_id, &events).await?;
+                tx.commit().await?;
+                Ok(ApplyOutcome::Applied {
+                    events,
+                    poll_seq: rec.expected_seq + 1,
+                })
+            }
+
+            /// Applies a poll's freshly inserted events to the snapshot, each kind in one
+            /// statement that reads them back from `roster_events`, and checks that every event
+            /// found the snapshot row it expected. The meeting's events between the first and
+            /// last id are exactly this poll's: the fenced update holds the meeting's row (and
+            /// SQLite the whole database) until commit, so no other writer adds any meanwhile.
+            async fn update_snapshot(
+                conn: &mut Connection,
+                meeting: &MeetingId,
+                events: &[StoredEvent],
+            ) -> Result<()> {
+                let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                    return Ok(());
+                };
+                let steps: [(EventKind, &'static str, &str); 3] = [
+                    (
+                        EventKind::Left,
+                        "DELETE FROM roster_attendees \
+                         WHERE meeting_id = $1 AND attendee_id IN ( \
+                             SELECT attendee_id FROM roster_events \
+                             WHERE meeting_id = $1 AND event_id BETWEEN $2 AND $3 \
+                               AND kind = 'left')",
+                        "name attendees that are not in the snapshot",
+                    ),
+                    (
+                        EventKind::CapabilitiesChanged,
+                        "UPDATE roster_attendees \
+                         SET audio = e.audio, video = e.video, content = e.content \
+                         FROM roster_events AS e \
+                         WHERE e.meeting_id = $1 AND e.event_id BETWEEN $2 AND $3 \
+                           AND e.kind = 'capabilities_changed' \
+                           AND roster_attendees.meeting_id = e.meeting_id \
+                           AND roster_attendees.attendee_id = e.attendee_id",
+                        "name attendees that are not in the snapshot",
+                    ),
+                    (
+                        EventKind::Joined,
+                        "INSERT INTO roster_attendees \
+                             (meeting_id, attendee_id, external_user_id, audio, video, content, \
+                              joined_at) \
+                         SELECT meeting_id, attendee_id, external_user_id, audio, video, content, \
+                                observed_at \
+                         FROM roster_events \
+                         WHERE meeting_id = $1 AND event_id BETWEEN $2 AND $3 \
+                           AND kind = 'joined' \
+                         ON CONFLICT (meeting_id, attendee_id) DO NOTHING",
+                        "name attendees that are already in the snapshot",
+                    ),
+                ];
+                for (kind, sql, problem) in steps {
+                    let expected = events.iter().filter(|e| e.kind == kind).count() as u64;
+                    if expected == 0 {
+                        continue;
+                    }
+                    let done = sqlx::query(sql)
+                        .bind(meeting.as_str())
+                        .bind(first.event_id)
+                        .bind(last.event_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    if done.rows_affected() != expected {
+                        return Err(StoreError::InvalidRecord(format!(
+                            "{} of {expected} {kind} changes of meeting {meeting} {problem}",
+                            expected - done.rows_affected().min(expected),
+                        )));
+                    }
+                }
+                Ok(())
+            }
+
+            pub(in crate::store) async fn end_meeting(
+                pool: &Pool,
+                id: &MeetingId,
+                expected_seq: i64,
+                observed_at: DateTime<Utc>,
+                previous_poll_at: Option<DateTime<Utc>>,
+            ) -> Result<ApplyOutcome> {
+                let mut tx = begin_write(pool).await?;
+                let done = sqlx::query(
+                    "UPDATE tracked_meetings \
+                     SET status = 'ended', ended_at = $3, last_polled_at = $3, \
+                         poll_seq = poll_seq + 1, consecutive_failures = 0, \
+                         last_error = NULL, last_error_at = NULL \
+                     WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'",
+                )
+                .bind(id.as_str())
+                .bind(expected_seq)
+                .bind(ts(observed_at))
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Ok(ApplyOutcome::Conflict);
+                }
+                let events = leave_everyone(
+                    &mut tx,
+                    id,
+                    LeftReason::MeetingEnded,
+                    observed_at,
+                    previous_poll_at,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(ApplyOutcome::Applied {
+                    events,
+                    poll_seq: expected_seq + 1,
+                })
+            }
+
+            /// A `left` event for every attendee of the snapshot (ids in attendee order, their
+            /// last capabilities as `before`), then an empty snapshot.
+            async fn leave_everyone(
+                conn: &mut Connection,
+                id: &MeetingId,
+                reason: LeftReason,
+                observed_at: DateTime<Utc>,
+                previous_poll_at: Option<DateTime<Utc>>,
+            ) -> Result<Vec<StoredEvent>> {
+                serialize_event_writers(&mut *conn).await?;
+                let rows = sqlx::query(concat!(
+                    "INSERT INTO roster_events \
+                         (meeting_id, attendee_id, external_user_id, kind, \
+                          previous_audio, previous_video, previous_content, reason, \
+                          observed_at, previous_poll_at) \
+                     SELECT meeting_id, attendee_id, external_user_id, 'left', \
+                            audio, video, content, $2, $3, $4 \
+                     FROM roster_attendees WHERE meeting_id = $1 \
+                     ORDER BY attendee_id \
+                     RETURNING ",
+                    event_columns!()
+                ))
+                .bind(id.as_str())
+                .bind(reason.as_str())
+                .bind(ts(observed_at))
+                .bind(previous_poll_at.map(ts))
+                .fetch_all(&mut *conn)
+                .await?;
+                let events = events_from_rows(&rows)?;
+                sqlx::query("DELETE FROM roster_attendees WHERE meeting_id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(events)
+            }
+
+            pub(in crate::store) async fn record_failure(
+                pool: &Pool,
+                id: &MeetingId,
+                error: &str,
+                at: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE tracked_meetings \
+                     SET consecutive_failures = consecutive_failures + 1, \
+                         last_error = $2, last_error_at = $3 \
+                     WHERE meeting_id = $1",
+                )
+                .bind(id.as_str())
+                .bind(error)
+                .bind(ts(at))
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            pub(in crate::store) async fn events_since(
+                pool: &Pool,
+                after_event_id: i64,
+                limit: i64,
+            ) -> Result<Vec<StoredEvent>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM roster_events WHERE event_id > $1 ORDER BY event_id LIMIT $2"
+                ))
+                .bind(after_event_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+                events_from_rows(&rows)
+            }
+
+            pub(in crate::store) async fn events_for_meeting(
+                pool: &Pool,
+                id: &MeetingId,
+            ) -> Result<Vec<StoredEvent>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM roster_events WHERE meeting_id = $1 ORDER BY event_id"
+                ))
+                .bind(id.as_str())
+                .fetch_all(pool)
+                .await?;
+                events_from_rows(&rows)
+            }
+
+            pub(in crate::store) async fn sessions(
+                pool: &Pool,
+                id: &MeetingId,
+            ) -> Result<Vec<SessionRow>> {
+                let rows = sqlx::query(
+                    "SELECT meeting_id, attendee_id, external_user_id, joined_at, left_at, \
+                            left_reason, duration_seconds \
+                     FROM attendance_sessions WHERE meeting_id = $1 \
+                     ORDER BY joined_at, attendee_id",
+                )
+                .bind(id.as_str())
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(SessionRow {
+                            meeting_id: decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
+                            attendee_id: decode::attendee_id(&get::<String>(
+                                row,
+                                "attendee_id",
+                            )?)?,
+                            external_user_id: ExternalUserId::new(get::<String>(
+                                row,
+                                "external_user_id",
+                            )?),
+                            joined_at: get(row, "joined_at")?,
+                            left_at: get(row, "left_at")?,
+                            left_reason: get::<Option<String>>(row, "left_reason")?
+                                .map(|r| decode::parse::<LeftReason>("left_reason", &r))
+                                .transpose()?,
+                            duration_seconds: get(row, "duration_seconds")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(in crate::store) async fn attendance(
+                pool: &Pool,
+                id: &MeetingId,
+            ) -> Result<Vec<AttendanceRow>> {
+                let rows = sqlx::query(
+                    "SELECT meeting_id, external_user_id, sessions, first_joined_at, \
+                            last_left_at, total_seconds \
+                     FROM meeting_attendance WHERE meeting_id = $1 \
+                     ORDER BY first_joined_at, external_user_id",
+                )
+                .bind(id.as_str())
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AttendanceRow {
+                            meeting_id: decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
+                            external_user_id: ExternalUserId::new(get::<String>(
+                                row,
+                                "external_user_id",
+                            )?),
+                            sessions: get(row, "sessions")?,
+                            first_joined_at: get(row, "first_joined_at")?,
+                            last_left_at: get(row, "last_left_at")?,
+                            total_seconds: get(row, "total_seconds")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            fn meeting_from_row(row: &DbRow) -> Result<TrackedMeeting> {
+                Ok(TrackedMeeting {
+                    meeting_id: decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
+                    region: decode::region(&get::<String>(row, "region")?)?,
+                    label: get(row, "label")?,
+                    status: decode::parse("status", &get::<String>(row, "status")?)?,
+                    added_at: get(row, "added_at")?,
+                    ended_at: get(row, "ended_at")?,
+                    last_polled_at: get(row, "last_polled_at")?,
+                    poll_seq: get(row, "poll_seq")?,
+                    consecutive_failures: get(row, "consecutive_failures")?,
+                    last_error: get(row, "last_error")?,
+                    last_error_at: get(row, "last_error_at")?,
+                })
+            }
+
+            /// Decodes rows selected or returned with `event_columns!()`, sorted by `event_id`
+            /// (`RETURNING` does not promise an order).
+            pub(super) fn events_from_rows(rows: &[DbRow]) -> Result<Vec<StoredEvent>> {
+                let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+                events.sort_by_key(|e| e.event_id);
+                Ok(events)
+            }
+
+            fn event_from_row(row: &DbRow) -> Result<StoredEvent> {
+                Ok(StoredEvent {
+                    event_id: get(row, "event_id")?,
+                    meeting_id: decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
+                    attendee_id: decode::attendee_id(&get::<String>(row, "attendee_id")?)?,
+                    external_user_id: ExternalUserId::new(get::<String>(
+                        row,
+                        "external_user_id",
+                    )?),
+                    kind: decode::parse("kind", &get::<String>(row, "kind")?)?,
+                    after: decode::capabilities(
+                        ["audio", "video", "content"],
+                        [get(row, "audio")?, get(row, "video")?, get(row, "content")?],
+                    )?,
+                    before: decode::capabilities(
+                        ["previous_audio", "previous_video", "previous_content"],
+                        [
+                            get(row, "previous_audio")?,
+                            get(row, "previous_video")?,
+                            get(row, "previous_content")?,
+                        ],
+                    )?,
+                    reason: get::<Option<String>>(row, "reason")?
+                        .map(|r| decode::parse("reason", &r))
+                        .transpose()?,
+                    observed_at: get(row, "observed_at")?,
+                    previous_poll_at: get(row, "previous_poll_at")?,
+                })
+            }
+        }
+    };
+}
+pub(super) use shared_queries;

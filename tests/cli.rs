@@ -1,0 +1,324 @@
+//! The real `roster-sync` binary: bad input is refused clearly, and the daemon survives
+//! SIGTERM and `kill -9` in the middle of a scenario without repeating or losing an event.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use roster_sync::chime::{ChimeClient, ClientOptions, RetryPolicy, simulator_sdk_config};
+use roster_sync::domain::{Capabilities, Capability, Region};
+use roster_sync::driver::Driver;
+use roster_sync::sim::{self, SimConfig};
+use roster_sync::store::MeetingStatus;
+
+const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+
+/// The binary with a clean environment: no inherited configuration, placeholder AWS
+/// credentials (the simulator does not check signatures), no instance-metadata lookups.
+fn roster_sync(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "roster-sync-test")
+        .env("AWS_SECRET_ACCESS_KEY", "roster-sync-test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        )
+        .env("ROSTER_SYNC__HTTP__LISTEN", "")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("run roster-sync");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked"),
+        "roster-sync panicked: {stderr}"
+    );
+    (out, stdout, stderr)
+}
+
+fn refused(cmd: &mut Command) -> String {
+    let (out, _, stderr) = run(cmd);
+    assert!(
+        !out.status.success(),
+        "expected a refusal, got success; stderr: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn a_meeting_id_that_is_not_a_guid_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("x.db").display());
+    let err = refused(roster_sync(&["meetings", "add", "not-a-meeting"]).env("DATABASE_URL", &url));
+    assert!(
+        err.contains("not-a-meeting") && err.contains("GUID"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("x.db").exists(),
+        "refused before touching the database"
+    );
+}
+
+#[test]
+fn an_unreadable_config_file_is_named() {
+    let err = refused(&mut roster_sync(&[
+        "--config",
+        "/nonexistent/roster.toml",
+        "config",
+    ]));
+    assert!(err.contains("/nonexistent/roster.toml"), "{err}");
+}
+
+#[test]
+fn a_wrongly_typed_key_is_named() {
+    let err = refused(roster_sync(&["config"]).env("ROSTER_SYNC__POLL__MAX_RESULTS", "lots"));
+    assert!(err.contains("max_results"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roster.toml");
+    std::fs::write(&file, "[poll]\ninterval = 5\n").unwrap();
+    let err = refused(roster_sync(&["config"]).arg("--config").arg(&file));
+    assert!(err.contains("interval"), "{err}");
+    std::fs::write(&file, "[poll]\nintervall = \"5s\"\n").unwrap();
+    let err = refused(roster_sync(&["config"]).arg("--config").arg(&file));
+    assert!(err.contains("intervall"), "{err}");
+    let err = refused(roster_sync(&["config"]).env("ROSTER_SYNC__POLL__MAX_RESULTS", "500"));
+    assert!(err.contains("poll.max_results"), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_is_named_without_its_password() {
+    let err = refused(
+        roster_sync(&["migrate"]).env("DATABASE_URL", "postgres://app:s3cr3t@127.0.0.1:1/roster"),
+    );
+    assert!(
+        err.contains("postgres://app:***@127.0.0.1:1/roster"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
+}
+
+#[test]
+fn config_prints_the_effective_settings_with_the_password_redacted() {
+    let (out, stdout, stderr) = run(roster_sync(&["config"])
+        .env("DATABASE_URL", "postgres://app:s3cr3t@db:5432/roster")
+        .env("ROSTER_SYNC__POLL__INTERVAL", "30s"));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("postgres://app:***@db:5432/roster"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("interval = \"30s\""), "{stdout}");
+    assert!(!stdout.contains("s3cr3t"));
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(db: &TestDb, endpoint: &str) -> Self {
+        let child = roster_sync(&["run"])
+            .env("DATABASE_URL", &db.url)
+            .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", endpoint)
+            .env("ROSTER_SYNC__POLL__INTERVAL", "300ms")
+            .env("ROSTER_SYNC__RETRY__BASE", "20ms")
+            .env("ROSTER_SYNC__RETRY__CAP", "500ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the daemon");
+        Daemon(child)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// SIGTERM, then the exit status within 10 s.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `what` until it holds or 15 s pass.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn counts(db: &TestDb) -> [i64; 4] {
+    [
+        db.raw
+            .scalar("SELECT count(*) FROM roster_events WHERE kind = 'joined'")
+            .await,
+        db.raw
+            .scalar("SELECT count(*) FROM roster_events WHERE reason = 'removed'")
+            .await,
+        db.raw
+            .scalar("SELECT count(*) FROM roster_events WHERE kind = 'capabilities_changed'")
+            .await,
+        db.raw
+            .scalar("SELECT count(*) FROM roster_events WHERE reason = 'meeting_ended'")
+            .await,
+    ]
+}
+
+both_backends!(the_daemon_stopped_and_killed_mid_scenario_repeats_and_loses_nothing);
+
+async fn the_daemon_stopped_and_killed_mid_scenario_repeats_and_loses_nothing(db: &TestDb) {
+    let region = Region::parse("us-east-1").unwrap();
+    let sim = sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            exempt_control: true,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let options = ClientOptions {
+        endpoint_url: Some(sim.endpoint_url()),
+        max_results: 100,
+        connect_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(5),
+        page_timeout: Duration::from_secs(10),
+        retry: RetryPolicy {
+            base: Duration::from_millis(20),
+            cap: Duration::from_secs(1),
+            max_retries: 3,
+        },
+        requests_per_second: 100.0,
+        burst: 100,
+        adaptive: false,
+    };
+    let driver =
+        Driver::new(ChimeClient::new(simulator_sdk_config(&region), options).sdk_client(&region));
+    let id = driver.create_meeting("restart", "us-east-1").await.unwrap();
+    let made = driver
+        .add_attendees(&id, (0..120).map(|i| (format!("p{i}"), None)))
+        .await
+        .unwrap();
+
+    let (out, stdout, stderr) = run(roster_sync(&["migrate"]).env("DATABASE_URL", &db.url));
+    assert!(out.status.success(), "{stderr}");
+    let (out, stdout2, stderr) =
+        run(
+            roster_sync(&["meetings", "add", id.as_str(), "--label", "restart"])
+                .env("DATABASE_URL", &db.url),
+        );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout2.contains("now tracked"), "{stdout2}");
+
+    let daemon = Daemon::start(db, &sim.endpoint_url());
+    eventually("120 joined", || async { counts(db).await[0] == 120 }).await;
+    driver
+        .add_attendees(&id, (120..150).map(|i| (format!("p{i}"), None)))
+        .await
+        .unwrap();
+    eventually("150 joined", || async { counts(db).await[0] == 150 }).await;
+    assert!(daemon.terminate().success(), "SIGTERM exits 0");
+
+    // While the daemon is down: 10 deletions and 5 capability changes.
+    for a in &made[..10] {
+        driver.delete_attendee(&id, &a.attendee_id).await.unwrap();
+    }
+    let muted = Capabilities {
+        audio: Capability::Receive,
+        video: Capability::Receive,
+        content: Capability::None,
+    };
+    for a in &made[10..15] {
+        driver
+            .set_capabilities(&id, &a.attendee_id, muted)
+            .await
+            .unwrap();
+    }
+    let daemon = Daemon::start(db, &sim.endpoint_url());
+    eventually("10 removed and 5 changed", || async {
+        let c = counts(db).await;
+        c[1] == 10 && c[2] == 5
+    })
+    .await;
+    // kill -9 while it polls every 300 ms: whatever poll was in flight is lost as a whole.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    daemon.kill9();
+
+    let daemon = Daemon::start(db, &sim.endpoint_url());
+    driver.delete_meeting(&id).await.unwrap();
+    eventually("the meeting ended", || async {
+        db.store
+            .get_meeting(&id)
+            .await
+            .unwrap()
+            .is_some_and(|m| m.status == MeetingStatus::Ended)
+    })
+    .await;
+    assert!(daemon.terminate().success());
+
+    assert_eq!(
+        counts(db).await,
+        [150, 10, 5, 140],
+        "[joined, removed, changed, meeting_ended]"
+    );
+    assert_eq!(
+        db.raw.scalar("SELECT count(*) FROM roster_attendees").await,
+        0
+    );
+    let (out, report, stderr) =
+        run(roster_sync(&["report", id.as_str(), "--format", "csv"]).env("DATABASE_URL", &db.url));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(report.lines().count(), 151, "a header and 150 sessions");
+    assert_eq!(
+        report
+            .lines()
+            .filter(|l| l.ends_with(",removed,") || l.contains(",removed,"))
+            .count(),
+        10
+    );
+    sim.shutdown().await.unwrap();
+}

@@ -1,0 +1,284 @@
+//! Helpers shared by the integration tests: a fresh, migrated database for every test, on
+//! Postgres and on SQLite, and `both_backends!` to run one test body against both.
+//!
+//! Postgres tests use `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]) as an admin connection
+//! and create a database `roster_test_<uuid>` per test, dropped when the test passes and left
+//! for inspection when it fails (`DROP DATABASE` every `roster_test_%` to clean up). Without a
+//! Postgres server they are skipped, unless `CI` is set: then they fail.
+
+// Each test crate uses only some of these helpers.
+#![allow(dead_code)]
+
+use roster_sync::store::{Store, redact_url};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+use tempfile::TempDir;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database made for one test.
+pub struct TestDb {
+    pub store: Store,
+    /// A separate pool on the same database, for assertions the store's API does not offer
+    /// (row counts, triggers). Tests only read through it or set up instrumentation.
+    pub raw: Raw,
+    /// The database's URL, for opening a second store on it.
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    /// The admin URL and the name of the database to drop.
+    Postgres { admin_url: String, name: String },
+    /// Deleted with the directory.
+    Sqlite(TempDir),
+}
+
+/// A plain sqlx pool on a test database.
+pub enum Raw {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Raw {
+    /// Runs a query returning one integer (e.g. `SELECT count(*) …`).
+    pub async fn scalar(&self, sql: &'static str) -> i64 {
+        let value = match self {
+            Raw::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Raw::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        };
+        value.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Runs one or more statements without parameters.
+    pub async fn execute(&self, sql: &'static str) {
+        let done = match self {
+            Raw::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+            Raw::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        };
+        done.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Every row of every table (migrations' bookkeeping included) as text, one
+    /// `table: row` line each: for asserting that something is stored nowhere.
+    pub async fn dump_all_tables(&self) -> String {
+        let mut dump = String::new();
+        match self {
+            Raw::Postgres(pool) => {
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' \
+                     ORDER BY tablename",
+                )
+                .fetch_all(pool)
+                .await
+                .expect("list tables");
+                for table in tables {
+                    // A name read from the catalogue, quoted: safe to put in the statement.
+                    let sql = format!("SELECT t::text FROM \"{table}\" AS t");
+                    let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+                        .fetch_all(pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("dump {table}: {e}"));
+                    for row in rows {
+                        dump.push_str(&format!("{table}: {row}\n"));
+                    }
+                }
+            }
+            Raw::Sqlite(pool) => {
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name",
+                )
+                .fetch_all(pool)
+                .await
+                .expect("list tables");
+                for table in tables {
+                    let columns: Vec<String> =
+                        sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+                            .bind(&table)
+                            .fetch_all(pool)
+                            .await
+                            .unwrap_or_else(|e| panic!("columns of {table}: {e}"));
+                    if columns.is_empty() {
+                        continue;
+                    }
+                    // Names read from the schema, quoted: safe to put in the statement.
+                    let row = columns
+                        .iter()
+                        .map(|c| format!("quote(\"{c}\")"))
+                        .collect::<Vec<_>>()
+                        .join(" || ', ' || ");
+                    let sql = format!("SELECT {row} FROM \"{table}\"");
+                    let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+                        .fetch_all(pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("dump {table}: {e}"));
+                    for row in rows {
+                        dump.push_str(&format!("{table}: {row}\n"));
+                    }
+                }
+            }
+        }
+        dump
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Raw::Postgres(_))
+    }
+}
+
+impl TestDb {
+    /// Drops the test's Postgres database (the SQLite directory goes when `self` is dropped).
+    pub async fn finish(self) {
+        let TestDb {
+            store,
+            raw,
+            cleanup,
+            ..
+        } = self;
+        drop(store);
+        match &raw {
+            Raw::Postgres(pool) => pool.close().await,
+            Raw::Sqlite(pool) => pool.close().await,
+        }
+        if let Cleanup::Postgres { admin_url, name } = cleanup {
+            let mut admin = PgConnection::connect(&admin_url)
+                .await
+                .expect("admin connection to drop the test database");
+            // WITH (FORCE): the store's pool may not have closed its connections yet.
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await
+            .expect("drop the test database");
+        }
+    }
+}
+
+/// A fresh, migrated Postgres database, or `None` (with a note on stderr) when no server
+/// answers at `DATABASE_URL` and `CI` is not set.
+///
+/// # Panics
+/// When no server answers and `CI` is set, or when the server refuses to create the database.
+pub async fn postgres_db() -> Option<TestDb> {
+    let admin_url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    let mut admin = match PgConnection::connect(&admin_url).await {
+        Ok(conn) => conn,
+        Err(e) if std::env::var_os("CI").is_some() => panic!(
+            "no Postgres at {} (CI is set, so the Postgres tests must run): {e}",
+            redact_url(&admin_url)
+        ),
+        Err(e) => {
+            eprintln!("skipped: no Postgres at {} ({e})", redact_url(&admin_url));
+            return None;
+        }
+    };
+    // A generated name (letters, digits, underscores): safe to put in the statement.
+    let name = format!("roster_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    let url = with_database(&admin_url, &name);
+    let store = Store::connect(&url, 5)
+        .await
+        .expect("connect to the test database");
+    store.migrate().await.expect("migrate the test database");
+    let raw = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("raw pool on the test database");
+    Some(TestDb {
+        store,
+        raw: Raw::Postgres(raw),
+        url,
+        cleanup: Cleanup::Postgres { admin_url, name },
+    })
+}
+
+/// A fresh, migrated SQLite database in a temporary directory.
+///
+/// # Panics
+/// When the file cannot be created or migrated.
+pub async fn sqlite_db() -> TestDb {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let store = Store::connect(&url, 4)
+        .await
+        .expect("open the SQLite database");
+    store.migrate().await.expect("migrate the SQLite database");
+    let raw = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("raw pool on the SQLite database");
+    TestDb {
+        store,
+        raw: Raw::Sqlite(raw),
+        url,
+        cleanup: Cleanup::Sqlite(dir),
+    }
+}
+
+/// A migrated store on a fresh Postgres database; see [`postgres_db`].
+pub async fn postgres_store() -> Option<Store> {
+    postgres_db().await.map(|db| db.store)
+}
+
+/// A migrated store on a fresh SQLite file; keep the directory alive as long as the store.
+pub async fn sqlite_store() -> (Store, TempDir) {
+    let db = sqlite_db().await;
+    match db.cleanup {
+        Cleanup::Sqlite(dir) => (db.store, dir),
+        Cleanup::Postgres { .. } => unreachable!("sqlite_db makes a SQLite database"),
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let host_start = base[host_start..]
+        .rfind('@')
+        .map_or(host_start, |i| host_start + i);
+    let path_start = base[host_start..]
+        .find('/')
+        .map_or(base.len(), |i| host_start + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Runs each named test body, an `async fn(TestDb)` in the same file, once on a fresh Postgres
+/// database and once on a fresh SQLite file, as the tests `<name>::postgres` and
+/// `<name>::sqlite`: one body for both, so the backends cannot drift apart unnoticed.
+#[macro_export]
+macro_rules! both_backends {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = $crate::common::postgres_db().await {
+                    super::$test(&db).await;
+                    db.finish().await;
+                }
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                let db = $crate::common::sqlite_db().await;
+                super::$test(&db).await;
+                db.finish().await;
+            }
+        }
+    )+};
+}
