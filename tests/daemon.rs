@@ -106,7 +106,16 @@ both_backends!(
 
 /// 120 attendees; 30 added, 10 deleted, 5 capability changes; then the meeting is deleted.
 async fn the_scenario_records_exactly_what_happened(db: &TestDb) {
-    let rig = rig(SimConfig { rate: 100.0, burst: 100, ..SimConfig::default() }, 100.0, 100).await;
+    let rig = rig(
+        SimConfig {
+            rate: 100.0,
+            burst: 100,
+            ..SimConfig::default()
+        },
+        100.0,
+        100,
+    )
+    .await;
     let (id, made) = tracked_meeting(db, &rig, 120).await;
     let region = region();
     let poll = |known| poll_once(&rig.client, &db.store, &id, &region, known);
@@ -192,7 +201,16 @@ async fn the_scenario_records_exactly_what_happened(db: &TestDb) {
 /// 100 polls of an unchanged meeting: no insert, update or delete on the event and snapshot
 /// tables. On Postgres this reads the server's own counters (`pg_stat_user_tables`).
 async fn unchanged_polls_write_no_snapshot_or_event_rows(db: &TestDb) {
-    let rig = rig(SimConfig { rate: 1000.0, burst: 1000, ..SimConfig::default() }, 1000.0, 1000).await;
+    let rig = rig(
+        SimConfig {
+            rate: 1000.0,
+            burst: 1000,
+            ..SimConfig::default()
+        },
+        1000.0,
+        1000,
+    )
+    .await;
     let (id, _) = tracked_meeting(db, &rig, 40).await;
     let (first, mut known) = poll_once(&rig.client, &db.store, &id, &region(), None).await;
     assert!(matches!(first, PollOutcome::Changed(_)));
@@ -239,7 +257,16 @@ async fn writes(db: &TestDb) -> i64 {
 }
 
 async fn a_page_that_fails_after_its_retries_records_no_events(db: &TestDb) {
-    let rig = rig(SimConfig { rate: 1000.0, burst: 1000, ..SimConfig::default() }, 1000.0, 1000).await;
+    let rig = rig(
+        SimConfig {
+            rate: 1000.0,
+            burst: 1000,
+            ..SimConfig::default()
+        },
+        1000.0,
+        1000,
+    )
+    .await;
     let (id, made) = tracked_meeting(db, &rig, 30).await;
     let (_, known) = poll_once(&rig.client, &db.store, &id, &region(), None).await;
     let events_before = db.raw.scalar("SELECT count(*) FROM roster_events").await;
@@ -284,7 +311,16 @@ async fn a_page_that_fails_after_its_retries_records_no_events(db: &TestDb) {
 }
 
 async fn no_table_holds_a_join_token(db: &TestDb) {
-    let rig = rig(SimConfig { rate: 1000.0, burst: 1000, ..SimConfig::default() }, 1000.0, 1000).await;
+    let rig = rig(
+        SimConfig {
+            rate: 1000.0,
+            burst: 1000,
+            ..SimConfig::default()
+        },
+        1000.0,
+        1000,
+    )
+    .await;
     let (id, made) = tracked_meeting(db, &rig, 25).await;
     let (_, known) = poll_once(&rig.client, &db.store, &id, &region(), None).await;
     rig.driver
@@ -327,7 +363,16 @@ fn fast_scheduler(interval: Duration, concurrency: usize) -> SchedulerOptions {
 }
 
 async fn a_failing_meeting_backs_off_without_delaying_the_others(db: &TestDb) {
-    let rig = rig(SimConfig { rate: 1000.0, burst: 1000, ..SimConfig::default() }, 1000.0, 1000).await;
+    let rig = rig(
+        SimConfig {
+            rate: 1000.0,
+            burst: 1000,
+            ..SimConfig::default()
+        },
+        1000.0,
+        1000,
+    )
+    .await;
     let (healthy, _) = tracked_meeting(db, &rig, 3).await;
     let (broken, _) = tracked_meeting(db, &rig, 3).await;
     rig.sim.script(
@@ -373,7 +418,16 @@ async fn a_failing_meeting_backs_off_without_delaying_the_others(db: &TestDb) {
 }
 
 async fn meetings_added_and_removed_while_running_are_noticed(db: &TestDb) {
-    let rig = rig(SimConfig { rate: 1000.0, burst: 1000, ..SimConfig::default() }, 1000.0, 1000).await;
+    let rig = rig(
+        SimConfig {
+            rate: 1000.0,
+            burst: 1000,
+            ..SimConfig::default()
+        },
+        1000.0,
+        1000,
+    )
+    .await;
     let (first, _) = tracked_meeting(db, &rig, 2).await;
     let client = Arc::new(rig.client);
     let scheduler = Scheduler::new(
