@@ -301,7 +301,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                             "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {}",
                             m.meeting_id,
                             m.region,
-                            format!("{:?}", m.status).to_lowercase(),
+                            m.status.as_str(),
                             m.last_polled_at
                                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                                 .unwrap_or_else(|| "-".into()),

@@ -170,12 +170,21 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let _ = churn.await;
     let _ = daemon.await;
 
-    // The demo's meetings live only in this process's simulator: stop tracking what is left,
-    // so a later `run` on this database does not poll them against AWS.
-    for (id, _) in &meetings {
-        store.remove_meeting(id, crate::domain::now()).await?;
+    // The scheduler is gone, and with it the sender: the printer drains and returns.
+    let mut counts = printer.await.unwrap_or_default();
+    // The demo's meetings live only in this process's simulator: stop tracking what is left
+    // (everyone present leaves with tracking_stopped), so a later `run` on this database
+    // does not poll them against AWS.
+    for (id, label) in &meetings {
+        for e in store
+            .remove_meeting(id, crate::domain::now())
+            .await?
+            .unwrap_or_default()
+        {
+            counts[1] += 1;
+            println!("{}", event_line(&e, label, counts, color));
+        }
     }
-    let counts = printer.await.unwrap_or_default();
     println!(
         "\nrecorded {} joined, {} left, {} capabilities_changed\n",
         counts[0], counts[1], counts[2]
@@ -261,6 +270,7 @@ async fn churn(
     let started = tokio::time::Instant::now();
     let mut next_person = 10_000;
     let mut ended = false;
+    let mut actions = 0u32;
     let mut live = meetings;
     loop {
         let pause = Duration::from_millis(rand::rng().random_range(150..500));
@@ -281,7 +291,14 @@ async fn churn(
         let Some(meeting) = live.choose(&mut rand::rng()).cloned() else {
             return;
         };
-        let roll = rand::rng().random_range(0..10);
+        // The first three actions are one of each kind, so even a short demo shows them all.
+        let roll = match actions {
+            0 => 0,
+            1 => 5,
+            2 => 9,
+            _ => rand::rng().random_range(0..10),
+        };
+        actions += 1;
         if roll < 4 {
             next_person += 1;
             let _ = driver

@@ -22,8 +22,10 @@ pub fn write_table(
         .unwrap_or_default();
     writeln!(
         out,
-        "meeting {}{label} ({}, {:?})",
-        meeting.meeting_id, meeting.region, meeting.status
+        "meeting {}{label} ({}, {})",
+        meeting.meeting_id,
+        meeting.region,
+        meeting.status.as_str()
     )?;
     writeln!(
         out,

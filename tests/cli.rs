@@ -322,3 +322,75 @@ async fn the_daemon_stopped_and_killed_mid_scenario_repeats_and_loses_nothing(db
     );
     sim.shutdown().await.unwrap();
 }
+
+both_backends!(the_demo_shows_every_kind_of_event_and_records_them);
+
+/// `demo` on a given database: every kind of event appears live, the closing report is
+/// printed, and the database holds the events that were shown.
+async fn the_demo_shows_every_kind_of_event_and_records_them(db: &TestDb) {
+    let (out, stdout, stderr) = run(&mut roster_sync(&[
+        "demo",
+        "--duration",
+        "6s",
+        "--interval",
+        "1s",
+        "--meetings",
+        "2",
+        "--attendees",
+        "5",
+        "--database-url",
+        &db.url,
+    ]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for kind in [
+        "joined",
+        "left",
+        "capabilities_changed",
+        "tracking_stopped",
+        "attendee(s)",
+    ] {
+        assert!(
+            stdout.contains(kind),
+            "no {kind:?} in the demo output:\n{stdout}"
+        );
+    }
+    let shown = stdout.lines().filter(|l| l.contains("  #")).count() as i64;
+    let stored = db.raw.scalar("SELECT count(*) FROM roster_events").await;
+    assert_eq!(shown, stored, "every recorded event was shown:\n{stdout}");
+    assert!(
+        db.raw
+            .scalar("SELECT count(*) FROM roster_events WHERE kind = 'capabilities_changed'")
+            .await
+            >= 1
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_sqlite_file_is_refused_and_the_file_stays_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let mut first = roster_sync(&["run"])
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("roster.db.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(lock.exists() && std::fs::metadata(&lock).is_ok_and(|m| m.len() > 0)) {
+        assert!(Instant::now() < deadline, "the first daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let err = refused(roster_sync(&["run"]).env("DATABASE_URL", &url));
+    assert!(err.contains("already"), "{err}");
+    // The CLI still works beside the daemon, and the file is sound.
+    let (out, stdout, stderr) = run(roster_sync(&["meetings", "list"]).env("DATABASE_URL", &url));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("MEETING"), "{stdout}");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(first.id().to_string())
+        .status();
+    assert!(first.wait().unwrap().success());
+}
