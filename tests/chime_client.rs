@@ -382,3 +382,42 @@ async fn trace_logs_of_a_fetch_contain_no_join_token() {
     }
     assert!(!debug.contains("Zoë"), "Debug output hides ExternalUserId");
 }
+
+#[tokio::test]
+async fn a_hung_endpoint_times_out_instead_of_stalling_the_poll() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let mut opts = options(&format!("http://{addr}"), 100);
+    opts.attempt_timeout = Duration::from_millis(300);
+    opts.page_timeout = Duration::from_millis(300);
+    opts.retry = RetryPolicy {
+        base: Duration::from_millis(10),
+        cap: Duration::from_millis(50),
+        max_retries: 2,
+    };
+    let c = ChimeClient::new(simulator_sdk_config(&region()), opts);
+    let meeting = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
+    let started = Instant::now();
+    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    assert!(matches!(err, ChimeError::Transport { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        c.counters()
+            .transport
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "first attempt and two retries"
+    );
+    hold.abort();
+}

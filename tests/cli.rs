@@ -394,3 +394,58 @@ fn a_second_daemon_on_the_same_sqlite_file_is_refused_and_the_file_stays_intact(
         .status();
     assert!(first.wait().unwrap().success());
 }
+
+#[test]
+fn meetings_listed_in_the_config_file_are_tracked_when_run_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let file = dir.path().join("roster.toml");
+    std::fs::write(
+        &file,
+        "[chime]\nendpoint_url = \"http://127.0.0.1:9\"\n\n[[meetings]]\nid = \"4F1C7A2E-0B3D-4C5E-9F60-7A8B9C0D1E2F\"\nlabel = \"all-hands\"\n\n[[meetings]]\nid = \"5f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2f\"\nregion = \"eu-central-1\"\n",
+    )
+    .unwrap();
+    let mut daemon = roster_sync(&["run"])
+        .arg("--config")
+        .arg(&file)
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let (out, stdout, _) =
+            run(roster_sync(&["meetings", "list", "--format", "json"]).env("DATABASE_URL", &url));
+        if out.status.success() && stdout.contains("5f1c7a2e") && stdout.contains("4f1c7a2e") {
+            break stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "configured meetings never appeared: {stdout}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status();
+    assert!(daemon.wait().unwrap().success());
+    let list: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let first = rows
+        .iter()
+        .find(|m| m["meeting_id"] == "4f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2f")
+        .unwrap();
+    assert_eq!(first["label"], "all-hands");
+    assert_eq!(
+        first["region"], "us-east-1",
+        "region defaults to chime.region"
+    );
+    let second = rows
+        .iter()
+        .find(|m| m["meeting_id"] == "5f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2f")
+        .unwrap();
+    assert_eq!(second["region"], "eu-central-1");
+}
