@@ -154,6 +154,26 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
+    /// For the simulator: `endpoint`, a quota of `rps`/`burst`, short timeouts and retries,
+    /// pages of 100. Tests and tools start from this and change what they study.
+    pub fn for_endpoint(endpoint: &str, rps: f64, burst: u32) -> Self {
+        Self {
+            endpoint_url: Some(endpoint.to_owned()),
+            max_results: 100,
+            connect_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(5),
+            page_timeout: Duration::from_secs(10),
+            retry: RetryPolicy {
+                base: Duration::from_millis(20),
+                cap: Duration::from_secs(1),
+                max_retries: 3,
+            },
+            requests_per_second: rps,
+            burst,
+            adaptive: true,
+        }
+    }
+
     pub fn from_settings(s: &Settings) -> Self {
         Self {
             endpoint_url: s.endpoint_url().map(str::to_owned),

@@ -14,22 +14,16 @@ fn region() -> Region {
     Region::parse("us-east-1").unwrap()
 }
 
+/// The simulator's default quota (like the real one), pages of `max_results`, fast retries.
 fn options(endpoint: &str, max_results: i32) -> ClientOptions {
     ClientOptions {
-        endpoint_url: Some(endpoint.to_owned()),
         max_results,
-        connect_timeout: Duration::from_secs(2),
-        attempt_timeout: Duration::from_secs(5),
-        page_timeout: Duration::from_secs(10),
         retry: RetryPolicy {
             base: Duration::from_millis(20),
             cap: Duration::from_secs(2),
             max_retries: 4,
         },
-        // The simulator's default quota, like the real one.
-        requests_per_second: 10.0,
-        burst: 20,
-        adaptive: true,
+        ..ClientOptions::for_endpoint(endpoint, 10.0, 20)
     }
 }
 

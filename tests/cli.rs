@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestDb;
-use roster_sync::chime::{ChimeClient, ClientOptions, RetryPolicy, simulator_sdk_config};
+use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::domain::{Capabilities, Capability, Region};
 use roster_sync::driver::Driver;
 use roster_sync::sim::{self, SimConfig};
@@ -221,21 +221,7 @@ async fn the_daemon_stopped_and_killed_mid_scenario_repeats_and_loses_nothing(db
     )
     .await
     .unwrap();
-    let options = ClientOptions {
-        endpoint_url: Some(sim.endpoint_url()),
-        max_results: 100,
-        connect_timeout: Duration::from_secs(2),
-        attempt_timeout: Duration::from_secs(5),
-        page_timeout: Duration::from_secs(10),
-        retry: RetryPolicy {
-            base: Duration::from_millis(20),
-            cap: Duration::from_secs(1),
-            max_retries: 3,
-        },
-        requests_per_second: 100.0,
-        burst: 100,
-        adaptive: false,
-    };
+    let options = ClientOptions::for_endpoint(&sim.endpoint_url(), 100.0, 100);
     let driver =
         Driver::new(ChimeClient::new(simulator_sdk_config(&region), options).sdk_client(&region));
     let id = driver.create_meeting("restart", "us-east-1").await.unwrap();
@@ -405,12 +391,14 @@ fn meetings_listed_in_the_config_file_are_tracked_when_run_starts() {
         "[chime]\nendpoint_url = \"http://127.0.0.1:9\"\n\n[[meetings]]\nid = \"4F1C7A2E-0B3D-4C5E-9F60-7A8B9C0D1E2F\"\nlabel = \"all-hands\"\n\n[[meetings]]\nid = \"5f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2f\"\nregion = \"eu-central-1\"\n",
     )
     .unwrap();
+    let (out, _, stderr) = run(roster_sync(&["migrate"]).env("DATABASE_URL", &url));
+    assert!(out.status.success(), "{stderr}");
     let mut daemon = roster_sync(&["run"])
         .arg("--config")
         .arg(&file)
         .env("DATABASE_URL", &url)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -422,7 +410,8 @@ fn meetings_listed_in_the_config_file_are_tracked_when_run_starts() {
         }
         assert!(
             Instant::now() < deadline,
-            "configured meetings never appeared: {stdout}"
+            "configured meetings never appeared: {stdout}\ndaemon: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestDb;
-use roster_sync::chime::{ChimeClient, ClientOptions, RetryPolicy, simulator_sdk_config};
+use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::domain::{self, Capabilities, Capability, MeetingId, Region};
 use roster_sync::driver::{Created, Driver};
 use roster_sync::scheduler::{PollOutcome, Scheduler, SchedulerOptions, poll_once};
@@ -19,22 +19,18 @@ fn region() -> Region {
     Region::parse("us-east-1").unwrap()
 }
 
-fn options(endpoint: String, rps: f64, burst: u32) -> ClientOptions {
-    ClientOptions {
-        endpoint_url: Some(endpoint),
-        max_results: 100,
-        connect_timeout: Duration::from_secs(2),
-        attempt_timeout: Duration::from_secs(5),
-        page_timeout: Duration::from_secs(10),
-        retry: RetryPolicy {
-            base: Duration::from_millis(20),
-            cap: Duration::from_secs(1),
-            max_retries: 3,
+/// The simulator and the client share one quota, `rps` with bursts of `burst`.
+async fn rig_with_quota(rps: f64, burst: u32) -> Rig {
+    rig(
+        SimConfig {
+            rate: rps,
+            burst,
+            ..SimConfig::default()
         },
-        requests_per_second: rps,
+        rps,
         burst,
-        adaptive: true,
-    }
+    )
+    .await
 }
 
 struct Rig {
@@ -55,7 +51,7 @@ async fn rig(sim_cfg: SimConfig, rps: f64, burst: u32) -> Rig {
     .expect("simulator");
     let client = ChimeClient::new(
         simulator_sdk_config(&region()),
-        options(sim.endpoint_url(), rps, burst),
+        ClientOptions::for_endpoint(&sim.endpoint_url(), rps, burst),
     );
     let driver = Driver::new(client.sdk_client(&region()));
     Rig {
@@ -106,16 +102,7 @@ both_backends!(
 
 /// 120 attendees; 30 added, 10 deleted, 5 capability changes; then the meeting is deleted.
 async fn the_scenario_records_exactly_what_happened(db: &TestDb) {
-    let rig = rig(
-        SimConfig {
-            rate: 100.0,
-            burst: 100,
-            ..SimConfig::default()
-        },
-        100.0,
-        100,
-    )
-    .await;
+    let rig = rig_with_quota(100.0, 100).await;
     let (id, made) = tracked_meeting(db, &rig, 120).await;
     let region = region();
     let poll = |known| poll_once(&rig.client, &db.store, &id, &region, known);
@@ -201,16 +188,7 @@ async fn the_scenario_records_exactly_what_happened(db: &TestDb) {
 /// 100 polls of an unchanged meeting: no insert, update or delete on the event and snapshot
 /// tables. On Postgres this reads the server's own counters (`pg_stat_user_tables`).
 async fn unchanged_polls_write_no_snapshot_or_event_rows(db: &TestDb) {
-    let rig = rig(
-        SimConfig {
-            rate: 1000.0,
-            burst: 1000,
-            ..SimConfig::default()
-        },
-        1000.0,
-        1000,
-    )
-    .await;
+    let rig = rig_with_quota(1000.0, 1000).await;
     let (id, _) = tracked_meeting(db, &rig, 40).await;
     let (first, mut known) = poll_once(&rig.client, &db.store, &id, &region(), None).await;
     assert!(matches!(first, PollOutcome::Changed(_)));
@@ -257,16 +235,7 @@ async fn writes(db: &TestDb) -> i64 {
 }
 
 async fn a_page_that_fails_after_its_retries_records_no_events(db: &TestDb) {
-    let rig = rig(
-        SimConfig {
-            rate: 1000.0,
-            burst: 1000,
-            ..SimConfig::default()
-        },
-        1000.0,
-        1000,
-    )
-    .await;
+    let rig = rig_with_quota(1000.0, 1000).await;
     let (id, made) = tracked_meeting(db, &rig, 30).await;
     let (_, known) = poll_once(&rig.client, &db.store, &id, &region(), None).await;
     let events_before = db.raw.scalar("SELECT count(*) FROM roster_events").await;
@@ -275,7 +244,7 @@ async fn a_page_that_fails_after_its_retries_records_no_events(db: &TestDb) {
         .delete_attendee(&id, &made[0].attendee_id)
         .await
         .unwrap();
-    let mut client_opts = options(rig.sim.endpoint_url(), 1000.0, 1000);
+    let mut client_opts = ClientOptions::for_endpoint(&rig.sim.endpoint_url(), 1000.0, 1000);
     client_opts.max_results = 10;
     let small_pages = ChimeClient::new(simulator_sdk_config(&region()), client_opts);
     rig.sim.script(
@@ -311,16 +280,7 @@ async fn a_page_that_fails_after_its_retries_records_no_events(db: &TestDb) {
 }
 
 async fn no_table_holds_a_join_token(db: &TestDb) {
-    let rig = rig(
-        SimConfig {
-            rate: 1000.0,
-            burst: 1000,
-            ..SimConfig::default()
-        },
-        1000.0,
-        1000,
-    )
-    .await;
+    let rig = rig_with_quota(1000.0, 1000).await;
     let (id, made) = tracked_meeting(db, &rig, 25).await;
     let (_, known) = poll_once(&rig.client, &db.store, &id, &region(), None).await;
     rig.driver
@@ -363,16 +323,7 @@ fn fast_scheduler(interval: Duration, concurrency: usize) -> SchedulerOptions {
 }
 
 async fn a_failing_meeting_backs_off_without_delaying_the_others(db: &TestDb) {
-    let rig = rig(
-        SimConfig {
-            rate: 1000.0,
-            burst: 1000,
-            ..SimConfig::default()
-        },
-        1000.0,
-        1000,
-    )
-    .await;
+    let rig = rig_with_quota(1000.0, 1000).await;
     let (healthy, _) = tracked_meeting(db, &rig, 3).await;
     let (broken, _) = tracked_meeting(db, &rig, 3).await;
     rig.sim.script(
@@ -418,16 +369,7 @@ async fn a_failing_meeting_backs_off_without_delaying_the_others(db: &TestDb) {
 }
 
 async fn meetings_added_and_removed_while_running_are_noticed(db: &TestDb) {
-    let rig = rig(
-        SimConfig {
-            rate: 1000.0,
-            burst: 1000,
-            ..SimConfig::default()
-        },
-        1000.0,
-        1000,
-    )
-    .await;
+    let rig = rig_with_quota(1000.0, 1000).await;
     let (first, _) = tracked_meeting(db, &rig, 2).await;
     let client = Arc::new(rig.client);
     let scheduler = Scheduler::new(
@@ -508,16 +450,7 @@ async fn meetings_added_and_removed_while_running_are_noticed(db: &TestDb) {
 
 async fn twenty_meetings_under_a_two_rps_quota_keep_being_polled_within_budget(db: &TestDb) {
     // The simulator allows 2 requests/s (burst 2); the daemon is configured for 2/s too.
-    let rig = rig(
-        SimConfig {
-            rate: 2.0,
-            burst: 2,
-            ..SimConfig::default()
-        },
-        2.0,
-        2,
-    )
-    .await;
+    let rig = rig_with_quota(2.0, 2).await;
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(tracked_meeting(db, &rig, 3).await.0);
