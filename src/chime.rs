@@ -514,6 +514,11 @@ fn classify(
         ),
         None => (0, None),
     };
+    let parse_error = match &err {
+        SdkError::ResponseError(_) => std::error::Error::source(&err)
+            .map(|e| aws_sdk_chimesdkmeetings::error::DisplayErrorContext(e).to_string()),
+        _ => None,
+    };
     let service = match err {
         SdkError::ServiceError(ctx) => ctx.into_err(),
         SdkError::TimeoutError(_) => {
@@ -525,17 +530,19 @@ fn classify(
             let message = if d.is_timeout() {
                 "timed out".to_owned()
             } else {
-                format!(
-                    "{:?}",
-                    d.as_connector_error()
-                        .map(|c| c.to_string())
-                        .unwrap_or_default()
-                )
+                d.as_connector_error()
+                    .map(|c| aws_sdk_chimesdkmeetings::error::DisplayErrorContext(c).to_string())
+                    .unwrap_or_else(|| "request not sent".to_owned())
             };
             return ChimeError::Transport { message };
         }
-        SdkError::ResponseError(r) => {
-            let message = format!("unreadable answer, HTTP {status}: {:?}", r);
+        SdkError::ResponseError(_) => {
+            // Only the parser's own error: never the raw response, whose body can hold
+            // JoinTokens.
+            let message = format!(
+                "unreadable answer, HTTP {status}: {}",
+                parse_error.unwrap_or_default()
+            );
             return if status >= 500 || status == 0 {
                 ChimeError::Unavailable {
                     status,
@@ -584,6 +591,12 @@ fn classify(
         | "ConflictException" => Some(400),
         _ => None,
     };
+    if by_code.is_none() && (200..300).contains(&status) {
+        // A success status whose body the SDK could not read as a page.
+        return ChimeError::Malformed {
+            message: format!("unreadable answer, HTTP {status} ({code})"),
+        };
+    }
     match by_code.unwrap_or(status) {
         429 => ChimeError::Throttled {
             request_id,

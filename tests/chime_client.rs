@@ -415,3 +415,66 @@ async fn a_hung_endpoint_times_out_instead_of_stalling_the_poll() {
     );
     hold.abort();
 }
+
+/// Answers every request on `listener` with `response` (a whole HTTP/1.1 response).
+fn serve_fixed(listener: tokio::net::TcpListener, response: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_malformed_answer_fails_the_poll_without_quoting_its_body() {
+    let token = "SECRET-JOIN-TOKEN-abcdefghijklmnopqrstuvwxyz0123456789";
+    let attendee = |id: &str| {
+        format!(
+            r#"{{"ExternalUserId":"x1","AttendeeId":"{id}","JoinToken":"{token}","Capabilities":{{"Audio":"SendReceive","Video":"SendReceive","Content":"SendReceive"}}}}"#
+        )
+    };
+    let cases = [
+        // Truncated JSON.
+        format!(
+            r#"{{"Attendees":[{}"#,
+            attendee("00000000-0000-0000-0000-000000000001")
+        ),
+        // Valid JSON, but the attendee id is not a GUID.
+        format!(r#"{{"Attendees":[{}]}}"#, attendee("not-a-guid")),
+        // Valid JSON, but an unknown capability value.
+        format!(
+            r#"{{"Attendees":[{}]}}"#,
+            attendee("00000000-0000-0000-0000-000000000001")
+                .replace("\"Audio\":\"SendReceive\"", "\"Audio\":\"Loud\"")
+        ),
+    ];
+    for body in cases {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let server = serve_fixed(listener, response);
+        let c = ChimeClient::new(
+            simulator_sdk_config(&region()),
+            options(&format!("http://{addr}"), 100),
+        );
+        let meeting = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
+        let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+        assert!(matches!(err, ChimeError::Malformed { .. }), "{err:?}");
+        assert!(
+            !err.to_string().contains(token),
+            "the error quotes the body: {err}"
+        );
+        assert!(!format!("{err:?}").contains(token));
+        server.abort();
+    }
+}
