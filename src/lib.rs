@@ -4,6 +4,7 @@
 //!
 //! The binary (`main.rs`) only parses arguments and wires these modules together.
 
+pub mod bench;
 pub mod chime;
 pub mod cli;
 pub mod config;

@@ -20,9 +20,12 @@ use crate::domain::{
     MeetingId, Region,
 };
 
+mod bench;
 mod postgres;
 mod shared;
 mod sqlite;
+
+pub use bench::{WriteCounts, create_scratch_database, drop_scratch_database};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +168,25 @@ pub enum ApplyOutcome {
     Conflict,
 }
 
+/// The bookkeeping of one poll that found the roster unchanged, for
+/// [`Store::record_unchanged_polls`]: the scheduler records these in batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnchangedPoll {
+    pub meeting_id: MeetingId,
+    /// `poll_seq` the poll's fingerprint was compared against; the fence, as in `apply`.
+    pub expected_seq: i64,
+    /// When the poll started fetching: the new `last_polled_at`.
+    pub started_at: DateTime<Utc>,
+}
+
+/// See [`Store::meetings_version`]. Compare two for equality; the fields mean nothing alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeetingsVersion {
+    active: i64,
+    last_added: Option<DateTime<Utc>>,
+    last_ended: Option<DateTime<Utc>>,
+}
+
 /// What `add_meeting` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddOutcome {
@@ -227,7 +249,8 @@ impl Store {
     ///
     /// `postgres://…` and `postgresql://…` open Postgres. `sqlite://path`, `sqlite:path` (the
     /// file and its directory are created if missing) and `sqlite::memory:` open SQLite in WAL
-    /// mode with foreign keys on, `synchronous = NORMAL` and a 5 s busy timeout.
+    /// mode with foreign keys on, `synchronous = NORMAL`, `temp_store = MEMORY` and a 5 s busy
+    /// timeout.
     ///
     /// # Errors
     /// [`StoreError::UnsupportedUrl`] for any other scheme; [`StoreError::Connect`] (naming the
@@ -332,12 +355,33 @@ impl Store {
         on_backend!(self, list_meetings(false))
     }
 
+    /// A cheap summary of `tracked_meetings` that differs whenever the set of active meetings
+    /// has changed since it was last read: a meeting added (`last_added` grows, `active`
+    /// grows), stopped or ended (`last_ended` grows), or tracked again (`active` grows). Lets
+    /// the scheduler skip re-reading thousands of rows when nothing changed.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn meetings_version(&self) -> Result<MeetingsVersion> {
+        on_backend!(self, meetings_version())
+    }
+
     /// The meetings to poll (status `active`), ordered by `added_at` then id.
     ///
     /// # Errors
     /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
     pub async fn active_meetings(&self) -> Result<Vec<TrackedMeeting>> {
         on_backend!(self, list_meetings(true))
+    }
+
+    /// The id and region of every meeting to poll (status `active`), ordered by `added_at`
+    /// then id: what the scheduler re-reads, without the other columns of
+    /// [`Store::active_meetings`].
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn active_meeting_keys(&self) -> Result<Vec<(MeetingId, Region)>> {
+        on_backend!(self, active_meeting_keys())
     }
 
     /// One tracked meeting, whatever its status; `None` when it was never added.
@@ -374,6 +418,42 @@ impl Store {
     pub async fn apply(&self, rec: PollRecord<'_>) -> Result<ApplyOutcome> {
         check_changes(rec.meeting_id, rec.changes)?;
         on_backend!(self, apply(&rec))
+    }
+
+    /// Records the bookkeeping of many unchanged polls in one statement: for each, exactly what
+    /// [`Store::apply`] writes for a poll without changes (`last_polled_at`, `poll_seq + 1`, the
+    /// failure count and error cleared), fenced the same way by meeting status and `poll_seq`.
+    /// No snapshot or event row is touched.
+    ///
+    /// Returns, in the order of `polls`, whether each was recorded; `false` is a conflict (the
+    /// meeting is no longer active, or its `poll_seq` moved), as [`ApplyOutcome::Conflict`].
+    /// A meeting must appear at most once in `polls`.
+    ///
+    /// This is the daemon's hot path: at hundreds of polls a second, one statement per second
+    /// instead of one per poll. Delaying it is safe: until it is written, `last_polled_at` is
+    /// older than the truth, which only widens the next change window.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRecord`] when a meeting appears twice (nothing is written);
+    /// [`StoreError::Sqlx`] when the database fails (nothing is written).
+    pub async fn record_unchanged_polls(&self, polls: &[UnchangedPoll]) -> Result<Vec<bool>> {
+        if polls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = HashSet::with_capacity(polls.len());
+        for p in polls {
+            if !ids.insert(p.meeting_id.as_str()) {
+                return Err(StoreError::InvalidRecord(format!(
+                    "meeting {} appears twice in one batch of unchanged polls",
+                    p.meeting_id
+                )));
+            }
+        }
+        let recorded: HashSet<String> = on_backend!(self, record_unchanged_polls(polls))?;
+        Ok(polls
+            .iter()
+            .map(|p| recorded.contains(p.meeting_id.as_str()))
+            .collect())
     }
 
     /// Records that the service says the meeting is gone, fenced like [`Store::apply`]: in

@@ -10,7 +10,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Postgres, Transaction};
 
 use super::shared::{event_columns, shared_queries};
-use super::{EVENT_VALUES, PollRecord, Result, StoreError, StoredEvent, event_values, redact_url};
+use super::{
+    EVENT_VALUES, PollRecord, Result, StoreError, StoredEvent, UnchangedPoll, event_values,
+    redact_url,
+};
 
 shared_queries!(database = sqlx::Postgres, for_update = " FOR UPDATE");
 pub(super) use queries::*;
@@ -106,4 +109,31 @@ async fn insert_events(conn: &mut PgConnection, rec: &PollRecord<'_>) -> Result<
     }
     let rows = query.fetch_all(conn).await?;
     events_from_rows(&rows)
+}
+
+/// The bookkeeping of unchanged polls in one statement, whatever their number: the batch
+/// travels as three arrays. Returns the meetings whose row matched the fence.
+pub(super) async fn record_unchanged_polls(
+    pool: &PgPool,
+    polls: &[UnchangedPoll],
+) -> Result<std::collections::HashSet<String>> {
+    let ids: Vec<&str> = polls.iter().map(|p| p.meeting_id.as_str()).collect();
+    let seqs: Vec<i64> = polls.iter().map(|p| p.expected_seq).collect();
+    let started: Vec<DateTime<Utc>> = polls.iter().map(|p| p.started_at).collect();
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "UPDATE tracked_meetings AS m \
+         SET last_polled_at = v.started_at, poll_seq = m.poll_seq + 1, \
+             consecutive_failures = 0, last_error = NULL, last_error_at = NULL \
+         FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[]) \
+              AS v (meeting_id, expected_seq, started_at) \
+         WHERE m.meeting_id = v.meeting_id AND m.poll_seq = v.expected_seq \
+           AND m.status = 'active' \
+         RETURNING m.meeting_id",
+    )
+    .bind(ids)
+    .bind(seqs)
+    .bind(started)
+    .fetch_all(pool)
+    .await?;
+    Ok(recorded.into_iter().collect())
 }

@@ -45,8 +45,8 @@ macro_rules! shared_queries {
             };
             use crate::store::shared::{event_columns, meeting_columns};
             use crate::store::{
-                decode, AddOutcome, ApplyOutcome, AttendanceRow, MeetingStatus, PollRecord,
-                Result, SessionRow, Snapshot, StoreError, StoredEvent, TrackedMeeting,
+                decode, AddOutcome, ApplyOutcome, AttendanceRow, MeetingStatus, MeetingsVersion,
+                PollRecord, Result, SessionRow, Snapshot, StoreError, StoredEvent, TrackedMeeting,
             };
 
             type Db = $db;
@@ -164,6 +164,43 @@ macro_rules! shared_queries {
                 .await?;
                 tx.commit().await?;
                 Ok(Some(events))
+            }
+
+            pub(in crate::store) async fn meetings_version(
+                pool: &Pool,
+            ) -> Result<MeetingsVersion> {
+                let row = sqlx::query(
+                    "SELECT (SELECT count(*) FROM tracked_meetings WHERE status = 'active') \
+                                AS active, \
+                            (SELECT max(added_at) FROM tracked_meetings) AS last_added, \
+                            (SELECT max(ended_at) FROM tracked_meetings) AS last_ended",
+                )
+                .fetch_one(pool)
+                .await?;
+                Ok(MeetingsVersion {
+                    active: get(&row, "active")?,
+                    last_added: get(&row, "last_added")?,
+                    last_ended: get(&row, "last_ended")?,
+                })
+            }
+
+            pub(in crate::store) async fn active_meeting_keys(
+                pool: &Pool,
+            ) -> Result<Vec<(MeetingId, Region)>> {
+                let rows = sqlx::query(
+                    "SELECT meeting_id, region FROM tracked_meetings WHERE status = 'active' \
+                     ORDER BY added_at, meeting_id",
+                )
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
+                            decode::region(&get::<String>(row, "region")?)?,
+                        ))
+                    })
+                    .collect()
             }
 
             pub(in crate::store) async fn list_meetings(

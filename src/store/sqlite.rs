@@ -17,7 +17,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::shared::{event_columns, shared_queries};
-use super::{EVENT_VALUES, PollRecord, Result, StoreError, StoredEvent, event_values, redact_url};
+use super::{
+    EVENT_VALUES, PollRecord, Result, StoreError, StoredEvent, UnchangedPoll, event_values,
+    redact_url,
+};
 
 shared_queries!(database = sqlx::Sqlite, for_update = "");
 pub(super) use queries::*;
@@ -55,7 +58,11 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
-        .synchronous(SqliteSynchronous::Normal);
+        .synchronous(SqliteSynchronous::Normal)
+        // Statement journals (every multi-row statement inside a transaction keeps one) and
+        // RETURNING's temporary rows stay in memory instead of spilling to temporary files
+        // past 64 KiB: a first poll of a large meeting otherwise opens and writes a file.
+        .pragma("temp_store", "memory");
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     let path = (!in_memory).then(|| options.get_filename().to_path_buf());
     if let Some(dir) = path.as_deref().and_then(Path::parent)
@@ -189,4 +196,35 @@ async fn insert_events(
     }
     events.sort_by_key(|e| e.event_id);
     Ok(events)
+}
+
+/// The bookkeeping of unchanged polls in one `UPDATE … FROM json_each(…)` statement: the
+/// batch travels as one JSON array of `[meeting_id, expected_seq, started_at]`, so the
+/// statement's text never changes and its prepared form is cached (a `VALUES` list would be a
+/// new statement, and a new cached program of hundreds of KB, for every batch size).
+/// Returns the meetings whose row matched the fence.
+pub(super) async fn record_unchanged_polls(
+    pool: &SqlitePool,
+    polls: &[UnchangedPoll],
+) -> Result<std::collections::HashSet<String>> {
+    let batch: Vec<(&str, i64, String)> = polls
+        .iter()
+        .map(|p| (p.meeting_id.as_str(), p.expected_seq, ts(p.started_at)))
+        .collect();
+    let batch = serde_json::to_string(&batch)
+        .map_err(|e| StoreError::InvalidRecord(format!("cannot encode the batch: {e}")))?;
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "UPDATE tracked_meetings \
+         SET last_polled_at = v.value ->> 2, poll_seq = tracked_meetings.poll_seq + 1, \
+             consecutive_failures = 0, last_error = NULL, last_error_at = NULL \
+         FROM json_each($1) AS v \
+         WHERE tracked_meetings.meeting_id = v.value ->> 0 \
+           AND tracked_meetings.poll_seq = v.value ->> 1 \
+           AND tracked_meetings.status = 'active' \
+         RETURNING meeting_id",
+    )
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
+    Ok(recorded.into_iter().collect())
 }
