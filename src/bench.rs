@@ -198,7 +198,6 @@ pub struct Report {
 /// setup fails (the message says which).
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     validate(&args)?;
-    let region = Region::parse("us-east-1")?;
     let mut settings = Settings::defaults()?;
     let daemon_rps = args.daemon_rps.unwrap_or(settings.rate.requests_per_second);
     let daemon_burst = args
@@ -227,13 +226,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     );
     let db = BenchDb::create(&args).await?;
     println!("database: {}", redact_url(&db.url));
+    let report = measure(&args, &settings, &sim, &db).await;
+    drop(sim);
+    db.finish(args.keep_database).await;
+    report
+}
+
+/// Everything between creating the database and dropping it: setup, the phases, the report.
+async fn measure(
+    args: &BenchArgs,
+    settings: &Settings,
+    sim: &SimProcess,
+    db: &BenchDb,
+) -> anyhow::Result<Report> {
+    let region = Region::parse("us-east-1")?;
+    let daemon_rps = settings.rate.requests_per_second;
+    let daemon_burst = settings.rate.burst;
     let store = Store::connect(&db.url, settings.database.max_connections)
         .await
         .context("opening the bench database")?;
     store.acquire_writer_lock().await?;
     store.migrate().await.context("applying migrations")?;
 
-    let mut options = ClientOptions::from_settings(&settings);
+    let mut options = ClientOptions::from_settings(settings);
     options.endpoint_url = Some(sim.url.clone());
     let client = Arc::new(ChimeClient::new(
         simulator_sdk_config(&region),
@@ -245,7 +260,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let driver = Driver::new(driver_client.sdk_client(&region));
 
     let setup_started = Instant::now();
-    let fleet = setup(&args, &driver, &store, &region).await?;
+    let fleet = setup(args, &driver, &store, &region).await?;
     let pages_per_meeting = pages(args.attendees, settings.poll.max_results);
     let total_pages = pages_per_meeting * args.meetings as u64;
     let ideal_sweep_s = total_pages as f64 / args.quota_rps;
@@ -272,7 +287,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let scheduler = Scheduler::new(
         Arc::clone(&client),
         store.clone(),
-        SchedulerOptions::from_settings(&settings),
+        SchedulerOptions::from_settings(settings),
     )
     .with_event_sink(tx)
     .with_poll_observer(observer);
@@ -302,7 +317,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let daemon = tokio::spawn(scheduler.run(cancel.clone()));
 
     // Warm-up: the first sweep records everyone as joined.
-    let warmup_limit = settle_limit(ideal_sweep_s, args.quota_rps.min(daemon_rps), &args);
+    let warmup_limit = settle_limit(ideal_sweep_s, args.quota_rps.min(daemon_rps), args);
     wait_for(&sweeps, warmup_limit, |s| !s.completed.is_empty()).await;
     let warmup_s = polling_started.elapsed().as_secs_f64();
     let cpu_warm = cpu_seconds()?;
@@ -312,7 +327,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     );
     lock(&changes).armed = true;
 
-    let churned = churn(&args, &driver, fleet, &changes).await;
+    let churned = churn(args, &driver, fleet, &changes).await;
     let churn_stopped = Instant::now();
     println!(
         "churn: {} changes made ({} failed); settling until a sweep started after the last change completes",
@@ -383,8 +398,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         rate_decreases: budget.decreases(),
     };
     print_summary(&report, &sweeps.completed, hwm_reset);
-    drop(sim);
-    db.finish(args.keep_database).await;
     Ok(report)
 }
 

@@ -215,7 +215,7 @@ async fn poll<S: RosterSource>(
         Err(e) => {
             let message = e.to_string();
             if let Err(db) = store.record_failure(meeting, &message, domain::now()).await {
-                tracing::warn!(error = %db, "cannot record poll failure");
+                tracing::warn!(meeting_id = %meeting, error = %db, "cannot record poll failure");
             }
             return Polled::plain(PollOutcome::Failed(message), Some(known));
         }
@@ -373,6 +373,28 @@ struct RegionQueue {
     pages_in_flight: u32,
     /// Pages of every meeting of the region (last complete rosters): a sweep's cost.
     pages_total: u64,
+}
+
+/// Counts, logs and sends to the sink (if any) the events of one poll.
+fn publish(
+    sink: Option<&broadcast::Sender<StoredEvent>>,
+    meeting: &MeetingId,
+    events: Vec<StoredEvent>,
+) {
+    for e in events {
+        metrics::counter!("roster_events_total", "kind" => e.kind.as_str()).increment(1);
+        tracing::info!(
+            meeting_id = %meeting,
+            event_id = e.event_id,
+            kind = %e.kind,
+            attendee_id = %e.attendee_id,
+            reason = e.reason.map(|r| r.as_str()),
+            "event"
+        );
+        if let Some(tx) = sink {
+            let _ = tx.send(e);
+        }
+    }
 }
 
 /// What a poll of a meeting with `pages` pages is expected to spend: at least one request
@@ -786,7 +808,8 @@ impl<S: RosterSource> Scheduler<S> {
                 let Some((slot, started)) = self.tasks.remove(&e.id()) else {
                     return;
                 };
-                tracing::error!(error = %e, "a poll task failed");
+                let meeting = self.slots.get(slot).and_then(Option::as_ref).map(|m| &m.id);
+                tracing::error!(meeting_id = ?meeting, error = %e, "a poll task failed");
                 Finished {
                     slot,
                     polled: Polled::plain(
@@ -840,7 +863,7 @@ impl<S: RosterSource> Scheduler<S> {
         let interval = self.opts.interval;
         let jitter = self.opts.jitter;
         let spread = |d: Duration| d.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter));
-        let id = state.id.clone();
+        let id = &state.id;
         let (next_due, events) = match polled.outcome {
             PollOutcome::Unchanged => {
                 state.failures = 0;
@@ -879,7 +902,7 @@ impl<S: RosterSource> Scheduler<S> {
             }
         };
         let removed = state.removed;
-        self.publish(&id, events);
+        publish(self.events.as_ref(), id, events);
         match next_due {
             Some(due) if !removed => self.schedule(slot, due),
             _ => self.forget(slot),
@@ -913,23 +936,6 @@ impl<S: RosterSource> Scheduler<S> {
             state.pending = false;
             if !ok {
                 state.known = None;
-            }
-        }
-    }
-
-    fn publish(&self, meeting: &MeetingId, events: Vec<StoredEvent>) {
-        for e in events {
-            metrics::counter!("roster_events_total", "kind" => e.kind.as_str()).increment(1);
-            tracing::info!(
-                meeting_id = %meeting,
-                event_id = e.event_id,
-                kind = %e.kind,
-                attendee_id = %e.attendee_id,
-                reason = e.reason.map(|r| r.as_str()),
-                "event"
-            );
-            if let Some(tx) = &self.events {
-                let _ = tx.send(e);
             }
         }
     }
