@@ -303,7 +303,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                             m.region,
                             m.status.as_str(),
                             m.last_polled_at
-                                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                                .map(crate::report::timestamp)
                                 .unwrap_or_else(|| "-".into()),
                             m.consecutive_failures,
                             m.label.unwrap_or_default()

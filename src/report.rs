@@ -38,9 +38,9 @@ pub fn write_table(
             "  {:<32}  {:>8}  {:<19}  {:<19}  {:>10}",
             truncate(r.external_user_id.as_str(), 32),
             r.sessions,
-            r.first_joined_at.format("%Y-%m-%d %H:%M:%S"),
+            timestamp(r.first_joined_at),
             r.last_left_at
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .map(timestamp)
                 .unwrap_or_else(|| "(present)".into()),
             format_seconds(r.total_seconds)
         )?;
@@ -56,6 +56,11 @@ fn truncate(s: &str, max: usize) -> String {
         t.push('…');
         t
     }
+}
+
+/// A timestamp as tables show it: UTC to the second.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// `3725.0` → `1h02m05s`.
