@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
+use crate::chime::{ChimeClient, ClientOptions, RosterSource as _, simulator_sdk_config};
 use crate::config::Settings;
 use crate::domain::{Capabilities, Capability, EventKind, MeetingId, Region};
 use crate::driver::Driver;
@@ -109,6 +109,39 @@ pub struct BenchArgs {
     /// shows what a single-threaded daemon would cost.
     #[arg(long, value_enum, default_value_t = RuntimeKind::MultiThread)]
     pub runtime: RuntimeKind,
+    /// Instead of the capacity run, measure the floor: this many polls of one meeting of
+    /// `--attendees` through the daemon's client (16 at once, no rate budget, the simulator
+    /// unthrottled), and the CPU each one costs. `--quota-rps` only scales the result to a
+    /// share of one core at that rate.
+    #[arg(long)]
+    pub floor_polls: Option<u64>,
+}
+
+/// What a run measured: the capacity run's report, or the floor's.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Capacity(Report),
+    Floor(FloorReport),
+}
+
+/// `--floor-polls`: the CPU cost of one poll through the SDK client alone (signing, HTTP,
+/// JSON, conversion), with no scheduler, store or rate budget. Printed as the last line.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorReport {
+    pub mode: &'static str,
+    pub attendees: usize,
+    pub polls: u64,
+    /// ListAttendees requests sent (pages of all polls).
+    pub requests: u64,
+    pub runtime: RuntimeKind,
+    pub wall_s: f64,
+    pub cpu_seconds: f64,
+    pub cpu_us_per_request: f64,
+    /// cpu_us_per_request × quota_rps: the share of one core these requests alone cost when
+    /// the daemon polls at `--quota-rps`.
+    pub quota_rps: f64,
+    pub cpu_fraction_at_quota: f64,
 }
 
 /// See [`BenchArgs::runtime`].
@@ -196,8 +229,11 @@ pub struct Report {
 /// # Errors
 /// The simulator binary is missing or does not start, the database cannot be created, or the
 /// setup fails (the message says which).
-pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     validate(&args)?;
+    if let Some(polls) = args.floor_polls {
+        return floor(&args, polls).await.map(Outcome::Floor);
+    }
     let mut settings = Settings::defaults()?;
     let daemon_rps = args.daemon_rps.unwrap_or(settings.rate.requests_per_second);
     let daemon_burst = args
@@ -229,7 +265,85 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let report = measure(&args, &settings, &sim, &db).await;
     drop(sim);
     db.finish(args.keep_database).await;
-    report
+    report.map(Outcome::Capacity)
+}
+
+/// Polls kept in flight at once by [`floor`]: the default `poll.concurrency`.
+const FLOOR_CONCURRENCY: u64 = 16;
+
+/// See [`BenchArgs::floor_polls`].
+async fn floor(args: &BenchArgs, polls: u64) -> anyhow::Result<FloorReport> {
+    let mut sim_args = args.clone();
+    sim_args.quota_rps = f64::INFINITY;
+    let sim = SimProcess::start(&sim_args)?;
+    let region = Region::parse("us-east-1")?;
+    let mut settings = Settings::defaults()?;
+    if let Some(m) = args.max_results {
+        settings.poll.max_results = m;
+    }
+    settings.validate()?;
+    let mut options = ClientOptions::from_settings(&settings);
+    options.endpoint_url = Some(sim.url.clone());
+    options.requests_per_second = 1e9;
+    options.burst = 1_000_000;
+    options.adaptive = false;
+    let client = Arc::new(ChimeClient::new(simulator_sdk_config(&region), options));
+    let driver = Driver::new(client.sdk_client(&region));
+    let meeting = driver
+        .create_meeting("floor-bench", region.as_str())
+        .await?;
+    driver
+        .add_attendees(
+            &meeting,
+            (0..args.attendees).map(|i| (format!("floor-{i}"), None)),
+        )
+        .await?;
+    // Warm: connections open, caches filled.
+    for _ in 0..FLOOR_CONCURRENCY * 4 {
+        client.fetch_roster(&meeting, &region, true).await?;
+    }
+    let requests_before = client.counters().requests.load(Ordering::Relaxed);
+    let cpu_start = cpu_seconds()?;
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for worker in 0..FLOOR_CONCURRENCY {
+        let (client, meeting, region) = (Arc::clone(&client), meeting.clone(), region.clone());
+        let share = polls / FLOOR_CONCURRENCY + u64::from(worker < polls % FLOOR_CONCURRENCY);
+        tasks.spawn(async move {
+            for _ in 0..share {
+                client.fetch_roster(&meeting, &region, true).await?;
+            }
+            Ok::<_, crate::chime::ChimeError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("a floor task failed")??;
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()? - cpu_start;
+    let requests = client.counters().requests.load(Ordering::Relaxed) - requests_before;
+    let per_request = cpu / requests.max(1) as f64;
+    let report = FloorReport {
+        mode: "floor",
+        attendees: args.attendees,
+        polls,
+        requests,
+        runtime: args.runtime,
+        wall_s,
+        cpu_seconds: cpu,
+        cpu_us_per_request: per_request * 1e6,
+        quota_rps: args.quota_rps,
+        cpu_fraction_at_quota: per_request * args.quota_rps,
+    };
+    println!(
+        "floor: {polls} polls of {} attendees = {requests} requests in {wall_s:.1}s; cpu {cpu:.2}s = {:.0} µs a request \
+         (client path only: SigV4, HTTP, JSON, conversion); at {} rps that alone is {:.1} % of one core",
+        args.attendees,
+        report.cpu_us_per_request,
+        args.quota_rps,
+        100.0 * report.cpu_fraction_at_quota
+    );
+    Ok(report)
 }
 
 /// Everything between creating the database and dropping it: setup, the phases, the report.
@@ -404,6 +518,9 @@ async fn measure(
 fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.meetings == 0 {
         bail!("--meetings must be at least 1");
+    }
+    if args.floor_polls.is_some_and(|n| n < FLOOR_CONCURRENCY) {
+        bail!("--floor-polls must be at least {FLOOR_CONCURRENCY}");
     }
     if !(1..=250).contains(&args.attendees) {
         bail!("--attendees must be 1..=250 (the service's limit per meeting)");

@@ -90,14 +90,14 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let driver = Driver::new(client.sdk_client(&settings.chime.region));
 
     let color = std::io::stdout().is_terminal();
-    println!(
+    say(&format!(
         "roster-sync demo: simulator at {}, database {}, {} meeting(s) × {} attendee(s), {:?}",
         sim.endpoint_url(),
         redact_url(&url),
         args.meetings,
         args.attendees,
         args.duration
-    );
+    ));
 
     let mut meetings = Vec::new();
     for i in 0..args.meetings.max(1) {
@@ -130,10 +130,11 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
 
     let labels: std::collections::HashMap<MeetingId, &str> =
         meetings.iter().map(|(id, l)| (id.clone(), *l)).collect();
+    let printer_cancel = cancel.clone();
     let printer = tokio::spawn(async move {
         let mut counts = [0usize; 3];
         loop {
-            match rx.recv().await {
+            let line = match rx.recv().await {
                 Ok(e) => {
                     let k = match e.kind {
                         EventKind::Joined => 0,
@@ -142,10 +143,15 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
                     };
                     counts[k] += 1;
                     let label = labels.get(&e.meeting_id).copied().unwrap_or("?");
-                    println!("{}", event_line(&e, label, counts, color));
+                    event_line(&e, label, counts, color)
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => println!("({n} events not shown)"),
+                Err(broadcast::error::RecvError::Lagged(n)) => format!("({n} events not shown)"),
                 Err(broadcast::error::RecvError::Closed) => break,
+            };
+            if !say(&line) {
+                // Nobody reads the output any more (`demo | head`): wind the demo down, so
+                // its meetings are still untracked below.
+                printer_cancel.cancel();
             }
         }
         counts
@@ -182,15 +188,34 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
         {
             counts[1] += 1;
-            println!("{}", event_line(&e, label, counts, color));
+            say(&event_line(&e, label, counts, color));
         }
     }
-    println!(
+    let summary = summarize(&store, &meetings, counts, &url).await;
+    if let Err(e) = sim.shutdown().await {
+        tracing::warn!(error = %e, "simulator did not shut down cleanly");
+    }
+    match summary {
+        // The reader went away (`demo | head`): everything was recorded, nothing to report.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// The totals and each meeting's attendance table.
+async fn summarize(
+    store: &Store,
+    meetings: &[(MeetingId, &str)],
+    counts: [usize; 3],
+    url: &str,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "\nrecorded {} joined, {} left, {} capabilities_changed\n",
         counts[0], counts[1], counts[2]
-    );
-    let mut out = std::io::stdout().lock();
-    for (id, _) in &meetings {
+    )?;
+    for (id, _) in meetings {
         if let Some(m) = store.get_meeting(id).await? {
             crate::report::write_table(&mut out, &m, &store.attendance(id).await?)?;
             writeln!(out)?;
@@ -199,12 +224,22 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "events are in {}: roster-sync report <MEETING_ID> shows one meeting",
-        redact_url(&url)
+        redact_url(url)
     )?;
-    if let Err(e) = sim.shutdown().await {
-        tracing::warn!(error = %e, "simulator did not shut down cleanly");
-    }
     Ok(())
+}
+
+/// Writes one line to stdout; false when stdout is gone (a closed pipe), where `println!`
+/// would panic.
+fn say(line: &str) -> bool {
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn event_line(e: &StoredEvent, label: &str, counts: [usize; 3], color: bool) -> String {

@@ -351,6 +351,52 @@ async fn the_demo_shows_every_kind_of_event_and_records_them(db: &TestDb) {
     );
 }
 
+/// `demo | head -1`: the reader goes away after the first line. The demo winds down without
+/// a panic, exits 0, and still stops tracking its meetings.
+#[test]
+fn the_demo_ends_cleanly_when_its_reader_goes_away() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let url = format!("sqlite://{}", db.display());
+    let mut child = roster_sync(&[
+        "demo",
+        "--duration",
+        "30s",
+        "--interval",
+        "1s",
+        "--meetings",
+        "1",
+        "--attendees",
+        "3",
+        "--database-url",
+        &url,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("roster-sync demo:"), "{first}");
+    // The reader is dropped here: the next line the demo prints finds the pipe closed.
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the demo ran on for its whole duration"
+    );
+    let (out, listed, stderr) =
+        run(roster_sync(&["meetings", "list", "--format", "json"]).env("DATABASE_URL", &url));
+    assert!(out.status.success(), "{stderr}");
+    assert!(!listed.contains("\"active\""), "{listed}");
+}
+
 #[test]
 fn a_second_daemon_on_the_same_sqlite_file_is_refused_and_the_file_stays_intact() {
     let dir = tempfile::tempdir().unwrap();
