@@ -231,9 +231,6 @@ pub struct Report {
 /// setup fails (the message says which).
 pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     validate(&args)?;
-    if let Some(polls) = args.floor_polls {
-        return floor(&args, polls).await.map(Outcome::Floor);
-    }
     let mut settings = Settings::defaults()?;
     let daemon_rps = args.daemon_rps.unwrap_or(settings.rate.requests_per_second);
     let daemon_burst = args
@@ -251,6 +248,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         settings.poll.max_results = m;
     }
     settings.validate()?;
+    if let Some(polls) = args.floor_polls {
+        return floor(&args, &settings, polls).await.map(Outcome::Floor);
+    }
 
     let sim = SimProcess::start(&args)?;
     println!(
@@ -272,17 +272,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
 const FLOOR_CONCURRENCY: u64 = 16;
 
 /// See [`BenchArgs::floor_polls`].
-async fn floor(args: &BenchArgs, polls: u64) -> anyhow::Result<FloorReport> {
+async fn floor(args: &BenchArgs, settings: &Settings, polls: u64) -> anyhow::Result<FloorReport> {
     let mut sim_args = args.clone();
     sim_args.quota_rps = f64::INFINITY;
     let sim = SimProcess::start(&sim_args)?;
     let region = Region::parse("us-east-1")?;
-    let mut settings = Settings::defaults()?;
-    if let Some(m) = args.max_results {
-        settings.poll.max_results = m;
-    }
-    settings.validate()?;
-    let mut options = ClientOptions::from_settings(&settings);
+    // The daemon's client settings (timeouts, retries, page size), without its rate budget.
+    let mut options = ClientOptions::from_settings(settings);
     options.endpoint_url = Some(sim.url.clone());
     options.requests_per_second = 1e9;
     options.burst = 1_000_000;
