@@ -214,13 +214,13 @@ fn fetch(c: &mut Criterion) {
     ] {
         let client = client(&runtime, &region, small);
         let fetched = runtime
-            .block_on(client.fetch_roster(&meeting, &region, true))
+            .block_on(client.fetch_roster(&meeting, &region, &roster_sync::chime::NoPause))
             .expect("the canned roster");
         assert_eq!((fetched.roster.len(), fetched.pages), (attendees, pages));
         c.bench_function(name, |b| {
             // block_on adds a few microseconds per iteration (criterion's async support is
             // not enabled in this crate).
-            b.iter(|| runtime.block_on(client.fetch_roster(black_box(&meeting), &region, true)))
+            b.iter(|| runtime.block_on(client.fetch_roster(black_box(&meeting), &region, &roster_sync::chime::NoPause)))
         });
     }
 }

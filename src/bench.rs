@@ -296,7 +296,7 @@ async fn floor(args: &BenchArgs, settings: &Settings, polls: u64) -> anyhow::Res
         .await?;
     // Warm: connections open, caches filled.
     for _ in 0..FLOOR_CONCURRENCY * 4 {
-        client.fetch_roster(&meeting, &region, true).await?;
+        client.fetch_roster(&meeting, &region, &crate::chime::NoPause).await?;
     }
     let requests_before = client.counters().requests.load(Ordering::Relaxed);
     let cpu_start = cpu_seconds()?;
@@ -307,7 +307,7 @@ async fn floor(args: &BenchArgs, settings: &Settings, polls: u64) -> anyhow::Res
         let share = polls / FLOOR_CONCURRENCY + u64::from(worker < polls % FLOOR_CONCURRENCY);
         tasks.spawn(async move {
             for _ in 0..share {
-                client.fetch_roster(&meeting, &region, true).await?;
+                client.fetch_roster(&meeting, &region, &crate::chime::NoPause).await?;
             }
             Ok::<_, crate::chime::ChimeError>(())
         });
@@ -766,7 +766,7 @@ async fn setup(
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 drop(created);
                 store
-                    .add_meeting(&id, &region, Some("bench"), crate::domain::now())
+                    .add_meeting(&id, &region, Some("bench"), crate::domain::now(), false)
                     .await?;
                 made.push((i, id, guids));
             }
@@ -1177,6 +1177,7 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::PollKind;
 
     #[test]
     fn percentiles_are_nearest_rank() {
@@ -1221,24 +1222,24 @@ mod tests {
         let t0 = Instant::now();
         s.begin(t0);
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let report = |m: usize, started: u64, finished: u64, outcome: &'static str| PollReport {
+        let report = |m: usize, started: u64, finished: u64, outcome: PollKind| PollReport {
             meeting_id: &ids[m],
             started: at(started),
             finished: at(finished),
             outcome,
             pages: 1,
         };
-        s.on_poll(&report(0, 0, 100, "unchanged"));
-        s.on_poll(&report(0, 200, 300, "changed"));
-        s.on_poll(&report(1, 300, 400, "failed"));
+        s.on_poll(&report(0, 0, 100, PollKind::Unchanged));
+        s.on_poll(&report(0, 200, 300, PollKind::Changed));
+        s.on_poll(&report(1, 300, 400, PollKind::Failed));
         assert!(s.completed.is_empty(), "a failed poll does not count");
-        s.on_poll(&report(1, 400, 500, "unchanged"));
+        s.on_poll(&report(1, 400, 500, PollKind::Unchanged));
         assert_eq!(s.completed.len(), 1);
         assert!((s.completed[0].seconds - 0.5).abs() < 1e-9);
         // The next sweep began at 500 ms: a poll started before it does not count.
-        s.on_poll(&report(0, 450, 600, "unchanged"));
-        s.on_poll(&report(1, 500, 700, "unchanged"));
-        s.on_poll(&report(0, 700, 900, "unchanged"));
+        s.on_poll(&report(0, 450, 600, PollKind::Unchanged));
+        s.on_poll(&report(1, 500, 700, PollKind::Unchanged));
+        s.on_poll(&report(0, 700, 900, PollKind::Unchanged));
         assert_eq!(s.completed.len(), 2);
         assert!((s.completed[1].seconds - 0.4).abs() < 1e-9);
     }

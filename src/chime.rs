@@ -8,13 +8,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_chimesdkmeetings as chime;
 use aws_sdk_chimesdkmeetings::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_chimesdkmeetings::operation::RequestId;
+use aws_sdk_chimesdkmeetings::operation::get_attendee::GetAttendeeError;
+use aws_sdk_chimesdkmeetings::operation::get_meeting::GetMeetingError;
 use aws_sdk_chimesdkmeetings::operation::list_attendees::ListAttendeesError;
 use backon::{ExponentialBuilder, Retryable};
 use rand::Rng;
@@ -25,12 +27,21 @@ use crate::domain::{
 };
 use crate::rate::RateLimiter;
 
-/// A failed `ListAttendees` request, classified by what the caller should do about it.
+/// A failed request to the service, classified by what the caller should do about it.
+///
+/// Only [`ChimeError::NotFound`] and [`ChimeError::Forbidden`] can say anything about a
+/// meeting's existence, and only when the service sent the modelled error code: a status alone
+/// (an HTML 404 from a proxy, a 403 from IAM) never does. Even then a `ListAttendees` answer is
+/// only a hint; the scheduler asks `GetMeeting` before it ends a meeting.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChimeError {
-    /// 429: over the request quota. Retried after backoff; the rate budget slows down.
-    #[error("throttled by the service (request id {request_id:?}): {message}")]
+    /// Over the request quota (429 or a throttling code). Retried after backoff, no sooner
+    /// than `retry_after`; the rate budget slows down.
+    #[error("throttled by the service, HTTP {status} {code} (request id {request_id:?}): {message}")]
     Throttled {
+        status: u16,
+        code: String,
+        retry_after: Option<Duration>,
         request_id: Option<String>,
         message: String,
     },
@@ -48,27 +59,53 @@ pub enum ChimeError {
     /// No HTTP answer: connect failure, reset, timeout. Retried.
     #[error("transport error: {message}")]
     Transport { message: String },
-    /// 404, or 403 for a meeting that answered before: the meeting is over. Never retried.
-    #[error("meeting is gone, HTTP {status} {code} (request id {request_id:?})")]
-    MeetingGone {
-        status: u16,
-        code: String,
-        request_id: Option<String>,
-    },
-    /// 400, 401, 403 on a meeting never seen, and anything else: retrying cannot help.
-    #[error("request refused, HTTP {status} {code} (request id {request_id:?}): {message}")]
-    Fatal {
+    /// The modelled `NotFoundException`: the service says the resource asked about does not
+    /// exist (in this region). Never retried.
+    #[error("not found, HTTP {status} {code} (request id {request_id:?}): {message}")]
+    NotFound {
         status: u16,
         code: String,
         request_id: Option<String>,
         message: String,
     },
-    /// A 2xx answer that is not a valid roster page. Never retried; the poll fails.
+    /// The modelled `ForbiddenException`: reported for meetings that ended, but also sent for
+    /// other reasons. Never retried.
+    #[error("forbidden, HTTP {status} {code} (request id {request_id:?}): {message}")]
+    Forbidden {
+        status: u16,
+        code: String,
+        request_id: Option<String>,
+        message: String,
+    },
+    /// Credentials or authorization (IAM denial, expired or unknown token, clock skew, an
+    /// unsigned request, or any other 401/403 that is not `ForbiddenException`). Says nothing
+    /// about the meeting: every meeting of the account and region fails the same way.
+    #[error("access denied, HTTP {status} {code} (request id {request_id:?}): {message}")]
+    Denied {
+        status: u16,
+        code: String,
+        request_id: Option<String>,
+        message: String,
+    },
+    /// Any other refusal: a 400-class code, an unknown code, or a status with no code at all
+    /// (an HTML page from a proxy or a wrong endpoint). Retrying the same request cannot help.
+    #[error("request refused, HTTP {status} {code} (request id {request_id:?}): {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+        message: String,
+    },
+    /// A 2xx answer that is not a valid page. Never retried; the poll fails.
     #[error("malformed answer from the service: {message}")]
     Malformed { message: String },
 }
 
 pub type Result<T, E = ChimeError> = std::result::Result<T, E>;
+
+/// What `x-amzn-ErrorType` carries for an unreadable answer or none at all.
+pub const NO_CODE: &str = "(no error code)";
 
 impl ChimeError {
     /// Throttled, Unavailable and Transport may succeed on a later attempt.
@@ -79,12 +116,34 @@ impl ChimeError {
         )
     }
 
-    /// The wait the service asked for, if any.
+    /// The wait the service asked for (`Retry-After`, on any status), if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::Throttled { retry_after, .. }
+            | Self::Unavailable { retry_after, .. }
+            | Self::Refused { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+
+    /// The service's error code, or a stand-in for answers without one.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Throttled { code, .. }
+            | Self::Unavailable { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::Forbidden { code, .. }
+            | Self::Denied { code, .. }
+            | Self::Refused { code, .. } => code,
+            Self::Transport { .. } => "(transport)",
+            Self::Malformed { .. } => "(malformed answer)",
+        }
+    }
+
+    /// True for the credential and authorization failures that a whole account and region
+    /// shares ([`ChimeError::Denied`]).
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Denied { .. })
     }
 
     /// A short label for metrics and logs.
@@ -93,8 +152,10 @@ impl ChimeError {
             Self::Throttled { .. } => "throttled",
             Self::Unavailable { .. } => "unavailable",
             Self::Transport { .. } => "transport",
-            Self::MeetingGone { .. } => "meeting_gone",
-            Self::Fatal { .. } => "fatal",
+            Self::NotFound { .. } => "not_found",
+            Self::Forbidden { .. } => "forbidden",
+            Self::Denied { .. } => "denied",
+            Self::Refused { .. } => "refused",
             Self::Malformed { .. } => "malformed",
         }
     }
@@ -112,19 +173,52 @@ pub struct FetchedRoster {
     pub throttled: u32,
 }
 
+/// Told when a poll stops and starts sending `ListAttendees` requests: while it sleeps between
+/// two attempts (a backoff or a Retry-After) or confirms departures with other operations.
+/// Whoever launched it lends what it set aside for it (its place in the region's page window)
+/// to other polls meanwhile, so a failing meeting never delays the others.
+pub trait Pause: Send + Sync {
+    /// `true` when the pause begins, `false` when it ends.
+    fn paused(&self, paused: bool);
+}
+
+/// A [`Pause`] for callers that set nothing aside.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPause;
+
+impl Pause for NoPause {
+    fn paused(&self, _paused: bool) {}
+}
+
 /// Where rosters come from. The scheduler depends on this, not on the SDK, so it can be
 /// tested without HTTP.
 pub trait RosterSource: Send + Sync + 'static {
     /// Every page of the meeting's attendee list, or the error that stopped it.
-    /// `existed` says the meeting answered before, which turns a 403 into `MeetingGone`.
     fn fetch_roster(
         &self,
         meeting: &MeetingId,
         region: &Region,
-        existed: bool,
+        pause: &dyn Pause,
     ) -> impl Future<Output = Result<FetchedRoster>> + Send;
 
-    /// The current request rate of the region's budget, for metrics.
+    /// `GetMeeting`: `Ok` when the meeting exists. Only [`ChimeError::NotFound`] says that it
+    /// does not.
+    fn get_meeting(
+        &self,
+        meeting: &MeetingId,
+        region: &Region,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// `GetAttendee`: the attendee as the service has it now. Only [`ChimeError::NotFound`]
+    /// says that it was deleted.
+    fn get_attendee(
+        &self,
+        meeting: &MeetingId,
+        region: &Region,
+        attendee: &AttendeeId,
+    ) -> impl Future<Output = Result<Attendee>> + Send;
+
+    /// The current request rate of the region's `ListAttendees` budget, for metrics.
     fn current_rate(&self, _region: &Region) -> Option<f64> {
         None
     }
@@ -202,13 +296,56 @@ pub struct Counters {
     pub unavailable: AtomicU64,
     pub transport: AtomicU64,
     pub other_errors: AtomicU64,
+    /// `GetMeeting` requests sent to confirm that a meeting ended.
+    pub meeting_checks: AtomicU64,
+    /// `GetAttendee` requests sent to confirm that an attendee left.
+    pub attendee_checks: AtomicU64,
 }
 
-/// The SDK-backed [`RosterSource`]: one SDK client and one request budget per control region.
+/// The operations roster-sync calls. Each has its own quota per account and region, so each
+/// has its own request budget: confirmations never eat the `ListAttendees` budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ListAttendees,
+    GetMeeting,
+    GetAttendee,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ListAttendees => "ListAttendees",
+            Self::GetMeeting => "GetMeeting",
+            Self::GetAttendee => "GetAttendee",
+        }
+    }
+}
+
+/// One control region: its SDK client and one request budget per operation.
+#[derive(Clone)]
+struct RegionClient {
+    client: chime::Client,
+    list_attendees: Arc<RateLimiter>,
+    get_meeting: Arc<RateLimiter>,
+    get_attendee: Arc<RateLimiter>,
+}
+
+impl RegionClient {
+    fn budget(&self, op: Operation) -> &RateLimiter {
+        match op {
+            Operation::ListAttendees => &self.list_attendees,
+            Operation::GetMeeting => &self.get_meeting,
+            Operation::GetAttendee => &self.get_attendee,
+        }
+    }
+}
+
+/// The SDK-backed [`RosterSource`]: one SDK client per control region, and one request budget
+/// per region and operation.
 pub struct ChimeClient {
     sdk_config: aws_config::SdkConfig,
     options: ClientOptions,
-    regions: Mutex<HashMap<Region, (chime::Client, Arc<RateLimiter>)>>,
+    regions: Mutex<HashMap<Region, RegionClient>>,
     counters: Counters,
 }
 
@@ -286,15 +423,15 @@ impl ChimeClient {
     /// The SDK client for `region` (created on first use), for callers that drive other
     /// operations, such as the demo's churn. Polls go through [`RosterSource::fetch_roster`].
     pub fn sdk_client(&self, region: &Region) -> chime::Client {
-        self.region(region).0
+        self.region(region).client
     }
 
-    /// The request budget of `region`.
+    /// The `ListAttendees` request budget of `region`.
     pub fn budget(&self, region: &Region) -> Arc<RateLimiter> {
-        self.region(region).1
+        self.region(region).list_attendees
     }
 
-    fn region(&self, region: &Region) -> (chime::Client, Arc<RateLimiter>) {
+    fn region(&self, region: &Region) -> RegionClient {
         let mut map = self.regions.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(region.clone())
             .or_insert_with(|| {
@@ -303,42 +440,36 @@ impl ChimeClient {
                 if let Some(url) = &self.options.endpoint_url {
                     b = b.endpoint_url(url);
                 }
-                let limiter = RateLimiter::new(
-                    self.options.requests_per_second,
-                    self.options.burst,
-                    self.options.adaptive,
-                );
-                (chime::Client::from_conf(b.build()), Arc::new(limiter))
+                let limiter = || {
+                    Arc::new(RateLimiter::new(
+                        self.options.requests_per_second,
+                        self.options.burst,
+                        self.options.adaptive,
+                    ))
+                };
+                RegionClient {
+                    client: chime::Client::from_conf(b.build()),
+                    list_attendees: limiter(),
+                    get_meeting: limiter(),
+                    get_attendee: limiter(),
+                }
             })
             .clone()
     }
 
-    /// One `ListAttendees` request, after taking a token from the region's budget.
-    async fn list_page(
-        &self,
-        client: &chime::Client,
-        budget: &RateLimiter,
-        meeting: &MeetingId,
-        token: Option<&str>,
-        existed: bool,
-    ) -> Result<Page> {
+    /// One request of `op`, after taking a token from its budget; counts and classifies the
+    /// answer, and adapts the budget to throttling.
+    async fn send<T, F>(&self, region: &RegionClient, op: Operation, request: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let budget = region.budget(op);
         budget.acquire().await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let answer = client
-            .list_attendees()
-            .meeting_id(meeting.as_str())
-            .max_results(self.options.max_results)
-            .set_next_token(token.map(str::to_owned))
-            .send()
-            .await;
-        let result = match answer {
-            Ok(out) => parse_page(out),
-            Err(e) => Err(classify(e, existed)),
-        };
+        let result = request.await;
         let outcome = match &result {
             Ok(_) => {
                 budget.on_success();
-                self.counters.pages_ok.fetch_add(1, Ordering::Relaxed);
                 "ok"
             }
             Err(e) => {
@@ -355,8 +486,83 @@ impl ChimeClient {
                 e.kind()
             }
         };
-        metrics::counter!("roster_chime_requests_total", "outcome" => outcome).increment(1);
+        metrics::counter!(
+            "roster_sync_chime_requests_total",
+            "operation" => op.as_str(),
+            "outcome" => outcome
+        )
+        .increment(1);
         result
+    }
+
+    /// One `ListAttendees` page.
+    async fn list_page(
+        &self,
+        region: &RegionClient,
+        meeting: &MeetingId,
+        token: Option<&str>,
+    ) -> Result<Page> {
+        let request = async {
+            let answer = region
+                .client
+                .list_attendees()
+                .meeting_id(meeting.as_str())
+                .max_results(self.options.max_results)
+                .set_next_token(token.map(str::to_owned))
+                .send()
+                .await;
+            match answer {
+                Ok(out) => parse_page(out),
+                Err(e) => Err(classify(e, |e| match e {
+                    ListAttendeesError::ServiceUnavailableException(e) => {
+                        e.retry_after_seconds.clone()
+                    }
+                    _ => None,
+                })),
+            }
+        };
+        let page = self
+            .send(region, Operation::ListAttendees, request)
+            .await?;
+        self.counters.pages_ok.fetch_add(1, Ordering::Relaxed);
+        Ok(page)
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        let policy = self.options.retry;
+        ExponentialBuilder::default()
+            .with_min_delay(policy.base)
+            .with_max_delay(policy.cap)
+            .with_max_times(policy.max_retries as usize)
+    }
+
+    /// Runs `attempt` with our retry policy: exponential backoff with full jitter, never
+    /// sooner than a Retry-After, giving up when the service asks for a longer wait than the
+    /// cap. `pause` hears about every sleep.
+    async fn with_retries<T, F, Fut>(&self, what: &str, pause: &dyn Pause, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let cap = self.options.retry.cap;
+        let mut attempt = attempt;
+        let asleep = AtomicBool::new(false);
+        (|| {
+            if asleep.swap(false, Ordering::Relaxed) {
+                pause.paused(false);
+            }
+            attempt()
+        })
+        .retry(self.backoff())
+        .sleep(tokio::time::sleep)
+        .when(ChimeError::is_retryable)
+        .adjust(|e: &ChimeError, next| retry_delay(e, next, cap))
+        .notify(|e: &ChimeError, wait: Duration| {
+            tracing::debug!(error = %e, ?wait, what, "retrying");
+            asleep.store(true, Ordering::Relaxed);
+            pause.paused(true);
+        })
+        .await
     }
 }
 
@@ -365,14 +571,9 @@ impl RosterSource for ChimeClient {
         &self,
         meeting: &MeetingId,
         region: &Region,
-        existed: bool,
+        pause: &dyn Pause,
     ) -> Result<FetchedRoster> {
-        let (client, budget) = self.region(region);
-        let policy = self.options.retry;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(policy.base)
-            .with_max_delay(policy.cap)
-            .with_max_times(policy.max_retries as usize);
+        let region = self.region(region);
         let requests_before = self.counters.requests.load(Ordering::Relaxed);
         let throttled_before = self.counters.throttled.load(Ordering::Relaxed);
 
@@ -380,13 +581,9 @@ impl RosterSource for ChimeClient {
         let mut token: Option<String> = None;
         let mut pages = 0u32;
         loop {
-            let page = (|| self.list_page(&client, &budget, meeting, token.as_deref(), existed))
-                .retry(backoff)
-                .sleep(tokio::time::sleep)
-                .when(ChimeError::is_retryable)
-                .adjust(|e: &ChimeError, next| retry_delay(e, next, policy.cap))
-                .notify(|e: &ChimeError, wait: Duration| {
-                    tracing::debug!(error = %e, ?wait, page = pages, "retrying page");
+            let page = self
+                .with_retries("ListAttendees page", pause, || {
+                    self.list_page(&region, meeting, token.as_deref())
                 })
                 .await?;
             pages += 1;
@@ -416,6 +613,69 @@ impl RosterSource for ChimeClient {
             requests: u32::try_from(requests).unwrap_or(u32::MAX),
             throttled: u32::try_from(throttled).unwrap_or(u32::MAX),
         })
+    }
+
+    async fn get_meeting(&self, meeting: &MeetingId, region: &Region) -> Result<()> {
+        let region = self.region(region);
+        self.with_retries("GetMeeting", &NoPause, || async {
+            self.counters.meeting_checks.fetch_add(1, Ordering::Relaxed);
+            let request = async {
+                let answer = region
+                    .client
+                    .get_meeting()
+                    .meeting_id(meeting.as_str())
+                    .send()
+                    .await;
+                match answer {
+                    // What the meeting is does not matter, only that the service knows it.
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(classify(e, |e| match e {
+                        GetMeetingError::ServiceUnavailableException(e) => {
+                            e.retry_after_seconds.clone()
+                        }
+                        _ => None,
+                    })),
+                }
+            };
+            self.send(&region, Operation::GetMeeting, request).await
+        })
+        .await
+    }
+
+    async fn get_attendee(
+        &self,
+        meeting: &MeetingId,
+        region: &Region,
+        attendee: &AttendeeId,
+    ) -> Result<Attendee> {
+        let region = self.region(region);
+        self.with_retries("GetAttendee", &NoPause, || async {
+            self.counters.attendee_checks.fetch_add(1, Ordering::Relaxed);
+            let request = async {
+                let answer = region
+                    .client
+                    .get_attendee()
+                    .meeting_id(meeting.as_str())
+                    .attendee_id(attendee.as_str())
+                    .send()
+                    .await;
+                match answer {
+                    Ok(out) => out.attendee.map(convert_attendee).unwrap_or_else(|| {
+                        Err(ChimeError::Malformed {
+                            message: "GetAttendee answered without an Attendee".into(),
+                        })
+                    }),
+                    Err(e) => Err(classify(e, |e| match e {
+                        GetAttendeeError::ServiceUnavailableException(e) => {
+                            e.retry_after_seconds.clone()
+                        }
+                        _ => None,
+                    })),
+                }
+            };
+            self.send(&region, Operation::GetAttendee, request).await
+        })
+        .await
     }
 
     fn current_rate(&self, region: &Region) -> Option<f64> {
@@ -500,13 +760,90 @@ fn capability(
     })
 }
 
-/// Sorts an SDK failure into retryable, gone or fatal. Known error codes decide first;
-/// unknown codes (real services send undocumented ones such as `ValidationException`) are
-/// classified by HTTP status.
-fn classify(
-    err: SdkError<ListAttendeesError, aws_sdk_chimesdkmeetings::config::http::HttpResponse>,
-    existed: bool,
-) -> ChimeError {
+/// Error codes that mean "too many requests".
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+];
+
+/// Error codes of a failed or overloaded service.
+const UNAVAILABLE_CODES: &[&str] = &[
+    "ServiceUnavailableException",
+    "ServiceUnavailable",
+    "ServiceFailureException",
+    "ServiceFailure",
+    "InternalServerError",
+    "InternalServerException",
+    "InternalFailure",
+];
+
+/// Error codes about the caller's credentials or permissions (IAM, STS, SigV4), never about a
+/// meeting. The modelled `UnauthorizedException` (401) is one of them.
+const DENIED_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnauthorizedException",
+    "UnrecognizedClientException",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "InvalidClientTokenId",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "InvalidAccessKeyId",
+    "RequestExpired",
+    "NotAuthorized",
+    "AuthFailure",
+];
+
+/// The error class of an answer, decided from its code first and its status only when the
+/// code is unknown or absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Throttled,
+    Unavailable,
+    NotFound,
+    Forbidden,
+    Denied,
+    Refused,
+}
+
+/// Known codes decide; an unknown or missing code falls back to the status, and a status
+/// alone is never [`Class::NotFound`] or [`Class::Forbidden`]: an HTML 404 from a proxy or a
+/// 403 from IAM says nothing about a meeting.
+fn class_of(code: Option<&str>, status: u16) -> Class {
+    match code {
+        Some("NotFoundException" | "NotFound") => return Class::NotFound,
+        Some("ForbiddenException" | "Forbidden") => return Class::Forbidden,
+        Some(c) if THROTTLING_CODES.contains(&c) => return Class::Throttled,
+        Some(c) if UNAVAILABLE_CODES.contains(&c) => return Class::Unavailable,
+        Some(c) if DENIED_CODES.contains(&c) => return Class::Denied,
+        _ => {}
+    }
+    match status {
+        429 => Class::Throttled,
+        401 | 403 => Class::Denied,
+        s if s >= 500 => Class::Unavailable,
+        _ => Class::Refused,
+    }
+}
+
+/// Sorts an SDK failure of any operation into the [`ChimeError`] classes. `retry_after_member`
+/// reads the modelled `RetryAfterSeconds` member, which wins over the header.
+fn classify<E>(
+    err: SdkError<E, aws_sdk_chimesdkmeetings::config::http::HttpResponse>,
+    retry_after_member: impl Fn(&E) -> Option<String>,
+) -> ChimeError
+where
+    E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync + 'static,
+{
     let (status, retry_after) = match err.raw_response() {
         Some(r) => (
             r.status().as_u16(),
@@ -537,94 +874,114 @@ fn classify(
             return ChimeError::Transport { message };
         }
         SdkError::ResponseError(_) => {
-            // Only the parser's own error: never the raw response, whose body can hold
-            // JoinTokens.
-            let message = format!(
-                "unreadable answer, HTTP {status}: {}",
-                parse_error.unwrap_or_default()
+            if (200..300).contains(&status) {
+                // Only the parser's own error: never the raw response, whose body can hold
+                // JoinTokens.
+                return ChimeError::Malformed {
+                    message: format!(
+                        "unreadable answer, HTTP {status}: {}",
+                        parse_error.unwrap_or_default()
+                    ),
+                };
+            }
+            return by_class(
+                class_of(None, status),
+                status,
+                NO_CODE.to_owned(),
+                retry_after,
+                None,
+                "unreadable error answer".to_owned(),
             );
-            return if status >= 500 || status == 0 {
-                ChimeError::Unavailable {
-                    status,
-                    code: "ResponseError".into(),
-                    retry_after,
-                    request_id: None,
-                    message,
-                }
-            } else {
-                ChimeError::Malformed { message }
-            };
         }
         other => {
-            return ChimeError::Fatal {
+            return ChimeError::Refused {
                 status,
                 code: "ConstructionFailure".into(),
+                retry_after: None,
                 request_id: None,
                 message: aws_sdk_chimesdkmeetings::error::DisplayErrorContext(&other).to_string(),
             };
         }
     };
-    let code = service.code().unwrap_or("Unknown").to_owned();
-    let message = service.message().unwrap_or_default().to_owned();
+    let code = service.code().filter(|c| !c.is_empty());
+    let message = service
+        .message()
+        .map(|m| truncate(m, MAX_MESSAGE))
+        .unwrap_or_default();
     let request_id = service.request_id().map(str::to_owned);
-    // The modelled ServiceUnavailableException carries Retry-After as a member too.
-    let retry_after = match &service {
-        ListAttendeesError::ServiceUnavailableException(e) => e
-            .retry_after_seconds
-            .as_deref()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .or(retry_after),
-        _ => retry_after,
-    };
-    let by_code = match code.as_str() {
-        "ThrottlingException" | "Throttling" | "TooManyRequestsException" => Some(429),
-        "ServiceUnavailableException" | "ServiceUnavailable" => Some(503),
-        "ServiceFailureException" | "ServiceFailure" | "InternalServerError" => Some(500),
-        "NotFoundException" | "NotFound" => Some(404),
-        "ForbiddenException" | "Forbidden" => Some(403),
-        "BadRequestException"
-        | "BadRequest"
-        | "LimitExceededException"
-        | "UnauthorizedException"
-        | "UnprocessableEntityException"
-        | "ConflictException" => Some(400),
-        _ => None,
-    };
-    if by_code.is_none() && (200..300).contains(&status) {
-        // A success status whose body the SDK could not read as a page.
+    let retry_after = retry_after_member(&service)
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .or(retry_after);
+    if code.is_none() && (200..300).contains(&status) {
+        // A success status whose body the SDK could not read as an answer.
         return ChimeError::Malformed {
-            message: format!("unreadable answer, HTTP {status} ({code})"),
+            message: format!("unreadable answer, HTTP {status}"),
         };
     }
-    match by_code.unwrap_or(status) {
-        429 => ChimeError::Throttled {
-            request_id,
-            message,
-        },
-        404 => ChimeError::MeetingGone {
-            status,
-            code,
-            request_id,
-        },
-        403 if existed => ChimeError::MeetingGone {
-            status,
-            code,
-            request_id,
-        },
-        s if s >= 500 => ChimeError::Unavailable {
+    let class = class_of(code, status);
+    let code = code.unwrap_or(NO_CODE).to_owned();
+    by_class(class, status, code, retry_after, request_id, message)
+}
+
+fn by_class(
+    class: Class,
+    status: u16,
+    code: String,
+    retry_after: Option<Duration>,
+    request_id: Option<String>,
+    message: String,
+) -> ChimeError {
+    match class {
+        Class::Throttled => ChimeError::Throttled {
             status,
             code,
             retry_after,
             request_id,
             message,
         },
-        _ => ChimeError::Fatal {
+        Class::Unavailable => ChimeError::Unavailable {
+            status,
+            code,
+            retry_after,
+            request_id,
+            message,
+        },
+        Class::NotFound => ChimeError::NotFound {
             status,
             code,
             request_id,
             message,
         },
+        Class::Forbidden => ChimeError::Forbidden {
+            status,
+            code,
+            request_id,
+            message,
+        },
+        Class::Denied => ChimeError::Denied {
+            status,
+            code,
+            request_id,
+            message,
+        },
+        Class::Refused => ChimeError::Refused {
+            status,
+            code,
+            retry_after,
+            request_id,
+            message,
+        },
+    }
+}
+
+/// Service messages are kept in logs and `meetings list`; a proxy can send anything.
+const MAX_MESSAGE: usize = 300;
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -638,25 +995,81 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_modelled_error_code_is_classified_by_its_code() {
+        let modelled = [
+            ("BadRequestException", 400, Class::Refused),
+            ("ConflictException", 409, Class::Refused),
+            ("ForbiddenException", 403, Class::Forbidden),
+            ("LimitExceededException", 400, Class::Refused),
+            ("NotFoundException", 404, Class::NotFound),
+            ("ResourceNotFoundException", 404, Class::Refused),
+            ("ServiceFailureException", 500, Class::Unavailable),
+            ("ServiceUnavailableException", 503, Class::Unavailable),
+            ("ThrottlingException", 429, Class::Throttled),
+            ("TooManyTagsException", 400, Class::Refused),
+            ("UnauthorizedException", 401, Class::Denied),
+            ("UnprocessableEntityException", 422, Class::Refused),
+        ];
+        for (code, status, class) in modelled {
+            assert_eq!(class_of(Some(code), status), class, "{code}");
+        }
+    }
+
+    #[test]
+    fn credential_errors_are_denied_whatever_their_status() {
+        for code in [
+            "AccessDeniedException",
+            "ExpiredTokenException",
+            "InvalidSignatureException",
+            "UnrecognizedClientException",
+            "MissingAuthenticationTokenException",
+            "InvalidClientTokenId",
+        ] {
+            for status in [400, 401, 403, 404] {
+                assert_eq!(class_of(Some(code), status), Class::Denied, "{code} {status}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_status_alone_never_says_a_meeting_is_gone() {
+        // An HTML 404 from a proxy, a 403 from a gateway, unknown codes: never NotFound or
+        // Forbidden, whatever the status.
+        assert_eq!(class_of(None, 404), Class::Refused);
+        assert_eq!(class_of(None, 403), Class::Denied);
+        assert_eq!(class_of(None, 401), Class::Denied);
+        assert_eq!(class_of(Some("SomethingNewException"), 404), Class::Refused);
+        assert_eq!(class_of(Some("SomethingNewException"), 403), Class::Denied);
+        assert_eq!(class_of(Some("ValidationException"), 400), Class::Refused);
+        assert_eq!(class_of(None, 429), Class::Throttled);
+        assert_eq!(class_of(None, 502), Class::Unavailable);
+        assert_eq!(class_of(Some("SomethingNewException"), 503), Class::Unavailable);
+    }
+
+    #[test]
     fn retryable_errors_are_throttled_unavailable_and_transport() {
-        let t = ChimeError::Throttled {
-            request_id: None,
-            message: String::new(),
-        };
-        let g = ChimeError::MeetingGone {
-            status: 404,
-            code: "NotFoundException".into(),
-            request_id: None,
-        };
-        let f = ChimeError::Fatal {
-            status: 400,
-            code: "BadRequestException".into(),
-            request_id: None,
-            message: String::new(),
-        };
+        let t = by_class(Class::Throttled, 429, "ThrottlingException".into(), None, None, String::new());
+        let n = by_class(Class::NotFound, 404, "NotFoundException".into(), None, None, String::new());
+        let d = by_class(Class::Denied, 403, "AccessDeniedException".into(), None, None, String::new());
+        let r = by_class(Class::Refused, 400, "BadRequestException".into(), None, None, String::new());
         assert!(t.is_retryable());
-        assert!(!g.is_retryable());
-        assert!(!f.is_retryable());
+        assert!(!n.is_retryable());
+        assert!(!d.is_retryable());
+        assert!(d.is_denied());
+        assert!(!r.is_retryable());
+    }
+
+    #[test]
+    fn retry_after_is_kept_on_a_throttle_too() {
+        let t = by_class(
+            Class::Throttled,
+            429,
+            "ThrottlingException".into(),
+            Some(Duration::from_secs(3)),
+            None,
+            String::new(),
+        );
+        assert_eq!(t.retry_after(), Some(Duration::from_secs(3)));
     }
 
     #[test]

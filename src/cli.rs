@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::chime::ChimeClient;
+use crate::chime::{ChimeClient, ChimeError, RosterSource as _};
 use crate::config::Settings;
 use crate::domain::{MeetingId, Region};
 use crate::http::Ops;
@@ -67,6 +67,14 @@ pub enum MeetingsCommand {
         /// A name for people reading reports.
         #[arg(long)]
         label: Option<String>,
+        /// Do not ask the service (GetMeeting) whether the meeting exists in the region, for
+        /// setup without network access. A wrong id or region then shows as a failing meeting
+        /// in `meetings list`.
+        #[arg(long)]
+        no_verify: bool,
+        /// Track an ended or stopped meeting again, or move an active one to `--region`.
+        #[arg(long)]
+        force: bool,
     },
     /// Stop tracking a meeting; its present attendees are closed with reason tracking_stopped.
     Remove { meeting_id: String },
@@ -205,12 +213,27 @@ async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
 async fn upsert_configured_meetings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
     for m in &settings.meetings {
         let region = m.region.as_ref().unwrap_or(&settings.chime.region);
-        let outcome = store
-            .add_meeting(&m.id, region, m.label.as_deref(), crate::domain::now())
+        let add = |force| {
+            store.add_meeting(&m.id, region, m.label.as_deref(), crate::domain::now(), force)
+        };
+        let mut outcome = add(false)
             .await
             .with_context(|| format!("adding configured meeting {}", m.id))?;
-        if outcome == AddOutcome::AlreadyEnded {
-            tracing::warn!(meeting_id = %m.id, "configured meeting has ended; it is not polled");
+        if let AddOutcome::RegionDiffers { .. } = outcome {
+            // The configuration says where the meeting lives: it wins over an earlier
+            // `meetings add`. Only a region move is forced here, never a revival.
+            outcome = add(true)
+                .await
+                .with_context(|| format!("moving configured meeting {}", m.id))?;
+        }
+        match outcome {
+            AddOutcome::AlreadyEnded => {
+                tracing::warn!(meeting_id = %m.id, "configured meeting has ended; it is not polled (`meetings add --force` tracks it again)");
+            }
+            AddOutcome::Moved { from } => {
+                tracing::info!(meeting_id = %m.id, %from, to = %region, "configured meeting moved to the region the configuration names");
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -249,24 +272,36 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
             meeting_id,
             region,
             label,
+            no_verify,
+            force,
         } => {
             let id = MeetingId::parse(&meeting_id)?;
             let region = match region {
                 Some(r) => Region::parse(&r)?,
                 None => settings.chime.region.clone(),
             };
+            if !no_verify {
+                verify_meeting(settings, &id, &region).await?;
+            }
             let store = connect(settings).await?;
             store.migrate().await.context("applying migrations")?;
             let outcome = store
-                .add_meeting(&id, &region, label.as_deref(), crate::domain::now())
+                .add_meeting(&id, &region, label.as_deref(), crate::domain::now(), force)
                 .await?;
             let said = match outcome {
-                AddOutcome::Added => "now tracked",
-                AddOutcome::AlreadyTracked => "already tracked",
-                AddOutcome::Reactivated => "tracked again",
+                AddOutcome::Added => "now tracked".to_owned(),
+                AddOutcome::AlreadyTracked => "already tracked".to_owned(),
+                AddOutcome::Reactivated => "tracked again".to_owned(),
+                AddOutcome::Revived => "had ended; tracked again".to_owned(),
+                AddOutcome::Moved { from } => format!("moved from region {from}"),
                 AddOutcome::AlreadyEnded => {
                     bail!(
-                        "meeting {id} has ended (the service reported it gone); it cannot be tracked again"
+                        "meeting {id} has ended (the service reported it gone); pass --force to track it again"
+                    )
+                }
+                AddOutcome::RegionDiffers { current } => {
+                    bail!(
+                        "meeting {id} is already tracked in region {current}, not {region}; pass --force to move it to {region}"
                     )
                 }
             };
@@ -292,13 +327,18 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                 ListFormat::Table => {
                     writeln!(
                         out,
-                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  LABEL",
-                        "MEETING", "REGION", "STATUS", "LAST POLLED", "FAILURES"
+                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  LAST ERROR",
+                        "MEETING", "REGION", "STATUS", "LAST POLLED", "FAILURES", "LABEL"
                     )?;
                     for m in list {
+                        let error = match (&m.last_error_code, &m.last_error) {
+                            (_, None) => "-".to_owned(),
+                            (Some(code), Some(e)) => format!("[{code}] {e}"),
+                            (None, Some(e)) => e.clone(),
+                        };
                         writeln!(
                             out,
-                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {}",
+                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {}",
                             m.meeting_id,
                             m.region,
                             m.status.as_str(),
@@ -306,7 +346,8 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                                 .map(crate::report::timestamp)
                                 .unwrap_or_else(|| "-".into()),
                             m.consecutive_failures,
-                            m.label.unwrap_or_default()
+                            m.label.as_deref().unwrap_or("-"),
+                            error
                         )?;
                     }
                 }
@@ -314,6 +355,21 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Asks the service whether `id` exists in `region` before it is tracked, so a typo or a wrong
+/// region is refused at once instead of failing every poll.
+async fn verify_meeting(settings: &Settings, id: &MeetingId, region: &Region) -> anyhow::Result<()> {
+    let client = ChimeClient::from_settings(settings).await;
+    match client.get_meeting(id, region).await {
+        Ok(()) => Ok(()),
+        Err(ChimeError::NotFound { .. }) => bail!(
+            "meeting {id} was not found in region {region} (GetMeeting answered NotFoundException); check the id and --region, or pass --no-verify to track it anyway"
+        ),
+        Err(e) => bail!(
+            "cannot check that meeting {id} exists in region {region}: GetMeeting failed: {e}; pass --no-verify to track it without checking"
+        ),
+    }
 }
 
 async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<()> {

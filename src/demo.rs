@@ -114,6 +114,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
                 &settings.chime.region,
                 Some(label),
                 crate::domain::now(),
+                false,
             )
             .await?;
         meetings.push((id, label));

@@ -163,7 +163,7 @@ impl RateLimiter {
         s.decreases += 1;
         s.last_decrease = Some(now);
         drop(s);
-        metrics::counter!("roster_rate_decreases_total").increment(1);
+        metrics::counter!("roster_sync_rate_decreases_total").increment(1);
     }
 
     /// Reports a request the service accepted: speed up again, fast up to near the last

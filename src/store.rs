@@ -110,6 +110,9 @@ pub struct TrackedMeeting {
     /// Fencing counter: bumped by every recorded poll; `apply` only succeeds if it is unchanged.
     pub poll_seq: i64,
     pub consecutive_failures: i32,
+    /// The error code of the last failed poll (`AccessDeniedException`, `NotFoundException`,
+    /// …), or a stand-in in parentheses for an answer without one.
+    pub last_error_code: Option<String>,
     pub last_error: Option<String>,
     /// When `last_error` happened; set exactly when `last_error` is.
     pub last_error_at: Option<DateTime<Utc>>,
@@ -185,17 +188,24 @@ pub struct MeetingsVersion {
     active: i64,
     last_added: Option<DateTime<Utc>>,
     last_ended: Option<DateTime<Utc>>,
+    last_moved: Option<DateTime<Utc>>,
 }
 
 /// What `add_meeting` did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddOutcome {
     Added,
     AlreadyTracked,
     /// It had been stopped; it is active again.
     Reactivated,
-    /// It ended (the service said it is gone); an ended meeting cannot come back.
+    /// It ended (the service said it is gone) and `force` was not given: nothing changed.
     AlreadyEnded,
+    /// It had ended; `force` made it active again.
+    Revived,
+    /// It is active in another region and `force` was not given: nothing changed.
+    RegionDiffers { current: Region },
+    /// It was active in region `from`; `force` moved it.
+    Moved { from: Region },
 }
 
 /// One row of the `attendance_sessions` view.
@@ -313,10 +323,12 @@ impl Store {
         }
     }
 
-    /// Starts tracking a meeting. Idempotent: an active meeting stays as it is (its label is
-    /// replaced if `label` is given); a stopped one becomes active again with the new region
-    /// and label, and its first poll counts as the first ever (`last_polled_at` is cleared);
-    /// an ended one is left alone.
+    /// Starts tracking a meeting. Idempotent: an active meeting in the same region stays as it
+    /// is (its label is replaced if `label` is given); a stopped one becomes active again with
+    /// the new region and label, and its first poll counts as the first ever (`last_polled_at`
+    /// is cleared). An ended meeting, or an active one in another region, is left alone unless
+    /// `force` is given: then the ended one comes back like a stopped one, and the active one
+    /// moves to `region` (its snapshot kept, its poll in flight fenced off).
     ///
     /// # Errors
     /// [`StoreError::Sqlx`] when the database fails.
@@ -326,8 +338,9 @@ impl Store {
         region: &Region,
         label: Option<&str>,
         now: DateTime<Utc>,
+        force: bool,
     ) -> Result<AddOutcome> {
-        on_backend!(self, add_meeting(id, region, label, now))
+        on_backend!(self, add_meeting(id, region, label, now, force))
     }
 
     /// Stops tracking a meeting: in one transaction every attendee of the snapshot gets a
@@ -484,11 +497,13 @@ impl Store {
     pub async fn record_failure(
         &self,
         id: &MeetingId,
+        code: Option<&str>,
         error: &str,
         at: DateTime<Utc>,
     ) -> Result<()> {
         let error = truncate_at_char_boundary(error, MAX_ERROR_LEN);
-        on_backend!(self, record_failure(id, error, at))
+        let code = code.map(|c| truncate_at_char_boundary(c, MAX_CODE_LEN));
+        on_backend!(self, record_failure(id, code, error, at))
     }
 
     /// At most `limit` events with `event_id > after_event_id`, in `event_id` order: the
@@ -532,6 +547,9 @@ impl Store {
 /// `last_error` is cut to this many bytes: an error message is for a human, and a service
 /// answering with a huge body must not bloat the meetings table.
 pub const MAX_ERROR_LEN: usize = 2000;
+
+/// `last_error_code` is cut to this many bytes; real codes are short names.
+pub const MAX_CODE_LEN: usize = 128;
 
 fn truncate_at_char_boundary(s: &str, max: usize) -> &str {
     if s.len() <= max {

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use roster_sync::chime::{
-    ChimeClient, ChimeError, ClientOptions, RetryPolicy, RosterSource, simulator_sdk_config,
+    ChimeClient, ChimeError, ClientOptions, NoPause, RetryPolicy, RosterSource, simulator_sdk_config,
 };
 use roster_sync::domain::{Capabilities, Capability, MeetingId, Region};
 use roster_sync::driver::Driver;
@@ -103,7 +103,7 @@ async fn a_250_attendee_meeting_read_seven_at_a_time_comes_back_complete_and_ide
     let c = client(&sim, 7);
     let (meeting, created, _) = meeting_with(&c, 250).await;
     let fetched = c
-        .fetch_roster(&meeting, &region(), false)
+        .fetch_roster(&meeting, &region(), &NoPause)
         .await
         .expect("complete roster");
     assert_eq!(fetched.pages, 36, "250 attendees at 7 per page");
@@ -124,16 +124,16 @@ async fn a_250_attendee_meeting_read_seven_at_a_time_comes_back_complete_and_ide
 }
 
 #[tokio::test]
-async fn an_unknown_meeting_is_gone() {
+async fn an_unknown_meeting_answers_not_found() {
     let sim = start_sim(SimConfig::default()).await;
     let c = client(&sim, 100);
     let unknown = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
     let err = c
-        .fetch_roster(&unknown, &region(), false)
+        .fetch_roster(&unknown, &region(), &NoPause)
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ChimeError::MeetingGone { status: 404, .. }),
+        matches!(&err, ChimeError::NotFound { status: 404, code, .. } if code == "NotFoundException"),
         "{err:?}"
     );
     assert_eq!(
@@ -160,7 +160,7 @@ async fn a_throttling_storm_still_completes_and_counts_its_throttles() {
     let c = ChimeClient::new(simulator_sdk_config(&region()), opts);
     let (meeting, created, _) = meeting_with(&c, 30).await;
     let fetched = c
-        .fetch_roster(&meeting, &region(), false)
+        .fetch_roster(&meeting, &region(), &NoPause)
         .await
         .expect("completes despite throttling");
     assert_eq!(fetched.roster.len(), created.len());
@@ -190,7 +190,7 @@ async fn retry_after_of_a_503_is_honoured() {
     );
     let started = Instant::now();
     let fetched = c
-        .fetch_roster(&meeting, &region(), false)
+        .fetch_roster(&meeting, &region(), &NoPause)
         .await
         .expect("second attempt succeeds");
     assert!(
@@ -217,9 +217,9 @@ async fn a_bad_request_is_not_retried() {
             retry_after: None,
         },
     );
-    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
     assert!(
-        matches!(err, ChimeError::Fatal { status: 400, .. }),
+        matches!(err, ChimeError::Refused { status: 400, .. }),
         "{err:?}"
     );
     assert_eq!(sim.stats().list_attendees.requests, 1);
@@ -240,9 +240,9 @@ async fn undocumented_codes_are_classified_by_http_status() {
             retry_after: None,
         },
     );
-    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
     assert!(
-        matches!(&err, ChimeError::Fatal { status: 400, code, .. } if code == "ValidationException"),
+        matches!(&err, ChimeError::Refused { status: 400, code, .. } if code == "ValidationException"),
         "{err:?}"
     );
     sim.script(
@@ -256,14 +256,14 @@ async fn undocumented_codes_are_classified_by_http_status() {
         },
     );
     let fetched = c
-        .fetch_roster(&meeting, &region(), true)
+        .fetch_roster(&meeting, &region(), &NoPause)
         .await
         .expect("a 5xx with an unknown code is retried");
     assert_eq!(fetched.roster.len(), 3);
 }
 
 #[tokio::test]
-async fn forbidden_means_gone_only_for_a_meeting_that_answered_before() {
+async fn forbidden_is_reported_as_such_and_never_retried() {
     let sim = start_sim(SimConfig::default()).await;
     let c = client(&sim, 100);
     let (meeting, _, _) = meeting_with(&c, 1).await;
@@ -277,19 +277,15 @@ async fn forbidden_means_gone_only_for_a_meeting_that_answered_before() {
             retry_after: None,
         },
     );
-    let never = c
-        .fetch_roster(&meeting, &region(), false)
+    let err = c
+        .fetch_roster(&meeting, &region(), &NoPause)
         .await
         .unwrap_err();
     assert!(
-        matches!(never, ChimeError::Fatal { status: 403, .. }),
-        "{never:?}"
+        matches!(err, ChimeError::Forbidden { status: 403, .. }),
+        "{err:?}"
     );
-    let before = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
-    assert!(
-        matches!(before, ChimeError::MeetingGone { status: 403, .. }),
-        "{before:?}"
-    );
+    assert_eq!(sim.stats().list_attendees.requests, 1);
 }
 
 #[tokio::test]
@@ -307,7 +303,7 @@ async fn a_page_that_keeps_failing_yields_an_error_never_a_partial_roster() {
             retry_after: None,
         },
     );
-    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
     assert!(
         matches!(err, ChimeError::Unavailable { status: 500, .. }),
         "{err:?}"
@@ -355,7 +351,7 @@ async fn trace_logs_of_a_fetch_contain_no_join_token() {
         },
     );
     let fetched = c
-        .fetch_roster(&meeting, &region(), false)
+        .fetch_roster(&meeting, &region(), &NoPause)
         .await
         .expect("roster");
     assert_eq!(fetched.roster.len(), 12);
@@ -399,7 +395,7 @@ async fn a_hung_endpoint_times_out_instead_of_stalling_the_poll() {
     let c = ChimeClient::new(simulator_sdk_config(&region()), opts);
     let meeting = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
     let started = Instant::now();
-    let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
     assert!(matches!(err, ChimeError::Transport { .. }), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -468,7 +464,7 @@ async fn a_malformed_answer_fails_the_poll_without_quoting_its_body() {
             options(&format!("http://{addr}"), 100),
         );
         let meeting = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
-        let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
+        let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
         assert!(matches!(err, ChimeError::Malformed { .. }), "{err:?}");
         assert!(
             !err.to_string().contains(token),

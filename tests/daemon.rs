@@ -76,7 +76,7 @@ async fn tracked_meeting(db: &TestDb, rig: &Rig, attendees: usize) -> (MeetingId
         .await
         .unwrap();
     db.store
-        .add_meeting(&id, &region(), Some("scenario"), domain::now())
+        .add_meeting(&id, &region(), Some("scenario"), domain::now(), false)
         .await
         .unwrap();
     (id, made)
@@ -390,7 +390,7 @@ async fn meetings_added_and_removed_while_running_are_noticed(db: &TestDb) {
         .await
         .unwrap();
     db.store
-        .add_meeting(&later, &region(), None, domain::now())
+        .add_meeting(&later, &region(), None, domain::now(), false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -84,7 +84,7 @@ async fn attendee_count(db: &TestDb) -> i64 {
 }
 
 both_backends!(
-    add_meeting_is_idempotent_and_only_a_stopped_meeting_comes_back,
+    add_meeting_is_idempotent_and_only_force_revives_an_ended_meeting_or_moves_one,
     apply_records_joins_leaves_and_capability_changes_as_events_and_snapshot,
     event_ids_ascend_in_the_order_of_the_changes,
     an_unchanged_poll_writes_no_snapshot_or_event_rows,
@@ -99,13 +99,13 @@ both_backends!(
     the_snapshot_of_an_untracked_meeting_is_an_error,
 );
 
-async fn add_meeting_is_idempotent_and_only_a_stopped_meeting_comes_back(db: &TestDb) {
+async fn add_meeting_is_idempotent_and_only_force_revives_an_ended_meeting_or_moves_one(db: &TestDb) {
     let store = &db.store;
     let (id, other) = (meeting(1), meeting(2));
     let t = start();
 
     let added = store
-        .add_meeting(&id, &region("us-east-1"), Some("standup"), t)
+        .add_meeting(&id, &region("us-east-1"), Some("standup"), t, false)
         .await
         .unwrap();
     assert_eq!(added, AddOutcome::Added);
@@ -130,10 +130,21 @@ async fn add_meeting_is_idempotent_and_only_a_stopped_meeting_comes_back(db: &Te
     );
 
     let again = store
-        .add_meeting(&id, &region("us-west-2"), None, at(t, 1))
+        .add_meeting(&id, &region("us-east-1"), None, at(t, 1), false)
         .await
         .unwrap();
     assert_eq!(again, AddOutcome::AlreadyTracked);
+    let elsewhere = store
+        .add_meeting(&id, &region("us-west-2"), None, at(t, 1), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere,
+        AddOutcome::RegionDiffers {
+            current: region("us-east-1")
+        },
+        "another region is never silently ignored"
+    );
     let m = store.get_meeting(&id).await.unwrap().unwrap();
     assert_eq!(
         (m.region.as_str(), m.label.as_deref(), m.added_at),
@@ -141,7 +152,7 @@ async fn add_meeting_is_idempotent_and_only_a_stopped_meeting_comes_back(db: &Te
     );
 
     let relabelled = store
-        .add_meeting(&id, &region("us-east-1"), Some("retro"), at(t, 2))
+        .add_meeting(&id, &region("us-east-1"), Some("retro"), at(t, 2), false)
         .await;
     assert_eq!(relabelled.unwrap(), AddOutcome::AlreadyTracked);
     assert_eq!(
@@ -167,7 +178,7 @@ async fn add_meeting_is_idempotent_and_only_a_stopped_meeting_comes_back(db: &Te
     );
 
     let back = store
-        .add_meeting(&id, &region("us-west-2"), None, at(t, 5))
+        .add_meeting(&id, &region("us-west-2"), None, at(t, 5), false)
         .await
         .unwrap();
     assert_eq!(back, AddOutcome::Reactivated);
@@ -191,13 +202,13 @@ async fn add_meeting_is_idempotent_and_only_a_stopped_meeting_comes_back(db: &Te
     assert_eq!(m.added_at, t, "added_at is when tracking first began");
 
     store
-        .add_meeting(&other, &region("eu-central-1"), None, at(t, 6))
+        .add_meeting(&other, &region("eu-central-1"), None, at(t, 6), false)
         .await
         .unwrap();
     let seq = store.snapshot(&id).await.unwrap().poll_seq;
     store.end_meeting(&id, seq, at(t, 7), None).await.unwrap();
     let ended = store
-        .add_meeting(&id, &region("us-east-1"), Some("x"), at(t, 8))
+        .add_meeting(&id, &region("us-east-1"), Some("x"), at(t, 8), false)
         .await
         .unwrap();
     assert_eq!(ended, AddOutcome::AlreadyEnded);
@@ -206,6 +217,28 @@ async fn add_meeting_is_idempotent_and_only_a_stopped_meeting_comes_back(db: &Te
         (m.status, m.label.as_deref()),
         (MeetingStatus::Ended, Some("retro"))
     );
+    let revived = store
+        .add_meeting(&id, &region("us-east-1"), None, at(t, 9), true)
+        .await
+        .unwrap();
+    assert_eq!(revived, AddOutcome::Revived);
+    let m = store.get_meeting(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (m.status, m.ended_at, m.region.as_str(), m.last_polled_at),
+        (MeetingStatus::Active, None, "us-east-1", None)
+    );
+    let moved = store
+        .add_meeting(&id, &region("eu-central-1"), None, at(t, 10), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        AddOutcome::Moved {
+            from: region("us-east-1")
+        }
+    );
+    let m = store.get_meeting(&id).await.unwrap().unwrap();
+    assert_eq!((m.status, m.region.as_str()), (MeetingStatus::Active, "eu-central-1"));
 
     let all: Vec<_> = store
         .list_meetings()
@@ -231,7 +264,7 @@ async fn apply_records_joins_leaves_and_capability_changes_as_events_and_snapsho
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b, c, d) = (
@@ -360,7 +393,7 @@ async fn event_ids_ascend_in_the_order_of_the_changes(db: &TestDb) {
     let store = &db.store;
     let id = meeting(1);
     store
-        .add_meeting(&id, &region("us-east-1"), None, start())
+        .add_meeting(&id, &region("us-east-1"), None, start(), false)
         .await
         .unwrap();
     // Many more than one SQLite statement takes, in descending attendee order.
@@ -429,7 +462,7 @@ async fn an_unchanged_poll_writes_no_snapshot_or_event_rows(db: &TestDb) {
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b) = (attendee(1, "ana"), attendee(2, "bo"));
@@ -441,7 +474,7 @@ async fn an_unchanged_poll_writes_no_snapshot_or_event_rows(db: &TestDb) {
     )
     .await;
     store
-        .record_failure(&id, "throttled", at(t, 15))
+        .record_failure(&id, Some("ThrottlingException"), "throttled", at(t, 15))
         .await
         .unwrap();
     db.raw
@@ -501,7 +534,7 @@ async fn a_stale_expected_seq_conflicts_and_writes_nothing(db: &TestDb) {
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b) = (attendee(1, "ana"), attendee(2, "bo"));
@@ -557,7 +590,7 @@ async fn two_polls_racing_from_one_snapshot_record_only_one(db: &TestDb) {
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b) = (attendee(1, "ana"), attendee(2, "bo"));
@@ -591,7 +624,7 @@ async fn changes_that_contradict_the_snapshot_are_refused_and_write_nothing(db: 
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b) = (attendee(1, "ana"), attendee(2, "bo"));
@@ -634,7 +667,7 @@ async fn end_meeting_closes_everyone_with_meeting_ended_and_empties_the_snapshot
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b) = (attendee(1, "ana"), attendee(2, "bo"));
@@ -723,7 +756,7 @@ async fn remove_meeting_closes_everyone_with_tracking_stopped(db: &TestDb) {
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b) = (attendee(1, "ana"), attendee(2, "bo"));
@@ -788,7 +821,7 @@ async fn attendance_views_pair_each_join_with_the_next_leave(db: &TestDb) {
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
     let (a, b, c, d) = (
@@ -813,7 +846,7 @@ async fn attendance_views_pair_each_join_with_the_next_leave(db: &TestDb) {
     .await;
     store.remove_meeting(&id, at(t, 120)).await.unwrap();
     store
-        .add_meeting(&id, &region("us-east-1"), None, at(t, 150))
+        .add_meeting(&id, &region("us-east-1"), None, at(t, 150), false)
         .await
         .unwrap();
     poll(
@@ -918,16 +951,16 @@ async fn record_failure_counts_failures_until_a_poll_succeeds(db: &TestDb) {
     let id = meeting(1);
     let t = start();
     store
-        .add_meeting(&id, &region("us-east-1"), None, t)
+        .add_meeting(&id, &region("us-east-1"), None, t, false)
         .await
         .unwrap();
 
     store
-        .record_failure(&id, "throttled", at(t, 1))
+        .record_failure(&id, Some("ThrottlingException"), "throttled", at(t, 1))
         .await
         .unwrap();
     store
-        .record_failure(&id, &"x".repeat(10_000), at(t, 2))
+        .record_failure(&id, None, &"x".repeat(10_000), at(t, 2))
         .await
         .unwrap();
 

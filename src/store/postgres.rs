@@ -123,7 +123,7 @@ pub(super) async fn record_unchanged_polls(
     let recorded: Vec<String> = sqlx::query_scalar(
         "UPDATE tracked_meetings AS m \
          SET last_polled_at = v.started_at, poll_seq = m.poll_seq + 1, \
-             consecutive_failures = 0, last_error = NULL, last_error_at = NULL \
+             consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
          FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[]) \
               AS v (meeting_id, expected_seq, started_at) \
          WHERE m.meeting_id = v.meeting_id AND m.poll_seq = v.expected_seq \

@@ -27,7 +27,7 @@ pub(super) use event_columns;
 macro_rules! meeting_columns {
     () => {
         "meeting_id, region, label, status, added_at, ended_at, last_polled_at, poll_seq, \
-         consecutive_failures, last_error, last_error_at"
+         consecutive_failures, last_error_code, last_error, last_error_at"
     };
 }
 pub(super) use meeting_columns;
@@ -67,6 +67,7 @@ macro_rules! shared_queries {
                 region: &Region,
                 label: Option<&str>,
                 now: DateTime<Utc>,
+                force: bool,
             ) -> Result<AddOutcome> {
                 let mut tx = begin_write(pool).await?;
                 let inserted = sqlx::query(
@@ -84,36 +85,55 @@ macro_rules! shared_queries {
                     tx.commit().await?;
                     return Ok(AddOutcome::Added);
                 }
-                let status: String = sqlx::query_scalar(concat!(
-                    "SELECT status FROM tracked_meetings WHERE meeting_id = $1",
+                let row = sqlx::query(concat!(
+                    "SELECT status, region FROM tracked_meetings WHERE meeting_id = $1",
                     $for_update
                 ))
                 .bind(id.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                let outcome = match decode::parse::<MeetingStatus>("status", &status)? {
+                let status = decode::parse::<MeetingStatus>("status", &get::<String>(&row, "status")?)?;
+                let current = decode::region(&get::<String>(&row, "region")?)?;
+                if label.is_some() && status == MeetingStatus::Active {
+                    sqlx::query("UPDATE tracked_meetings SET label = $2 WHERE meeting_id = $1")
+                        .bind(id.as_str())
+                        .bind(label)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let outcome = match status {
+                    MeetingStatus::Active if current == *region => AddOutcome::AlreadyTracked,
+                    MeetingStatus::Active if !force => AddOutcome::RegionDiffers { current },
                     MeetingStatus::Active => {
-                        if label.is_some() {
-                            sqlx::query(
-                                "UPDATE tracked_meetings SET label = $2 WHERE meeting_id = $1",
-                            )
-                            .bind(id.as_str())
-                            .bind(label)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        AddOutcome::AlreadyTracked
+                        // The snapshot stays: it is the same meeting, called elsewhere. The
+                        // bumped poll_seq fences a poll in flight in the old region.
+                        sqlx::query(
+                            "UPDATE tracked_meetings \
+                             SET region = $2, region_changed_at = $3, poll_seq = poll_seq + 1, \
+                                 consecutive_failures = 0, last_error = NULL, \
+                                 last_error_code = NULL, last_error_at = NULL \
+                             WHERE meeting_id = $1",
+                        )
+                        .bind(id.as_str())
+                        .bind(region.as_str())
+                        .bind(ts(now))
+                        .execute(&mut *tx)
+                        .await?;
+                        AddOutcome::Moved { from: current }
                     }
-                    MeetingStatus::Stopped => {
-                        // The snapshot was emptied when tracking stopped, so the first poll
-                        // reports everyone as joined; clearing last_polled_at makes it the first
-                        // poll (no lower bound for the change window) and due at once.
+                    MeetingStatus::Ended if !force => AddOutcome::AlreadyEnded,
+                    MeetingStatus::Stopped | MeetingStatus::Ended => {
+                        // The snapshot was emptied when tracking stopped or the meeting ended,
+                        // so the first poll reports everyone as joined; clearing last_polled_at
+                        // makes it the first poll (no lower bound for the change window) and
+                        // due at once.
                         sqlx::query(
                             "UPDATE tracked_meetings \
                              SET status = 'active', ended_at = NULL, region = $2, \
                                  label = COALESCE($3, label), last_polled_at = NULL, \
+                                 poll_seq = poll_seq + 1, \
                                  consecutive_failures = 0, last_error = NULL, \
-                                 last_error_at = NULL \
+                                 last_error_code = NULL, last_error_at = NULL \
                              WHERE meeting_id = $1",
                         )
                         .bind(id.as_str())
@@ -121,9 +141,12 @@ macro_rules! shared_queries {
                         .bind(label)
                         .execute(&mut *tx)
                         .await?;
-                        AddOutcome::Reactivated
+                        if status == MeetingStatus::Ended {
+                            AddOutcome::Revived
+                        } else {
+                            AddOutcome::Reactivated
+                        }
                     }
-                    MeetingStatus::Ended => AddOutcome::AlreadyEnded,
                 };
                 tx.commit().await?;
                 Ok(outcome)
@@ -173,7 +196,9 @@ macro_rules! shared_queries {
                     "SELECT (SELECT count(*) FROM tracked_meetings WHERE status = 'active') \
                                 AS active, \
                             (SELECT max(added_at) FROM tracked_meetings) AS last_added, \
-                            (SELECT max(ended_at) FROM tracked_meetings) AS last_ended",
+                            (SELECT max(ended_at) FROM tracked_meetings) AS last_ended, \
+                            (SELECT max(region_changed_at) FROM tracked_meetings) \
+                                AS last_moved",
                 )
                 .fetch_one(pool)
                 .await?;
@@ -181,6 +206,7 @@ macro_rules! shared_queries {
                     active: get(&row, "active")?,
                     last_added: get(&row, "last_added")?,
                     last_ended: get(&row, "last_ended")?,
+                    last_moved: get(&row, "last_moved")?,
                 })
             }
 
@@ -298,7 +324,7 @@ macro_rules! shared_queries {
                 sqlx::query(
                     "UPDATE tracked_meetings \
                      SET last_polled_at = $3, poll_seq = poll_seq + 1, \
-                         consecutive_failures = 0, last_error = NULL, last_error_at = NULL \
+                         consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
                      WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'",
                 )
                 .bind(rec.meeting_id.as_str())
@@ -417,7 +443,7 @@ macro_rules! shared_queries {
                     "UPDATE tracked_meetings \
                      SET status = 'ended', ended_at = $3, last_polled_at = $3, \
                          poll_seq = poll_seq + 1, consecutive_failures = 0, \
-                         last_error = NULL, last_error_at = NULL \
+                         last_error = NULL, last_error_code = NULL, last_error_at = NULL \
                      WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'",
                 )
                 .bind(id.as_str())
@@ -482,18 +508,20 @@ macro_rules! shared_queries {
             pub(in crate::store) async fn record_failure(
                 pool: &Pool,
                 id: &MeetingId,
+                code: Option<&str>,
                 error: &str,
                 at: DateTime<Utc>,
             ) -> Result<()> {
                 sqlx::query(
                     "UPDATE tracked_meetings \
                      SET consecutive_failures = consecutive_failures + 1, \
-                         last_error = $2, last_error_at = $3 \
+                         last_error_code = $4, last_error = $2, last_error_at = $3 \
                      WHERE meeting_id = $1",
                 )
                 .bind(id.as_str())
                 .bind(error)
                 .bind(ts(at))
+                .bind(code)
                 .execute(pool)
                 .await?;
                 Ok(())
@@ -608,6 +636,7 @@ macro_rules! shared_queries {
                     last_polled_at: get(row, "last_polled_at")?,
                     poll_seq: get(row, "poll_seq")?,
                     consecutive_failures: get(row, "consecutive_failures")?,
+                    last_error_code: get(row, "last_error_code")?,
                     last_error: get(row, "last_error")?,
                     last_error_at: get(row, "last_error_at")?,
                 })

@@ -216,7 +216,7 @@ pub(super) async fn record_unchanged_polls(
     let recorded: Vec<String> = sqlx::query_scalar(
         "UPDATE tracked_meetings \
          SET last_polled_at = v.value ->> 2, poll_seq = tracked_meetings.poll_seq + 1, \
-             consecutive_failures = 0, last_error = NULL, last_error_at = NULL \
+             consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
          FROM json_each($1) AS v \
          WHERE tracked_meetings.meeting_id = v.value ->> 0 \
            AND tracked_meetings.poll_seq = v.value ->> 1 \

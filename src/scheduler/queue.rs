@@ -1,0 +1,587 @@
+//! Who is due, in what order, and how much of a region's budget polls in flight may hold.
+//!
+//! Meetings wait in a timer heap until their due time, then in their region's ready heap,
+//! **stalest first** (never polled, then the longest since the last successful poll), so
+//! when the budget cannot poll every meeting each interval freshness degrades evenly. A
+//! meeting's **cost is its pages** (those of its last complete roster): a region launches
+//! polls only while the pages of polls in flight are under [`LOOKAHEAD`] seconds of its
+//! current rate. A poll that sleeps in a backoff or a Retry-After, or confirms departures,
+//! gives its pages back to the window meanwhile ([`PageClaim`]), so a failing meeting never
+//! holds the others back.
+//!
+//! Each region also has a [`Breaker`]: when meetings of a region keep failing with
+//! credential or authorization errors and none succeeds, the region is down and only one
+//! probe poll per interval is launched until one succeeds.
+//!
+//! It holds scheduling state only, in memory: it never touches the store or the network.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::poll::Known;
+use crate::chime::Pause;
+use crate::domain::{MeetingId, Region};
+
+/// Seconds of a region's current rate that may be promised to polls in flight. Half a second
+/// keeps the budget busy (the next poll is already waiting when one finishes) while a poll
+/// waits at most about this long for its pages.
+pub const LOOKAHEAD: Duration = Duration::from_millis(500);
+
+/// Credential failures from this many different meetings of a region (or from all of them,
+/// if it has fewer), with no success between, put the region down.
+pub const DENIED_MEETINGS_TO_TRIP: usize = 3;
+
+/// What a poll of a meeting with `pages` pages is expected to spend: at least one request
+/// (a meeting never polled yet counts one).
+pub(super) fn cost(pages: u32) -> u32 {
+    pages.max(1)
+}
+
+/// Per-meeting scheduling state, in memory only; the store holds everything that matters.
+#[derive(Debug)]
+pub(super) struct MeetingState {
+    pub id: MeetingId,
+    pub region: usize,
+    pub in_flight: bool,
+    pub failures: u32,
+    /// The recorded state as of the last poll, so an unchanged poll reads nothing.
+    pub known: Option<Known>,
+    /// When the last successful poll started; `None` until one succeeds. Staleness is
+    /// measured from here.
+    pub fresh_at: Option<Instant>,
+    /// When the scheduler first saw the meeting: its staleness until a poll succeeds.
+    pub seen_at: Instant,
+    /// Pages of the last complete roster (0 until one arrived): the meeting's cost.
+    pub pages: u32,
+    /// An unchanged poll's bookkeeping waits in the batch: flush it before polling again.
+    pub pending: bool,
+    /// Bumped whenever the meeting is queued, so older queue entries are ignored.
+    version: u32,
+    /// The refresh that last saw it active.
+    pub seen_in: u64,
+    /// No longer active: dropped when its poll in flight finishes.
+    pub removed: bool,
+}
+
+impl MeetingState {
+    pub fn staleness_since(&self) -> Instant {
+        self.fresh_at.unwrap_or(self.seen_at)
+    }
+}
+
+/// A poll's place in its region's page window. Taken at launch, given back while the poll
+/// pauses (see [`Pause`]) and when it is dropped, so the window always counts only polls that
+/// are sending `ListAttendees` requests.
+#[derive(Debug)]
+pub(super) struct PageClaim {
+    window: Arc<AtomicU32>,
+    pages: u32,
+    held: AtomicBool,
+}
+
+impl PageClaim {
+    fn take(window: &Arc<AtomicU32>, pages: u32) -> Self {
+        window.fetch_add(pages, Ordering::Relaxed);
+        Self {
+            window: Arc::clone(window),
+            pages,
+            held: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Pause for PageClaim {
+    fn paused(&self, paused: bool) {
+        if paused {
+            if self.held.swap(false, Ordering::Relaxed) {
+                self.window.fetch_sub(self.pages, Ordering::Relaxed);
+            }
+        } else if !self.held.swap(true, Ordering::Relaxed) {
+            self.window.fetch_add(self.pages, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for PageClaim {
+    fn drop(&mut self) {
+        self.paused(true);
+    }
+}
+
+/// How a finished poll bears on its region's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Evidence<'a> {
+    /// The service answered this meeting (a recorded poll or a confirmed end).
+    Answered,
+    /// `ListAttendees` was refused for credential or authorization reasons, with this code.
+    Denied(&'a str),
+    /// Anything else: says nothing about the credentials.
+    Neither,
+}
+
+/// What a region's breaker did with a poll's evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Transition {
+    None,
+    /// The region is down: its credentials are refused.
+    Down { code: String },
+    /// The region answered again.
+    Up,
+}
+
+/// A region's credential breaker. Up: every due meeting may be polled. Down: one probe poll
+/// per interval, until one is answered.
+#[derive(Debug, Default)]
+pub(super) struct Breaker {
+    /// Meetings (slots) refused since the last answer.
+    denied: HashSet<usize>,
+    down: Option<Down>,
+}
+
+#[derive(Debug)]
+struct Down {
+    next_probe: Instant,
+    probing: bool,
+}
+
+impl Breaker {
+    pub fn is_up(&self) -> bool {
+        self.down.is_none()
+    }
+
+    /// Whether a poll may be launched now; while down, at most one probe per `interval`.
+    fn admit(&mut self, now: Instant, interval: Duration) -> bool {
+        match &mut self.down {
+            None => true,
+            Some(d) if !d.probing && now >= d.next_probe => {
+                d.probing = true;
+                d.next_probe = now + interval;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Takes a finished poll's evidence. `meetings` is how many meetings the region has.
+    pub fn observe(
+        &mut self,
+        slot: usize,
+        evidence: Evidence<'_>,
+        meetings: usize,
+        now: Instant,
+        interval: Duration,
+    ) -> Transition {
+        if let Some(d) = &mut self.down {
+            d.probing = false;
+        }
+        match evidence {
+            Evidence::Answered => {
+                self.denied.clear();
+                if self.down.take().is_some() {
+                    Transition::Up
+                } else {
+                    Transition::None
+                }
+            }
+            Evidence::Denied(code) => {
+                self.denied.insert(slot);
+                let needed = DENIED_MEETINGS_TO_TRIP.min(meetings.max(1));
+                if self.down.is_none() && self.denied.len() >= needed {
+                    self.down = Some(Down {
+                        next_probe: now + interval,
+                        probing: false,
+                    });
+                    Transition::Down {
+                        code: code.to_owned(),
+                    }
+                } else {
+                    Transition::None
+                }
+            }
+            Evidence::Neither => Transition::None,
+        }
+    }
+}
+
+/// One control region: its meetings due now, and what its polls in flight cost.
+#[derive(Debug)]
+pub(super) struct RegionQueue {
+    pub region: Arc<Region>,
+    /// Due meetings, stalest first: (last success, slot, version); never polled (`None`)
+    /// sorts first.
+    ready: BinaryHeap<Reverse<(Option<Instant>, usize, u32)>>,
+    /// Pages held by polls in flight that are sending; shared with their [`PageClaim`]s.
+    window: Arc<AtomicU32>,
+    /// Pages of every meeting of the region (last complete rosters): a sweep's cost.
+    pub pages_total: u64,
+    /// Meetings tracked in the region.
+    pub meetings: usize,
+    pub breaker: Breaker,
+}
+
+/// Every tracked meeting's scheduling state, by slot, with the timer and ready heaps.
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    /// Meeting states by slot; `None` is a free slot.
+    slots: Vec<Option<MeetingState>>,
+    free: Vec<usize>,
+    index: HashMap<MeetingId, usize>,
+    pub regions: Vec<RegionQueue>,
+    /// Meetings waiting for their due time: (due, slot, version).
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    next_region: usize,
+}
+
+/// What [`Queue::take_due`] chose.
+#[derive(Debug, Default)]
+pub(super) struct Due {
+    /// Slots to launch now, each with its page claim already taken.
+    pub launch: Vec<(usize, PageClaim)>,
+    /// A due meeting was held back because its previous poll's bookkeeping is not written.
+    pub held: bool,
+}
+
+impl Queue {
+    pub fn get(&self, slot: usize) -> Option<&MeetingState> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut MeetingState> {
+        self.slots.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    pub fn slot_of(&self, id: &MeetingId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Slots in use or free: every slot is below this.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn meetings(&self) -> impl Iterator<Item = &MeetingState> {
+        self.slots.iter().flatten()
+    }
+
+    /// Slots of the meetings of region `r`.
+    pub fn slots_in(&self, r: usize) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&s| self.get(s).is_some_and(|m| m.region == r))
+            .collect()
+    }
+
+    /// Starts tracking `id` in `region`, due at `due`.
+    pub fn insert(
+        &mut self,
+        id: MeetingId,
+        region: Region,
+        now: Instant,
+        due: Instant,
+        generation: u64,
+    ) {
+        let region = self.region_index(region);
+        let state = MeetingState {
+            id: id.clone(),
+            region,
+            in_flight: false,
+            failures: 0,
+            known: None,
+            fresh_at: None,
+            seen_at: now,
+            pages: 0,
+            pending: false,
+            version: 0,
+            seen_in: generation,
+            removed: false,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(state);
+                slot
+            }
+            None => {
+                self.slots.push(Some(state));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(id, slot);
+        let queue = &mut self.regions[region];
+        queue.pages_total += u64::from(cost(0));
+        queue.meetings += 1;
+        self.schedule(slot, due);
+    }
+
+    fn region_index(&mut self, region: Region) -> usize {
+        if let Some(i) = self.regions.iter().position(|r| *r.region == region) {
+            return i;
+        }
+        self.regions.push(RegionQueue {
+            region: Arc::new(region),
+            ready: BinaryHeap::new(),
+            window: Arc::new(AtomicU32::new(0)),
+            pages_total: 0,
+            meetings: 0,
+            breaker: Breaker::default(),
+        });
+        self.regions.len() - 1
+    }
+
+    /// The region name of region index `r`.
+    pub fn region_name(&self, r: usize) -> &Region {
+        &self.regions[r].region
+    }
+
+    /// Stops tracking the meeting in `slot`: at once, or when its poll in flight finishes.
+    pub fn forget(&mut self, slot: usize) {
+        let Some(state) = self.get_mut(slot) else {
+            return;
+        };
+        if state.in_flight {
+            state.removed = true;
+            return;
+        }
+        if let Some(state) = self.slots[slot].take() {
+            self.index.remove(&state.id);
+            let queue = &mut self.regions[state.region];
+            queue.pages_total -= u64::from(cost(state.pages));
+            queue.meetings -= 1;
+            queue.breaker.denied.remove(&slot);
+        }
+        self.free.push(slot);
+    }
+
+    /// Queues the meeting in `slot` to become due at `due`; earlier queue entries of it are
+    /// void.
+    pub fn schedule(&mut self, slot: usize, due: Instant) {
+        if let Some(state) = self.get_mut(slot) {
+            state.version = state.version.wrapping_add(1);
+            let version = state.version;
+            self.timers.push(Reverse((due, slot, version)));
+        }
+    }
+
+    /// Records the pages of a complete roster as the meeting's cost.
+    pub fn set_pages(&mut self, slot: usize, pages: u32) {
+        let Some(state) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let queue = &mut self.regions[state.region];
+        queue.pages_total = queue.pages_total - u64::from(cost(state.pages)) + u64::from(cost(pages));
+        state.pages = pages;
+    }
+
+    /// Moves meetings whose due time has come to their region's ready queue.
+    pub fn promote(&mut self, now: Instant) {
+        while let Some(Reverse((due, slot, version))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(state) = self.slots.get(slot).and_then(Option::as_ref) else {
+                continue;
+            };
+            if state.version != version || state.in_flight {
+                continue;
+            }
+            self.regions[state.region]
+                .ready
+                .push(Reverse((state.fresh_at, slot, version)));
+        }
+    }
+
+    /// Chooses due polls to launch, stalest first, at most `capacity`, while each region's
+    /// page window and breaker allow. `rate_of` gives a region's current request rate
+    /// (`None`: unlimited). Marks the chosen meetings in flight.
+    pub fn take_due(
+        &mut self,
+        now: Instant,
+        capacity: usize,
+        interval: Duration,
+        rate_of: impl Fn(&Region) -> Option<f64>,
+    ) -> Due {
+        let mut due = Due::default();
+        let regions = self.regions.len();
+        if regions == 0 {
+            return due;
+        }
+        // Regions take turns, so one region's backlog never starves another.
+        self.next_region = (self.next_region + 1) % regions;
+        for offset in 0..regions {
+            let r = (self.next_region + offset) % regions;
+            let window = rate_of(&self.regions[r].region)
+                .map_or(f64::INFINITY, |rate| rate * LOOKAHEAD.as_secs_f64());
+            let mut blocked = Vec::new();
+            while due.launch.len() < capacity {
+                let queue = &self.regions[r];
+                let used = queue.window.load(Ordering::Relaxed);
+                if used > 0 && f64::from(used) >= window {
+                    break;
+                }
+                let Some(Reverse(entry)) = queue.ready.peek().copied() else {
+                    break;
+                };
+                let (_, slot, version) = entry;
+                let stale = self
+                    .get(slot)
+                    .is_none_or(|s| s.version != version || s.in_flight);
+                if stale {
+                    self.regions[r].ready.pop();
+                    continue;
+                }
+                if self.get(slot).is_some_and(|s| s.pending) {
+                    self.regions[r].ready.pop();
+                    blocked.push(Reverse(entry));
+                    continue;
+                }
+                if !self.regions[r].breaker.admit(now, interval) {
+                    break;
+                }
+                self.regions[r].ready.pop();
+                let Some(state) = self.slots[slot].as_mut() else {
+                    continue;
+                };
+                state.in_flight = true;
+                let claim = PageClaim::take(&self.regions[r].window, cost(state.pages));
+                due.launch.push((slot, claim));
+            }
+            due.held |= !blocked.is_empty();
+            self.regions[r].ready.extend(blocked);
+        }
+        due
+    }
+
+    /// Pages held by polls in flight that are sending, in region `r`.
+    #[cfg(test)]
+    pub fn window_used(&self, r: usize) -> u32 {
+        self.regions[r].window.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region() -> Region {
+        Region::parse("us-east-1").unwrap()
+    }
+
+    fn id(i: usize) -> MeetingId {
+        MeetingId::parse(&format!("00000000-0000-0000-0000-{i:012}")).unwrap()
+    }
+
+    #[test]
+    fn a_paused_claim_gives_its_pages_back_and_takes_them_again_on_resume() {
+        let window = Arc::new(AtomicU32::new(0));
+        let claim = PageClaim::take(&window, 3);
+        assert_eq!(window.load(Ordering::Relaxed), 3);
+        claim.paused(true);
+        claim.paused(true);
+        assert_eq!(window.load(Ordering::Relaxed), 0);
+        claim.paused(false);
+        assert_eq!(window.load(Ordering::Relaxed), 3);
+        drop(claim);
+        assert_eq!(window.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_region_promises_at_most_half_a_second_of_its_rate() {
+        let mut q = Queue::default();
+        let now = Instant::now();
+        for i in 0..12 {
+            q.insert(id(i), region(), now, now, 1);
+        }
+        for slot in 0..12 {
+            q.set_pages(slot, 3);
+        }
+        q.promote(now);
+        // 10 requests/s → 5 pages of lookahead: with 3 pages a meeting, two polls at once.
+        let due = q.take_due(now, 16, Duration::from_secs(10), |_| Some(10.0));
+        assert_eq!(due.launch.len(), 2);
+        assert_eq!(q.window_used(0), 6);
+        // One of them sleeps in a Retry-After: its pages are free for another poll.
+        due.launch[0].1.paused(true);
+        let more = q.take_due(now, 16, Duration::from_secs(10), |_| Some(10.0));
+        assert_eq!(more.launch.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_meetings_launch_stalest_first() {
+        let mut q = Queue::default();
+        let now = Instant::now();
+        for i in 0..3 {
+            q.insert(id(i), region(), now, now, 1);
+        }
+        q.get_mut(0).unwrap().fresh_at = Some(now + Duration::from_secs(2));
+        q.get_mut(1).unwrap().fresh_at = Some(now + Duration::from_secs(1));
+        q.get_mut(2).unwrap().fresh_at = None;
+        q.promote(now);
+        let due = q.take_due(now, 3, Duration::from_secs(10), |_| None);
+        let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
+        assert_eq!(order, vec![2, 1, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_denied_region_launches_one_probe_per_interval_until_answered() {
+        let interval = Duration::from_secs(10);
+        let mut q = Queue::default();
+        let now = Instant::now();
+        for i in 0..5 {
+            q.insert(id(i), region(), now, now, 1);
+        }
+        let mut t = Transition::None;
+        for slot in 0..3 {
+            t = q.regions[0]
+                .breaker
+                .observe(slot, Evidence::Denied("AccessDeniedException"), 5, now, interval);
+        }
+        assert_eq!(
+            t,
+            Transition::Down {
+                code: "AccessDeniedException".into()
+            }
+        );
+        q.promote(now);
+        assert!(q.take_due(now, 16, interval, |_| None).launch.is_empty());
+        let later = now + interval;
+        let probe = q.take_due(later, 16, interval, |_| None);
+        assert_eq!(probe.launch.len(), 1, "one probe");
+        assert!(q.take_due(later, 16, interval, |_| None).launch.is_empty());
+        let (slot, _) = &probe.launch[0];
+        let still = q.regions[0]
+            .breaker
+            .observe(*slot, Evidence::Denied("AccessDeniedException"), 5, later, interval);
+        assert_eq!(still, Transition::None);
+        let up = q.regions[0]
+            .breaker
+            .observe(*slot, Evidence::Answered, 5, later, interval);
+        assert_eq!(up, Transition::Up);
+        assert_eq!(q.take_due(later, 16, interval, |_| None).launch.len(), 4);
+    }
+
+    #[test]
+    fn one_denied_meeting_among_answering_ones_never_trips_the_breaker() {
+        let interval = Duration::from_secs(10);
+        let now = Instant::now();
+        let mut b = Breaker::default();
+        for _ in 0..10 {
+            assert_eq!(
+                b.observe(7, Evidence::Denied("AccessDeniedException"), 50, now, interval),
+                Transition::None
+            );
+            assert_eq!(
+                b.observe(1, Evidence::Answered, 50, now, interval),
+                Transition::None
+            );
+        }
+        assert!(b.is_up());
+    }
+}
