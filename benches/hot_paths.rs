@@ -220,7 +220,13 @@ fn fetch(c: &mut Criterion) {
         c.bench_function(name, |b| {
             // block_on adds a few microseconds per iteration (criterion's async support is
             // not enabled in this crate).
-            b.iter(|| runtime.block_on(client.fetch_roster(black_box(&meeting), &region, &roster_sync::chime::NoPause)))
+            b.iter(|| {
+                runtime.block_on(client.fetch_roster(
+                    black_box(&meeting),
+                    &region,
+                    &roster_sync::chime::NoPause,
+                ))
+            })
         });
     }
 }

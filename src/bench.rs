@@ -296,7 +296,9 @@ async fn floor(args: &BenchArgs, settings: &Settings, polls: u64) -> anyhow::Res
         .await?;
     // Warm: connections open, caches filled.
     for _ in 0..FLOOR_CONCURRENCY * 4 {
-        client.fetch_roster(&meeting, &region, &crate::chime::NoPause).await?;
+        client
+            .fetch_roster(&meeting, &region, &crate::chime::NoPause)
+            .await?;
     }
     let requests_before = client.counters().requests.load(Ordering::Relaxed);
     let cpu_start = cpu_seconds()?;
@@ -307,7 +309,9 @@ async fn floor(args: &BenchArgs, settings: &Settings, polls: u64) -> anyhow::Res
         let share = polls / FLOOR_CONCURRENCY + u64::from(worker < polls % FLOOR_CONCURRENCY);
         tasks.spawn(async move {
             for _ in 0..share {
-                client.fetch_roster(&meeting, &region, &crate::chime::NoPause).await?;
+                client
+                    .fetch_roster(&meeting, &region, &crate::chime::NoPause)
+                    .await?;
             }
             Ok::<_, crate::chime::ChimeError>(())
         });

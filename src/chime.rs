@@ -37,7 +37,9 @@ use crate::rate::RateLimiter;
 pub enum ChimeError {
     /// Over the request quota (429 or a throttling code). Retried after backoff, no sooner
     /// than `retry_after`; the rate budget slows down.
-    #[error("throttled by the service, HTTP {status} {code} (request id {request_id:?}): {message}")]
+    #[error(
+        "throttled by the service, HTTP {status} {code} (request id {request_id:?}): {message}"
+    )]
     Throttled {
         status: u16,
         code: String,
@@ -521,9 +523,7 @@ impl ChimeClient {
                 })),
             }
         };
-        let page = self
-            .send(region, Operation::ListAttendees, request)
-            .await?;
+        let page = self.send(region, Operation::ListAttendees, request).await?;
         self.counters.pages_ok.fetch_add(1, Ordering::Relaxed);
         Ok(page)
     }
@@ -650,7 +650,9 @@ impl RosterSource for ChimeClient {
     ) -> Result<Attendee> {
         let region = self.region(region);
         self.with_retries("GetAttendee", &NoPause, || async {
-            self.counters.attendee_checks.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .attendee_checks
+                .fetch_add(1, Ordering::Relaxed);
             let request = async {
                 let answer = region
                     .client
@@ -1026,7 +1028,11 @@ mod tests {
             "InvalidClientTokenId",
         ] {
             for status in [400, 401, 403, 404] {
-                assert_eq!(class_of(Some(code), status), Class::Denied, "{code} {status}");
+                assert_eq!(
+                    class_of(Some(code), status),
+                    Class::Denied,
+                    "{code} {status}"
+                );
             }
         }
     }
@@ -1043,15 +1049,46 @@ mod tests {
         assert_eq!(class_of(Some("ValidationException"), 400), Class::Refused);
         assert_eq!(class_of(None, 429), Class::Throttled);
         assert_eq!(class_of(None, 502), Class::Unavailable);
-        assert_eq!(class_of(Some("SomethingNewException"), 503), Class::Unavailable);
+        assert_eq!(
+            class_of(Some("SomethingNewException"), 503),
+            Class::Unavailable
+        );
     }
 
     #[test]
     fn retryable_errors_are_throttled_unavailable_and_transport() {
-        let t = by_class(Class::Throttled, 429, "ThrottlingException".into(), None, None, String::new());
-        let n = by_class(Class::NotFound, 404, "NotFoundException".into(), None, None, String::new());
-        let d = by_class(Class::Denied, 403, "AccessDeniedException".into(), None, None, String::new());
-        let r = by_class(Class::Refused, 400, "BadRequestException".into(), None, None, String::new());
+        let t = by_class(
+            Class::Throttled,
+            429,
+            "ThrottlingException".into(),
+            None,
+            None,
+            String::new(),
+        );
+        let n = by_class(
+            Class::NotFound,
+            404,
+            "NotFoundException".into(),
+            None,
+            None,
+            String::new(),
+        );
+        let d = by_class(
+            Class::Denied,
+            403,
+            "AccessDeniedException".into(),
+            None,
+            None,
+            String::new(),
+        );
+        let r = by_class(
+            Class::Refused,
+            400,
+            "BadRequestException".into(),
+            None,
+            None,
+            String::new(),
+        );
         assert!(t.is_retryable());
         assert!(!n.is_retryable());
         assert!(!d.is_retryable());

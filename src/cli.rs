@@ -214,7 +214,13 @@ async fn upsert_configured_meetings(settings: &Settings, store: &Store) -> anyho
     for m in &settings.meetings {
         let region = m.region.as_ref().unwrap_or(&settings.chime.region);
         let add = |force| {
-            store.add_meeting(&m.id, region, m.label.as_deref(), crate::domain::now(), force)
+            store.add_meeting(
+                &m.id,
+                region,
+                m.label.as_deref(),
+                crate::domain::now(),
+                force,
+            )
         };
         let mut outcome = add(false)
             .await
@@ -359,7 +365,11 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
 
 /// Asks the service whether `id` exists in `region` before it is tracked, so a typo or a wrong
 /// region is refused at once instead of failing every poll.
-async fn verify_meeting(settings: &Settings, id: &MeetingId, region: &Region) -> anyhow::Result<()> {
+async fn verify_meeting(
+    settings: &Settings,
+    id: &MeetingId,
+    region: &Region,
+) -> anyhow::Result<()> {
     let client = ChimeClient::from_settings(settings).await;
     match client.get_meeting(id, region).await {
         Ok(()) => Ok(()),

@@ -29,6 +29,9 @@ impl Ops {
             .set_buckets(&[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
             .ok()
             .and_then(|b| b.install_recorder().ok());
+        if metrics.is_some() {
+            crate::telemetry::describe_metrics();
+        }
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             metrics,

@@ -350,9 +350,9 @@ impl<S: RosterSource> Scheduler<S> {
     fn launch_due(&mut self, now: Instant) -> bool {
         let capacity = self.opts.concurrency.saturating_sub(self.running.len());
         let source = Arc::clone(&self.source);
-        let due = self
-            .queue
-            .take_due(now, capacity, self.opts.interval, |r| source.current_rate(r));
+        let due = self.queue.take_due(now, capacity, self.opts.interval, |r| {
+            source.current_rate(r)
+        });
         for (slot, claim) in due.launch {
             self.launch(slot, claim);
         }

@@ -203,9 +203,13 @@ pub enum AddOutcome {
     /// It had ended; `force` made it active again.
     Revived,
     /// It is active in another region and `force` was not given: nothing changed.
-    RegionDiffers { current: Region },
+    RegionDiffers {
+        current: Region,
+    },
     /// It was active in region `from`; `force` moved it.
-    Moved { from: Region },
+    Moved {
+        from: Region,
+    },
 }
 
 /// One row of the `attendance_sessions` view.

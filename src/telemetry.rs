@@ -1,5 +1,5 @@
 //! Logging setup: human-readable text by default, JSON on request, filtered by `log.level`
-//! or `RUST_LOG`.
+//! or `RUST_LOG`, colour only on a terminal; and the HELP text of every metric.
 //!
 //! It must never let a JoinToken through: the AWS SDK prints response bodies at trace level
 //! only when `LOG_SENSITIVE_BODIES=true`, so when that variable is set the SDK's orchestrator
@@ -29,11 +29,73 @@ pub fn init<W>(format: LogFormat, level: &str, writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    // Colour escapes only for a person at a terminal, never in a file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
+        .with_ansi(ansi)
         .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Gives every metric roster-sync records its HELP text and unit. Call once, after the
+/// recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "roster_sync_chime_requests_total",
+        "Requests sent to the Chime SDK Meetings API, by operation and outcome."
+    );
+    describe_counter!(
+        "roster_sync_polls_total",
+        "Finished polls by outcome: unchanged, changed, ended, conflict, failed."
+    );
+    describe_histogram!(
+        "roster_sync_poll_duration_seconds",
+        Unit::Seconds,
+        "Time from a poll's launch to its outcome, rate-budget waits included."
+    );
+    describe_counter!(
+        "roster_sync_events_total",
+        "Roster events recorded, by kind: joined, left, capabilities_changed."
+    );
+    describe_counter!(
+        "roster_sync_paging_skips_total",
+        "Attendees missing from a multi-page roster that GetAttendee found still present."
+    );
+    describe_gauge!(
+        "roster_sync_region_up",
+        "1 while the service accepts the region's credentials, 0 while they are refused and only a probe is sent per interval."
+    );
+    describe_gauge!(
+        "roster_sync_rate_requests_per_second",
+        "Current ListAttendees request rate of the region's adaptive budget."
+    );
+    describe_counter!(
+        "roster_sync_rate_decreases_total",
+        "Times a rate budget slowed down after a ThrottlingException."
+    );
+    describe_gauge!(
+        "roster_sync_sweep_estimate_seconds",
+        Unit::Seconds,
+        "How long one poll of every meeting of the region takes at its current rate."
+    );
+    describe_gauge!(
+        "roster_sync_staleness_max_seconds",
+        Unit::Seconds,
+        "Longest time since a meeting's last successful poll, over all tracked meetings."
+    );
+    describe_gauge!(
+        "roster_sync_staleness_p99_seconds",
+        Unit::Seconds,
+        "99th percentile of the time since each meeting's last successful poll."
+    );
+    describe_gauge!(
+        "roster_sync_meetings_tracked",
+        "Active meetings the scheduler polls."
+    );
+    describe_gauge!("roster_sync_polls_in_flight", "Polls running now.");
 }

@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use roster_sync::chime::{
-    ChimeClient, ChimeError, ClientOptions, NoPause, RetryPolicy, RosterSource, simulator_sdk_config,
+    ChimeClient, ChimeError, ClientOptions, NoPause, RetryPolicy, RosterSource,
+    simulator_sdk_config,
 };
 use roster_sync::domain::{Capabilities, Capability, MeetingId, Region};
 use roster_sync::driver::Driver;
@@ -217,7 +218,10 @@ async fn a_bad_request_is_not_retried() {
             retry_after: None,
         },
     );
-    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
+    let err = c
+        .fetch_roster(&meeting, &region(), &NoPause)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, ChimeError::Refused { status: 400, .. }),
         "{err:?}"
@@ -240,7 +244,10 @@ async fn undocumented_codes_are_classified_by_http_status() {
             retry_after: None,
         },
     );
-    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
+    let err = c
+        .fetch_roster(&meeting, &region(), &NoPause)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, ChimeError::Refused { status: 400, code, .. } if code == "ValidationException"),
         "{err:?}"
@@ -303,7 +310,10 @@ async fn a_page_that_keeps_failing_yields_an_error_never_a_partial_roster() {
             retry_after: None,
         },
     );
-    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
+    let err = c
+        .fetch_roster(&meeting, &region(), &NoPause)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, ChimeError::Unavailable { status: 500, .. }),
         "{err:?}"
@@ -395,7 +405,10 @@ async fn a_hung_endpoint_times_out_instead_of_stalling_the_poll() {
     let c = ChimeClient::new(simulator_sdk_config(&region()), opts);
     let meeting = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
     let started = Instant::now();
-    let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
+    let err = c
+        .fetch_roster(&meeting, &region(), &NoPause)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ChimeError::Transport { .. }), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -464,7 +477,10 @@ async fn a_malformed_answer_fails_the_poll_without_quoting_its_body() {
             options(&format!("http://{addr}"), 100),
         );
         let meeting = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
-        let err = c.fetch_roster(&meeting, &region(), &NoPause).await.unwrap_err();
+        let err = c
+            .fetch_roster(&meeting, &region(), &NoPause)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ChimeError::Malformed { .. }), "{err:?}");
         assert!(
             !err.to_string().contains(token),

@@ -232,11 +232,15 @@ async fn the_daemon_stopped_and_killed_mid_scenario_repeats_and_loses_nothing(db
 
     let (out, stdout, stderr) = run(roster_sync(&["migrate"]).env("DATABASE_URL", &db.url));
     assert!(out.status.success(), "{stderr}");
-    let (out, stdout2, stderr) =
-        run(
-            roster_sync(&["meetings", "add", id.as_str(), "--label", "restart", "--no-verify"])
-                .env("DATABASE_URL", &db.url),
-        );
+    let (out, stdout2, stderr) = run(roster_sync(&[
+        "meetings",
+        "add",
+        id.as_str(),
+        "--label",
+        "restart",
+        "--no-verify",
+    ])
+    .env("DATABASE_URL", &db.url));
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout2.contains("now tracked"), "{stdout2}");
 

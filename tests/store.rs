@@ -99,7 +99,9 @@ both_backends!(
     the_snapshot_of_an_untracked_meeting_is_an_error,
 );
 
-async fn add_meeting_is_idempotent_and_only_force_revives_an_ended_meeting_or_moves_one(db: &TestDb) {
+async fn add_meeting_is_idempotent_and_only_force_revives_an_ended_meeting_or_moves_one(
+    db: &TestDb,
+) {
     let store = &db.store;
     let (id, other) = (meeting(1), meeting(2));
     let t = start();
@@ -238,7 +240,10 @@ async fn add_meeting_is_idempotent_and_only_force_revives_an_ended_meeting_or_mo
         }
     );
     let m = store.get_meeting(&id).await.unwrap().unwrap();
-    assert_eq!((m.status, m.region.as_str()), (MeetingStatus::Active, "eu-central-1"));
+    assert_eq!(
+        (m.status, m.region.as_str()),
+        (MeetingStatus::Active, "eu-central-1")
+    );
 
     let all: Vec<_> = store
         .list_meetings()

@@ -129,7 +129,9 @@ pub(super) enum Evidence<'a> {
 pub(super) enum Transition {
     None,
     /// The region is down: its credentials are refused.
-    Down { code: String },
+    Down {
+        code: String,
+    },
     /// The region answered again.
     Up,
 }
@@ -375,7 +377,8 @@ impl Queue {
             return;
         };
         let queue = &mut self.regions[state.region];
-        queue.pages_total = queue.pages_total - u64::from(cost(state.pages)) + u64::from(cost(pages));
+        queue.pages_total =
+            queue.pages_total - u64::from(cost(state.pages)) + u64::from(cost(pages));
         state.pages = pages;
     }
 
@@ -539,9 +542,13 @@ mod tests {
         }
         let mut t = Transition::None;
         for slot in 0..3 {
-            t = q.regions[0]
-                .breaker
-                .observe(slot, Evidence::Denied("AccessDeniedException"), 5, now, interval);
+            t = q.regions[0].breaker.observe(
+                slot,
+                Evidence::Denied("AccessDeniedException"),
+                5,
+                now,
+                interval,
+            );
         }
         assert_eq!(
             t,
@@ -556,9 +563,13 @@ mod tests {
         assert_eq!(probe.launch.len(), 1, "one probe");
         assert!(q.take_due(later, 16, interval, |_| None).launch.is_empty());
         let (slot, _) = &probe.launch[0];
-        let still = q.regions[0]
-            .breaker
-            .observe(*slot, Evidence::Denied("AccessDeniedException"), 5, later, interval);
+        let still = q.regions[0].breaker.observe(
+            *slot,
+            Evidence::Denied("AccessDeniedException"),
+            5,
+            later,
+            interval,
+        );
         assert_eq!(still, Transition::None);
         let up = q.regions[0]
             .breaker
@@ -574,7 +585,13 @@ mod tests {
         let mut b = Breaker::default();
         for _ in 0..10 {
             assert_eq!(
-                b.observe(7, Evidence::Denied("AccessDeniedException"), 50, now, interval),
+                b.observe(
+                    7,
+                    Evidence::Denied("AccessDeniedException"),
+                    50,
+                    now,
+                    interval
+                ),
                 Transition::None
             );
             assert_eq!(

@@ -6,8 +6,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::chime::{ChimeError, FetchedRoster, Pause};
 use crate::domain::{
-    self, Attendee, AttendeeId, Capabilities, EventKind, ExternalUserId, LeftReason, Region,
-    Roster,
+    self, Attendee, AttendeeId, Capabilities, EventKind, ExternalUserId, LeftReason, Region, Roster,
 };
 use crate::store::{MeetingStatus, UnchangedPoll};
 
@@ -98,7 +97,11 @@ impl RosterSource for Script {
         })
     }
 
-    async fn get_meeting(&self, _meeting: &MeetingId, _region: &Region) -> crate::chime::Result<()> {
+    async fn get_meeting(
+        &self,
+        _meeting: &MeetingId,
+        _region: &Region,
+    ) -> crate::chime::Result<()> {
         self.meeting.lock().unwrap().clone()
     }
 
@@ -143,7 +146,12 @@ fn region() -> Region {
 }
 
 /// Polls once with a scripted source, as the scheduler does, bookkeeping written at once.
-async fn poll(source: &Script, store: &Store, id: &MeetingId, known: Option<Known>) -> (PollOutcome, Option<Known>) {
+async fn poll(
+    source: &Script,
+    store: &Store,
+    id: &MeetingId,
+    known: Option<Known>,
+) -> (PollOutcome, Option<Known>) {
     poll_once(source, store, id, &region(), known).await
 }
 
@@ -170,7 +178,10 @@ async fn credential_and_proxy_errors_on_a_live_meeting_end_nothing() {
         let mut known = known;
         for _ in 0..20 {
             let (outcome, k) = poll(&source, &store, &ids[0], known).await;
-            assert!(matches!(outcome, PollOutcome::Failed(_)), "{code} {status}: {outcome:?}");
+            assert!(
+                matches!(outcome, PollOutcome::Failed(_)),
+                "{code} {status}: {outcome:?}"
+            );
             known = k;
         }
         let m = store.get_meeting(&ids[0]).await.unwrap().unwrap();
@@ -192,7 +203,10 @@ async fn a_meeting_ends_only_when_get_meeting_confirms_not_found() {
     let PollOutcome::Failed(f) = outcome else {
         panic!("forbidden while GetMeeting answers 200 is a failed poll");
     };
-    assert!(f.message.contains("GetMeeting says the meeting exists"), "{f}");
+    assert!(
+        f.message.contains("GetMeeting says the meeting exists"),
+        "{f}"
+    );
 
     *source.roster.lock().unwrap() = Err(error("NotFoundException", 404));
     *source.meeting.lock().unwrap() = Err(error("ServiceUnavailableException", 503));
@@ -232,7 +246,11 @@ async fn a_meeting_that_never_answered_is_not_found_in_its_region_never_ended() 
     assert!(f.message.contains("not found in region us-east-1"), "{f}");
     let m = store.get_meeting(&ids[0]).await.unwrap().unwrap();
     assert_eq!(m.status, MeetingStatus::Active);
-    assert!(m.last_error.unwrap().contains("not found in region us-east-1"));
+    assert!(
+        m.last_error
+            .unwrap()
+            .contains("not found in region us-east-1")
+    );
 }
 
 #[tokio::test]
@@ -245,7 +263,9 @@ async fn a_departure_from_a_multi_page_roster_is_recorded_only_when_get_attendee
     // Attendee 3 was skipped by the paging, attendee 4 was really deleted.
     let seen: Vec<Attendee> = everyone
         .iter()
-        .filter(|a| a.attendee_id != attendee(3).attendee_id && a.attendee_id != attendee(4).attendee_id)
+        .filter(|a| {
+            a.attendee_id != attendee(3).attendee_id && a.attendee_id != attendee(4).attendee_id
+        })
         .cloned()
         .collect();
     *source.roster.lock().unwrap() = Ok((seen.clone(), 2));
@@ -281,7 +301,10 @@ async fn a_one_page_roster_needs_no_confirmation() {
     let (_, known) = poll(&source, &store, &ids[0], None).await;
     *source.roster.lock().unwrap() = Ok((vec![attendee(1)], 1));
     let (outcome, _) = poll(&source, &store, &ids[0], known).await;
-    assert!(matches!(&outcome, PollOutcome::Changed(e) if e.len() == 1), "{outcome:?}");
+    assert!(
+        matches!(&outcome, PollOutcome::Changed(e) if e.len() == 1),
+        "{outcome:?}"
+    );
     assert_eq!(*source.confirmations.lock().unwrap(), 0);
 }
 
@@ -302,7 +325,11 @@ async fn unchanged_polls_are_recorded_in_one_batch_by_shutdown() {
     let scheduler = Scheduler::new(Arc::clone(&source), store.clone(), opts).with_poll_observer(
         move |r: &PollReport<'_>| {
             assert!(r.succeeded(), "{:?}", r.outcome);
-            *seen.lock().unwrap().entry(r.meeting_id.clone()).or_default() += 1;
+            *seen
+                .lock()
+                .unwrap()
+                .entry(r.meeting_id.clone())
+                .or_default() += 1;
         },
     );
     let cancel = CancellationToken::new();
@@ -323,9 +350,16 @@ async fn unchanged_polls_are_recorded_in_one_batch_by_shutdown() {
     let polls = polls.lock().unwrap().clone();
     for id in &ids {
         let recorded = store.get_meeting(id).await.unwrap().unwrap().poll_seq;
-        assert_eq!(recorded, polls[id] as i64, "every poll of {id} is in the bookkeeping");
+        assert_eq!(
+            recorded, polls[id] as i64,
+            "every poll of {id} is in the bookkeeping"
+        );
     }
-    assert_eq!(store.events_since(0, 100).await.unwrap().len(), 3, "one join each");
+    assert_eq!(
+        store.events_since(0, 100).await.unwrap().len(),
+        3,
+        "one join each"
+    );
 }
 
 #[tokio::test]
