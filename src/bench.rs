@@ -408,7 +408,7 @@ async fn measure(
 
     // As `roster-sync run`: the Prometheus recorder counts every metric the daemon updates
     // (nothing serves it here), with the same periodic upkeep.
-    let ops = crate::http::Ops::install();
+    let ops = crate::http::Ops::install(crate::health::Health::new(settings.http.stall_after));
     let upkeep = {
         let ops = ops.clone();
         tokio::spawn(async move {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chime::{ChimeClient, ChimeError, RosterSource as _};
 use crate::config::Settings;
 use crate::domain::{MeetingId, Region};
+use crate::health::Health;
 use crate::http::Ops;
 use crate::scheduler::{Scheduler, SchedulerOptions};
 use crate::store::{AddOutcome, Store, redact_url};
@@ -158,16 +159,13 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
 }
 
 async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
-    let store = connect(&settings).await?;
-    store.acquire_writer_lock().await?;
-    if settings.database.migrate_on_start && !args.no_migrate {
-        store.migrate().await.context("applying migrations")?;
-    }
-    upsert_configured_meetings(&settings, &store).await?;
-
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
-    let ops = Ops::install();
+    // The endpoint comes up first, so probes answer (503 on /readyz) while the database is
+    // waited for and migrations run.
+    let health = Health::new(settings.http.stall_after);
+    health.waiting_for_db();
+    let ops = Ops::install(health.clone());
     let http = if settings.http.listen.is_empty() {
         None
     } else {
@@ -178,16 +176,33 @@ async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} (http.listen)"))?,
         )
     };
+    let url = settings.database_url();
+    let store = Store::connect_patiently(
+        &url,
+        settings.database.max_connections,
+        settings.database.startup_timeout,
+        &cancel,
+        |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "waiting for the database"),
+    )
+    .await
+    .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
+    health.db_answered();
+    store.acquire_writer_lock().await?;
+    if settings.database.migrate_on_start && !args.no_migrate {
+        store.migrate().await.context("applying migrations")?;
+    }
+    health.set_migrated();
+    upsert_configured_meetings(&settings, &store).await?;
 
     let source = Arc::new(ChimeClient::from_settings(&settings).await);
-    let scheduler = Scheduler::new(source, store, SchedulerOptions::from_settings(&settings));
+    let scheduler = Scheduler::new(source, store, SchedulerOptions::from_settings(&settings))
+        .with_health(health.clone());
     tracing::info!(
         database = %redact_url(&settings.database_url()),
         interval = ?settings.poll.interval,
         rate = settings.rate.requests_per_second,
         "roster-sync running"
     );
-    ops.set_ready(true);
     let upkeep = {
         let ops = ops.clone();
         let cancel = cancel.clone();
@@ -199,7 +214,7 @@ async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
         })
     };
     scheduler.run(cancel.clone()).await;
-    ops.set_ready(false);
+    health.set_stopping();
     cancel.cancel();
     let _ = upkeep.await;
     if let Some(h) = http {

@@ -55,6 +55,9 @@ pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
     pub migrate_on_start: bool,
+    /// How long `run` waits for an unreachable database at start; `None` (empty): forever.
+    #[serde(with = "optional_duration")]
+    pub startup_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -106,6 +109,9 @@ pub struct RateSettings {
 pub struct HttpSettings {
     /// Empty disables the endpoint.
     pub listen: String,
+    /// `/healthz` fails when the scheduler loop has not ticked for this long.
+    #[serde(with = "human_duration")]
+    pub stall_after: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -247,6 +253,7 @@ impl Settings {
             ("poll.interval", self.poll.interval),
             ("retry.base", self.retry.base),
             ("retry.cap", self.retry.cap),
+            ("http.stall_after", self.http.stall_after),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be longer than zero"));
@@ -328,6 +335,30 @@ impl Settings {
         let mut s = self.clone();
         s.database.url = crate::store::redact_url(&s.database.url);
         s
+    }
+}
+
+/// Serde adapter for an optional human-readable duration: an empty string is `None`.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let raw = String::deserialize(d)?;
+        if raw.trim().is_empty() {
+            return Ok(None);
+        }
+        humantime::parse_duration(raw.trim())
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{raw:?} is not a duration: {e}")))
     }
 }
 

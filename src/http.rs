@@ -1,11 +1,10 @@
-//! The operations endpoint: `/healthz` (the process is alive), `/readyz` (migrated and
-//! polling) and `/metrics` (Prometheus text).
+//! The operations endpoint: `/healthz` (the loop is alive), `/readyz` (able to do its job)
+//! and `/metrics` (Prometheus text). What the probes answer is decided in [`crate::health`];
+//! a failing probe answers 503 with its reasons, one per line.
 //!
 //! It must never expose configuration, credentials or attendee data.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,17 +13,19 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-/// Shared between the daemon (which flips `ready`) and the endpoint.
+use crate::health::Health;
+
+/// Shared between the daemon (which records its [`Health`]) and the endpoint.
 #[derive(Clone)]
 pub struct Ops {
-    ready: Arc<AtomicBool>,
+    health: Health,
     metrics: Option<PrometheusHandle>,
 }
 
 impl Ops {
     /// Installs the global Prometheus recorder (once per process; later calls reuse none and
     /// serve an empty `/metrics`).
-    pub fn install() -> Self {
+    pub fn install(health: Health) -> Self {
         let metrics = PrometheusBuilder::new()
             .set_buckets(&[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
             .ok()
@@ -32,14 +33,11 @@ impl Ops {
         if metrics.is_some() {
             crate::telemetry::describe_metrics();
         }
-        Self {
-            ready: Arc::new(AtomicBool::new(false)),
-            metrics,
-        }
+        Self { health, metrics }
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Runs `upkeep` on the recorder (histogram maintenance); call periodically.
@@ -53,14 +51,21 @@ impl Ops {
 /// The router, exposed for tests.
 pub fn router(ops: Ops) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(ops): State<Ops>| async move {
+                match ops.health.live() {
+                    Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(ops): State<Ops>| async move {
-                if ops.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                match ops.health.ready() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why.join("\n") + "\n"),
                 }
             }),
         )

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod diff;
 pub mod domain;
 pub mod driver;
+pub mod health;
 pub mod http;
 pub mod rate;
 pub mod report;

@@ -32,6 +32,7 @@ use tracing::Instrument;
 use crate::chime::RosterSource;
 use crate::config::Settings;
 use crate::domain::MeetingId;
+use crate::health::Health;
 use crate::store::{MeetingsVersion, Store, StoredEvent};
 
 pub use bookkeeping::{BOOKKEEPING_BATCH, BOOKKEEPING_EVERY};
@@ -47,6 +48,9 @@ const FULL_REFRESH_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the gauges are published.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// While the database does not answer, it is asked again this often.
+const DB_RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Scheduling knobs, from `[poll]` and `[shutdown]`.
 #[derive(Debug, Clone)]
@@ -150,6 +154,10 @@ pub struct Scheduler<S: RosterSource> {
     gauges: gauges::Gauges,
     events: Option<broadcast::Sender<StoredEvent>>,
     observer: Option<PollObserver>,
+    health: Option<Health>,
+    /// The last read of the meeting list failed: no poll is launched (its result could not be
+    /// recorded) and the list is re-read every [`DB_RETRY_EVERY`] until the database answers.
+    db_down: bool,
 }
 
 impl<S: RosterSource> Scheduler<S> {
@@ -171,7 +179,15 @@ impl<S: RosterSource> Scheduler<S> {
             gauges: gauges::Gauges::default(),
             events: None,
             observer: None,
+            health: None,
+            db_down: false,
         }
+    }
+
+    /// Records the loop's ticks, database answers, meeting list and regions in `health`.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Every recorded event is also sent here (the demo's live output).
@@ -212,9 +228,17 @@ impl<S: RosterSource> Scheduler<S> {
     /// publishes gauges, launches due polls.
     pub async fn tick(&mut self) {
         let now = Instant::now();
+        if let Some(h) = &self.health {
+            h.ticked();
+        }
+        let refresh_every = if self.db_down {
+            DB_RETRY_EVERY.min(self.opts.refresh_every)
+        } else {
+            self.opts.refresh_every
+        };
         if self
             .refreshed_at
-            .is_none_or(|t| now.duration_since(t) >= self.opts.refresh_every)
+            .is_none_or(|t| now.duration_since(t) >= refresh_every)
         {
             self.refresh(now).await;
         }
@@ -228,6 +252,19 @@ impl<S: RosterSource> Scheduler<S> {
             self.gauges_at = Some(now);
             self.gauges
                 .publish(&self.queue, self.running.len(), &*self.source, now);
+            if let Some(h) = &self.health {
+                h.set_regions_down(
+                    self.queue
+                        .regions
+                        .iter()
+                        .filter(|r| !r.breaker.is_up())
+                        .count(),
+                );
+            }
+        }
+        if self.db_down {
+            // A poll now could not be recorded: keep the quota for when the database is back.
+            return;
         }
         self.queue.promote(now);
         if self.launch_due(now) {
@@ -274,9 +311,23 @@ impl<S: RosterSource> Scheduler<S> {
         // Tried again after `refresh_every`, whatever happens here.
         self.refreshed_at = Some(now);
         let version = match self.store.meetings_version().await {
-            Ok(v) => v,
+            Ok(v) => {
+                if std::mem::take(&mut self.db_down) {
+                    tracing::info!("the database answers again; polling resumes");
+                }
+                if let Some(h) = &self.health {
+                    h.db_answered();
+                }
+                v
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read tracked meetings; keeping the current list");
+                if !self.db_down {
+                    tracing::warn!(error = %e, "cannot read tracked meetings; polling pauses until the database answers");
+                }
+                self.db_down = true;
+                if let Some(h) = &self.health {
+                    h.waiting_for_db();
+                }
                 return;
             }
         };
@@ -289,6 +340,9 @@ impl<S: RosterSource> Scheduler<S> {
         if self.read_meetings(now).await {
             self.version = Some(version);
             self.full_refresh_at = Some(now);
+            if let Some(h) = &self.health {
+                h.set_meetings_loaded();
+            }
         }
     }
 
@@ -507,6 +561,14 @@ impl<S: RosterSource> Scheduler<S> {
                 self.refreshed_at = None;
                 self.version = None;
                 (Some(now), Vec::new())
+            }
+            PollOutcome::Failed(failure) if failure.code.is_none() => {
+                // The database failed, not the meeting: no backoff of its own (that would
+                // leave it stale long after the database is back); the list is re-read at
+                // once, which pauses polling while the database is away.
+                tracing::warn!(meeting_id = %id, error = %failure, "poll not recorded");
+                self.refreshed_at = None;
+                (Some(now + spread(interval)), Vec::new())
             }
             PollOutcome::Failed(failure) => {
                 state.failures = state.failures.saturating_add(1);

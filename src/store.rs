@@ -37,6 +37,9 @@ pub enum StoreError {
     Connect { url: String, source: sqlx::Error },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// Shutdown was asked for while waiting for the database.
+    #[error("stopped while waiting for the database")]
+    Cancelled,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row is invalid: {0}")]
@@ -60,6 +63,31 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// A failure that waiting can cure: the database is unreachable, restarting, or out of
+    /// connections. A bad URL or a refused password is not.
+    pub fn is_transient(&self) -> bool {
+        let sqlx = match self {
+            Self::Connect { source, .. } | Self::Sqlx(source) => source,
+            _ => return false,
+        };
+        match sqlx {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // Connection exceptions (08), insufficient resources (53), operator intervention
+            // such as "the database system is starting up" (57).
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57")),
+            _ => false,
+        }
+    }
+}
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,6 +307,42 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         Ok(Store { db })
+    }
+
+    /// [`Store::connect`], retried while the database is unreachable: with capped exponential
+    /// backoff (0.5 s doubling to 30 s), each failed attempt reported to `on_retry` with the
+    /// wait before the next, until `timeout` (`None`: forever) or `cancel`.
+    ///
+    /// # Errors
+    /// The first error that waiting cannot cure (a bad URL, a refused password); the last
+    /// error when `timeout` passes; [`StoreError::Cancelled`] when `cancel` fires.
+    pub async fn connect_patiently(
+        url: &str,
+        max_connections: u32,
+        timeout: Option<std::time::Duration>,
+        cancel: &tokio_util::sync::CancellationToken,
+        on_retry: impl Fn(&StoreError, std::time::Duration),
+    ) -> Result<Store> {
+        use std::time::Duration;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let error = match Store::connect(url, max_connections).await {
+                Ok(store) => return Ok(store),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|d| now + wait > d) {
+                return Err(error);
+            }
+            on_retry(&error, wait);
+            tokio::select! {
+                () = cancel.cancelled() => return Err(StoreError::Cancelled),
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,0 +1,190 @@
+//! What `/healthz` and `/readyz` report: facts the daemon's parts record as they happen, read
+//! by the operations endpoint.
+//!
+//! - **Live** (`/healthz`): the scheduler loop has ticked within `stall_after`, or the daemon
+//!   is waiting for its database (waiting is not a stall). A loop stuck on a database call that
+//!   hangs stops ticking, and liveness fails so the supervisor restarts the process.
+//! - **Ready** (`/readyz`): the database answered within [`DB_FRESH`], migrations are applied,
+//!   the meeting list is loaded, and no region's credentials are refused.
+//!
+//! It only records and answers; it never acts on what it sees.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How recently the database must have answered for the daemon to be ready.
+pub const DB_FRESH: Duration = Duration::from_secs(15);
+
+/// Shared, cheap to clone; every method is lock-free.
+#[derive(Clone, Debug)]
+pub struct Health(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    epoch: Instant,
+    stall_after: Duration,
+    /// Milliseconds since `epoch` + 1 of the last loop tick (0: never).
+    ticked_at: AtomicU64,
+    /// Milliseconds since `epoch` + 1 of the last database answer (0: never).
+    db_answered_at: AtomicU64,
+    waiting_for_db: AtomicBool,
+    migrated: AtomicBool,
+    meetings_loaded: AtomicBool,
+    regions_down: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl Health {
+    /// `stall_after` is `http.stall_after`: how long the loop may go without ticking.
+    pub fn new(stall_after: Duration) -> Self {
+        Self(Arc::new(Inner {
+            epoch: Instant::now(),
+            stall_after,
+            ticked_at: AtomicU64::new(0),
+            db_answered_at: AtomicU64::new(0),
+            waiting_for_db: AtomicBool::new(false),
+            migrated: AtomicBool::new(false),
+            meetings_loaded: AtomicBool::new(false),
+            regions_down: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.0.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn age(&self, stamp: &AtomicU64) -> Option<Duration> {
+        match stamp.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(self.stamp().saturating_sub(at))),
+        }
+    }
+
+    /// The scheduler loop went round once.
+    pub fn ticked(&self) {
+        self.0.ticked_at.store(self.stamp(), Ordering::Relaxed);
+    }
+
+    /// A database call succeeded.
+    pub fn db_answered(&self) {
+        self.0.db_answered_at.store(self.stamp(), Ordering::Relaxed);
+        self.0.waiting_for_db.store(false, Ordering::Relaxed);
+    }
+
+    /// The daemon is waiting for its database (at start or after it went away).
+    pub fn waiting_for_db(&self) {
+        self.0.waiting_for_db.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_migrated(&self) {
+        self.0.migrated.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_meetings_loaded(&self) {
+        self.0.meetings_loaded.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_regions_down(&self, n: usize) {
+        self.0.regions_down.store(n, Ordering::Relaxed);
+    }
+
+    /// Shutdown began: not ready any more, still alive.
+    pub fn set_stopping(&self) {
+        self.0.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// `Ok` while alive; otherwise why not.
+    pub fn live(&self) -> Result<(), String> {
+        if self.0.waiting_for_db.load(Ordering::Relaxed) || self.0.stopping.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let stall_after = self.0.stall_after;
+        let since = self
+            .age(&self.0.ticked_at)
+            .unwrap_or_else(|| self.0.epoch.elapsed());
+        if since > stall_after {
+            return Err(format!(
+                "the scheduler loop has not ticked for {}s (http.stall_after is {}s)",
+                since.as_secs(),
+                stall_after.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok` when the daemon can do its job; otherwise every reason it cannot.
+    pub fn ready(&self) -> Result<(), Vec<String>> {
+        let mut not = Vec::new();
+        if self.0.stopping.load(Ordering::Relaxed) {
+            not.push("shutting down".to_owned());
+        }
+        if self.0.waiting_for_db.load(Ordering::Relaxed) {
+            not.push("waiting for the database".to_owned());
+        } else {
+            match self.age(&self.0.db_answered_at) {
+                None => not.push("the database has not answered yet".to_owned()),
+                Some(age) if age > DB_FRESH => {
+                    not.push(format!("the database last answered {}s ago", age.as_secs()))
+                }
+                Some(_) => {}
+            }
+        }
+        if !self.0.migrated.load(Ordering::Relaxed) {
+            not.push("migrations are not applied yet".to_owned());
+        }
+        if !self.0.meetings_loaded.load(Ordering::Relaxed) {
+            not.push("the meeting list is not loaded yet".to_owned());
+        }
+        let down = self.0.regions_down.load(Ordering::Relaxed);
+        if down > 0 {
+            not.push(format!(
+                "{down} region(s) refuse the credentials (see roster_sync_region_up)"
+            ));
+        }
+        if not.is_empty() { Ok(()) } else { Err(not) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_needs_every_condition_and_a_recent_database_answer() {
+        let h = Health::new(Duration::from_secs(60));
+        assert_eq!(h.ready().unwrap_err().len(), 3);
+        h.db_answered();
+        h.set_migrated();
+        h.set_meetings_loaded();
+        assert!(h.ready().is_ok());
+        h.set_regions_down(1);
+        assert!(h.ready().is_err());
+        h.set_regions_down(0);
+        tokio::time::advance(DB_FRESH + Duration::from_secs(1)).await;
+        assert!(h.ready().is_err(), "a silent database is not ready");
+        h.waiting_for_db();
+        assert!(h.ready().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_stops_ticking_is_not_live_unless_it_waits_for_its_database() {
+        let h = Health::new(Duration::from_secs(60));
+        h.ticked();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(h.live().is_ok());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(h.live().is_err());
+        h.waiting_for_db();
+        assert!(h.live().is_ok(), "waiting for the database is not a stall");
+        h.db_answered();
+        h.ticked();
+        assert!(h.live().is_ok());
+    }
+}
