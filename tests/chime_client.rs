@@ -180,13 +180,10 @@ async fn retry_after_of_a_503_is_honoured() {
     let (meeting, created, _) = meeting_with(&c, 3).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: Some(0),
-            times: Some(1),
-            status: 503,
-            error_type: "ServiceUnavailableException".into(),
-            retry_after: Some(1),
-        },
+        ScriptedFault::new(503, "ServiceUnavailableException")
+            .on_page(0)
+            .times(1)
+            .retry_after(1),
     );
     let started = Instant::now();
     let fetched = c
@@ -207,16 +204,7 @@ async fn a_bad_request_is_not_retried() {
     let sim = start_sim(SimConfig::default()).await;
     let c = client(&sim, 100);
     let (meeting, _, _) = meeting_with(&c, 3).await;
-    sim.script(
-        &meeting,
-        ScriptedFault {
-            page: None,
-            times: None,
-            status: 400,
-            error_type: "BadRequestException".into(),
-            retry_after: None,
-        },
-    );
+    sim.script(&meeting, ScriptedFault::new(400, "BadRequestException"));
     let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
     assert!(
         matches!(err, ChimeError::Fatal { status: 400, .. }),
@@ -232,13 +220,7 @@ async fn undocumented_codes_are_classified_by_http_status() {
     let (meeting, _, _) = meeting_with(&c, 3).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: None,
-            times: Some(1),
-            status: 400,
-            error_type: "ValidationException".into(),
-            retry_after: None,
-        },
+        ScriptedFault::new(400, "ValidationException").times(1),
     );
     let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
     assert!(
@@ -247,13 +229,7 @@ async fn undocumented_codes_are_classified_by_http_status() {
     );
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: None,
-            times: Some(1),
-            status: 502,
-            error_type: "BadGatewayException".into(),
-            retry_after: None,
-        },
+        ScriptedFault::new(502, "BadGatewayException").times(1),
     );
     let fetched = c
         .fetch_roster(&meeting, &region(), true)
@@ -267,16 +243,7 @@ async fn forbidden_means_gone_only_for_a_meeting_that_answered_before() {
     let sim = start_sim(SimConfig::default()).await;
     let c = client(&sim, 100);
     let (meeting, _, _) = meeting_with(&c, 1).await;
-    sim.script(
-        &meeting,
-        ScriptedFault {
-            page: None,
-            times: None,
-            status: 403,
-            error_type: "ForbiddenException".into(),
-            retry_after: None,
-        },
-    );
+    sim.script(&meeting, ScriptedFault::new(403, "ForbiddenException"));
     let never = c
         .fetch_roster(&meeting, &region(), false)
         .await
@@ -299,13 +266,7 @@ async fn a_page_that_keeps_failing_yields_an_error_never_a_partial_roster() {
     let (meeting, _, _) = meeting_with(&c, 25).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: Some(1),
-            times: None,
-            status: 500,
-            error_type: "ServiceFailureException".into(),
-            retry_after: None,
-        },
+        ScriptedFault::new(500, "ServiceFailureException").on_page(1),
     );
     let err = c.fetch_roster(&meeting, &region(), true).await.unwrap_err();
     assert!(
@@ -346,13 +307,10 @@ async fn trace_logs_of_a_fetch_contain_no_join_token() {
     let (meeting, _, tokens) = meeting_with(&c, 12).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: Some(1),
-            times: Some(1),
-            status: 503,
-            error_type: "ServiceUnavailableException".into(),
-            retry_after: Some(0),
-        },
+        ScriptedFault::new(503, "ServiceUnavailableException")
+            .on_page(1)
+            .times(1)
+            .retry_after(0),
     );
     let fetched = c
         .fetch_roster(&meeting, &region(), false)
