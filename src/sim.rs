@@ -25,9 +25,11 @@
 //!   any `x-amzn-ErrorType` (or none, e.g. an IAM denial's
 //!   `AccessDeniedException:http://internal.amazon.com/coral/...` sent verbatim), the
 //!   service's JSON body, JSON without `Code`, or a proxy's HTML page, with `Retry-After` on
-//!   any status.
+//!   any status. Scripts driving the `roster-sync sim` process plant the same faults
+//!   through the control endpoint `POST /_sim/faults` (see `sim/control.rs`).
 
 mod bucket;
+mod control;
 mod cursor;
 mod state;
 mod wire;
@@ -736,17 +738,13 @@ impl SimHandle {
         let Some(key) = key(meeting.as_str()) else {
             return;
         };
-        let remaining = fault.times;
-        lock(&self.shared.scripts)
-            .entry(key)
-            .or_default()
-            .push(ScriptEntry { fault, remaining });
+        self.shared.plant(key, fault);
     }
 
     /// Removes every fault planted on `meeting`.
     pub fn clear_script(&self, meeting: &MeetingId) {
         if let Some(key) = key(meeting.as_str()) {
-            lock(&self.shared.scripts).remove(&key);
+            self.shared.clear(&key);
         }
     }
 
@@ -889,6 +887,11 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Request) -> Resp
         lock(&shared.request_ids).fill_bytes(&mut b);
         uuid::Builder::from_random_bytes(b).into_uuid().to_string()
     };
+    if req.uri().path().starts_with(control::PREFIX) {
+        let (parts, body) = req.into_parts();
+        let result = control::serve(&shared, &parts.method, parts.uri.path(), body).await;
+        return result.unwrap_or_else(|e| e.into_response(&request_id));
+    }
     if !shared.cfg.latency.is_zero() {
         tokio::time::sleep(shared.cfg.latency).await;
     }
@@ -926,6 +929,18 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Request) -> Resp
 }
 
 impl Shared {
+    fn plant(&self, meeting: Uuid, fault: ScriptedFault) {
+        let remaining = fault.times;
+        lock(&self.scripts)
+            .entry(meeting)
+            .or_default()
+            .push(ScriptEntry { fault, remaining });
+    }
+
+    fn clear(&self, meeting: &Uuid) {
+        lock(&self.scripts).remove(meeting);
+    }
+
     async fn serve(&self, req: Request) -> (Option<Operation>, ApiResult) {
         let (parts, body) = req.into_parts();
         let query = match Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {

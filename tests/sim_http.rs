@@ -1484,3 +1484,44 @@ async fn the_aws_sdk_reads_each_fault_shape_as_the_real_service_would_send_it() 
         .into_service_error();
     assert!(err.is_not_found_exception(), "{err:?}");
 }
+
+#[tokio::test]
+async fn the_control_endpoint_plants_and_clears_faults_without_a_signature() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    let (_, get_meeting) = &paths[1];
+    let spec = json!({
+        "meeting_id": m.as_str(), "operation": "GetMeeting", "status": 429,
+        "error_type": "ThrottlingException", "retry_after": 4, "times": 1
+    });
+    let r = send(sim.addr(), "POST", "/_sim/faults", Some(&spec), false).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = get(&sim, get_meeting).await;
+    assert_eq!((r.status, r.error_type()), (429, "ThrottlingException"));
+    assert_eq!(r.header("retry-after"), Some("4"));
+    assert_eq!(get(&sim, get_meeting).await.status, 200, "spent");
+
+    let html = json!({"meeting_id": m.as_str(), "status": 404, "body": "html",
+                      "html": "<h1>404 Not Found</h1>"});
+    let r = send(sim.addr(), "POST", "/_sim/faults", Some(&html), false).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (_, list_path) = &paths[0];
+    assert_eq!(get(&sim, list_path).await.body, "<h1>404 Not Found</h1>");
+    let clear = format!("/_sim/faults/{}", m.as_str());
+    let r = send(sim.addr(), "DELETE", &clear, None, false).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(get(&sim, list_path).await.status, 200, "cleared");
+
+    let bad = json!({"meeting_id": m.as_str(), "status": 500, "operation": "Nope"});
+    let r = send(sim.addr(), "POST", "/_sim/faults", Some(&bad), false).await;
+    assert_eq!((r.status, r.error_type()), (400, "BadRequestException"));
+    let stats = sim.stats();
+    assert_eq!(
+        stats.total.requests,
+        stats.get(Operation::CreateMeeting).requests
+            + stats.get(Operation::BatchCreateAttendee).requests
+            + stats.get(Operation::GetMeeting).requests
+            + stats.get(Operation::ListAttendees).requests,
+        "control requests are not counted"
+    );
+}
