@@ -2,7 +2,7 @@
 //! `roster-bench`: the operations roster-sync polls and the ones a driver needs to change a
 //! roster, with the real service's paths, member names, status codes and error headers
 //! (service model `chime-sdk-meetings/2021-07-15`), its per-operation quota (token buckets),
-//! and injected faults (random, or scripted per `ListAttendees` page).
+//! and injected faults (random, or scripted per meeting and operation).
 //!
 //! It must never be used as a production endpoint: it does not verify SigV4 signatures (it
 //! only checks that an `Authorization: AWS4-HMAC-SHA256 ...` header is present), keeps
@@ -10,10 +10,26 @@
 //! any request or response body.
 //!
 //! In-process, [`SimHandle`] gives tests and benchmarks what a client cannot see: request
-//! counts ([`SimHandle::stats`]), a live quota change, scripted faults, and when each
-//! attendee was created, changed and deleted ([`SimHandle::attendee_timeline`]).
+//! counts ([`SimHandle::stats`]), a live quota change, and when each attendee was created,
+//! changed and deleted ([`SimHandle::attendee_timeline`]). It also lets a test reproduce
+//! how the real service may misbehave:
+//! - [`Paging::Offset`] makes NextToken a position in the live attendee list instead of a
+//!   keyset cursor, so an attendee deleted from an earlier page between two page requests
+//!   makes the next page silently skip one live attendee. Nothing documents the real
+//!   NextToken as either.
+//! - [`SimHandle::delete_before_page`] arms exactly such a deletion, deterministically,
+//!   just before a given page is served; [`SimHandle::hook_deletions`] and
+//!   [`SimHandle::pending_hooks`] say what it deleted and whether it fired.
+//! - [`SimHandle::script`] plants [`ScriptedFault`]s on one meeting's ListAttendees (per
+//!   page), GetMeeting, GetAttendee or any other operation naming the meeting: any status,
+//!   any `x-amzn-ErrorType` (or none, e.g. an IAM denial's
+//!   `AccessDeniedException:http://internal.amazon.com/coral/...` sent verbatim), the
+//!   service's JSON body, JSON without `Code`, or a proxy's HTML page, with `Retry-After` on
+//!   any status. Scripts driving the `roster-sync sim` process plant the same faults
+//!   through the control endpoint `POST /_sim/faults` (see `sim/control.rs`).
 
 mod bucket;
+mod control;
 mod cursor;
 mod state;
 mod wire;
@@ -42,7 +58,7 @@ use uuid::Uuid;
 use crate::domain::{AttendeeId, Capabilities, MeetingId, is_guid};
 
 use bucket::TokenBucket;
-use cursor::Cursor;
+use cursor::{Cursor, Position};
 use state::{AttendeeView, MeetingExtras, NewAttendee, NewMeeting, Stamp, State, TokenKey};
 use wire::{AttendeeOut, ErrorBody};
 
@@ -78,6 +94,23 @@ pub struct SimConfig {
     pub exempt_control: bool,
     /// Live attendees per meeting before CreateAttendee answers LimitExceeded (real: 250).
     pub max_attendees: usize,
+    /// What a `ListAttendees` NextToken remembers: the last attendee returned, or a position
+    /// in the live list (see [`Paging`]).
+    pub paging: Paging,
+}
+
+/// How `ListAttendees` pages follow each other. Nothing documents the real NextToken as a
+/// stable cursor, so tests can run against both behaviours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Paging {
+    /// The next page starts after the last attendee id already returned: an attendee
+    /// deleted between two page requests never makes a later page skip anyone.
+    #[default]
+    Keyset,
+    /// The next page starts at a position (index) in the live attendee list: each attendee
+    /// deleted from an earlier page between two page requests shifts the list, and the
+    /// next page silently skips one live attendee.
+    Offset,
 }
 
 impl Default for SimConfig {
@@ -90,6 +123,7 @@ impl Default for SimConfig {
             seed: None,
             exempt_control: false,
             max_attendees: 250,
+            paging: Paging::Keyset,
         }
     }
 }
@@ -233,32 +267,87 @@ impl SimStats {
     }
 }
 
-/// A fault a test plants on one meeting's `ListAttendees`.
+/// What a scripted fault's body looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultBody {
+    /// `application/json` `{"Code","Message","RequestId"}`, as the service writes its own
+    /// errors. `Code` is the error type without any `:...` suffix and without `Exception`
+    /// (`AccessDeniedException:http://...` gives `AccessDenied`); a fault without an error
+    /// type writes no `Code`.
+    Json,
+    /// `application/json` `{"Message","RequestId"}`: no `Code`, whatever the header says.
+    JsonWithoutCode,
+    /// `text/html` with this text, as a proxy or a wrong endpoint answers.
+    Html(String),
+}
+
+/// A fault a test plants on one meeting's requests (see [`SimHandle::script`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptedFault {
-    /// 0-based page it hits (no next-token = page 0); `None` hits every page.
+    /// The operation it hits (default `ListAttendees`). Any operation whose path names the
+    /// meeting can be hit; CreateMeeting names none, so a fault on it never fires.
+    pub operation: Operation,
+    /// 0-based `ListAttendees` page it hits (no next-token = page 0); `None` hits every
+    /// request. Only ListAttendees has pages: a fault with a page never hits another
+    /// operation.
     pub page: Option<usize>,
     /// How many requests it answers before it is spent; `None` = forever.
     pub times: Option<u32>,
     /// HTTP status of the answer (an invalid status is answered as 500).
     pub status: u16,
-    /// Sent as `x-amzn-ErrorType`; any string, so undocumented codes such as
-    /// `ValidationException` can be tested.
-    pub error_type: String,
-    /// Sent as `Retry-After` when set.
+    /// Sent verbatim as `x-amzn-ErrorType` when set: any string, so undocumented codes
+    /// (`ValidationException`) and front-end suffixes
+    /// (`AccessDeniedException:http://internal.amazon.com/coral/com.amazon.coral.service/`)
+    /// can be tested. `None` sends no such header.
+    pub error_type: Option<String>,
+    /// The body's shape.
+    pub body: FaultBody,
+    /// The JSON body's `Message`; `None` writes one naming the operation (and page).
+    pub message: Option<String>,
+    /// Sent as `Retry-After` (seconds) when set, on any status.
     pub retry_after: Option<u32>,
 }
 
 impl ScriptedFault {
-    /// A fault on every page, forever, without Retry-After.
+    /// A `ListAttendees` fault on every page, forever, without Retry-After: `status`,
+    /// `x-amzn-ErrorType: error_type` and the service's JSON error body.
     pub fn new(status: u16, error_type: impl Into<String>) -> Self {
         Self {
+            operation: Operation::ListAttendees,
             page: None,
             times: None,
             status,
-            error_type: error_type.into(),
+            error_type: Some(error_type.into()),
+            body: FaultBody::Json,
+            message: None,
             retry_after: None,
         }
+    }
+
+    /// Like [`ScriptedFault::new`] but with no error type at all: no `x-amzn-ErrorType`
+    /// header and a JSON body without `Code`.
+    pub fn untyped(status: u16) -> Self {
+        Self {
+            error_type: None,
+            body: FaultBody::JsonWithoutCode,
+            ..Self::new(status, "")
+        }
+    }
+
+    /// Like [`ScriptedFault::new`] but answered as a proxy would: a `text/html` body and no
+    /// error type header.
+    pub fn html(status: u16, html: impl Into<String>) -> Self {
+        Self {
+            error_type: None,
+            body: FaultBody::Html(html.into()),
+            ..Self::new(status, "")
+        }
+    }
+
+    /// Hits `operation` instead of ListAttendees.
+    pub fn on(mut self, operation: Operation) -> Self {
+        self.operation = operation;
+        self
     }
 
     pub fn on_page(mut self, page: usize) -> Self {
@@ -275,6 +364,23 @@ impl ScriptedFault {
         self.retry_after = Some(seconds);
         self
     }
+
+    pub fn with_body(mut self, body: FaultBody) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// Why a deletion hook could not be armed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HookError {
+    #[error("page 0 has no earlier page to delete attendees from")]
+    PageZero,
 }
 
 /// When an attendee was created, last had its capabilities changed, and was deleted
@@ -310,7 +416,8 @@ pub(crate) enum ApiError {
     #[error("{message}")]
     Injected {
         status: StatusCode,
-        error_type: String,
+        error_type: Option<String>,
+        body: FaultBody,
         retry_after: Option<u32>,
         message: String,
     },
@@ -328,8 +435,9 @@ impl ApiError {
         }
     }
 
-    fn error_type(&self) -> &str {
-        match self {
+    /// What `x-amzn-ErrorType` says; `None` sends no such header.
+    fn error_type(&self) -> Option<&str> {
+        Some(match self {
             Self::BadRequest(_) => "BadRequestException",
             Self::Forbidden(_) => "ForbiddenException",
             Self::NotFound(_) => "NotFoundException",
@@ -337,8 +445,8 @@ impl ApiError {
             Self::Throttled => "ThrottlingException",
             Self::UnknownOperation(_) => "UnknownOperationException",
             Self::Internal(_) => "ServiceFailureException",
-            Self::Injected { error_type, .. } => error_type,
-        }
+            Self::Injected { error_type, .. } => return error_type.as_deref(),
+        })
     }
 
     fn outcome(&self) -> Outcome {
@@ -350,29 +458,53 @@ impl ApiError {
     }
 
     fn into_response(self, request_id: &str) -> Response {
-        let error_type = self.error_type().to_owned();
-        // The body's Code is the type without its suffix, as the service writes it.
-        let code = error_type.strip_suffix("Exception").unwrap_or(&error_type);
+        let status = self.status();
+        let error_type = self.error_type().map(str::to_owned);
         let message = self.to_string();
-        let body = ErrorBody {
-            code,
-            message: &message,
-            request_id,
+        let (body, retry_after) = match self {
+            Self::Injected {
+                body, retry_after, ..
+            } => (body, retry_after),
+            _ => (FaultBody::Json, None),
         };
-        let mut resp = json_response(self.status(), &body);
+        let mut resp = match body {
+            FaultBody::Json | FaultBody::JsonWithoutCode => {
+                let code = match body {
+                    FaultBody::Json => error_type.as_deref().map(body_code),
+                    _ => None,
+                };
+                let body = ErrorBody {
+                    code,
+                    message: &message,
+                    request_id,
+                };
+                json_response(status, &body)
+            }
+            FaultBody::Html(html) => {
+                let mut resp = (status, html).into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                resp
+            }
+        };
         let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&error_type) {
+        if let Some(v) = error_type.and_then(|t| HeaderValue::from_str(&t).ok()) {
             h.insert("x-amzn-ErrorType", v);
         }
-        if let Self::Injected {
-            retry_after: Some(secs),
-            ..
-        } = self
-        {
+        if let Some(secs) = retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
+}
+
+/// The body's `Code` for an error type, as the service writes it: without a `:...` suffix
+/// (some front ends append one to `x-amzn-ErrorType`) and without `Exception`.
+fn body_code(error_type: &str) -> &str {
+    let name = error_type.split(':').next().unwrap_or(error_type);
+    name.strip_suffix("Exception").unwrap_or(name)
 }
 
 type ApiResult<T = Response> = Result<T, ApiError>;
@@ -420,6 +552,19 @@ struct ScriptEntry {
     remaining: Option<u32>,
 }
 
+/// A one-shot deletion armed by [`SimHandle::delete_before_page`].
+struct PageHook {
+    page: u32,
+    count: usize,
+}
+
+/// One meeting's armed hooks and what fired hooks deleted.
+#[derive(Default)]
+struct MeetingHooks {
+    armed: Vec<PageHook>,
+    deleted: Vec<Uuid>,
+}
+
 /// The simulator's clock: [`Stamp`]s are microseconds since `start`.
 struct Clock {
     start: std::time::Instant,
@@ -453,6 +598,8 @@ struct Shared {
     faults: Mutex<StdRng>,
     request_ids: Mutex<StdRng>,
     scripts: Mutex<HashMap<Uuid, Vec<ScriptEntry>>>,
+    /// Locked before `state` when both are held.
+    hooks: Mutex<HashMap<Uuid, MeetingHooks>>,
     counters: Vec<Counters>,
     total: Counters,
     clock: Clock,
@@ -498,6 +645,7 @@ pub async fn start(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHan
         faults: Mutex::new(seeded(1)),
         request_ids: Mutex::new(seeded(2)),
         scripts: Mutex::new(HashMap::new()),
+        hooks: Mutex::new(HashMap::new()),
         counters: Operation::ALL.iter().map(|_| Counters::default()).collect(),
         total: Counters::default(),
         clock: Clock::new(),
@@ -580,26 +728,75 @@ impl SimHandle {
         Ok(())
     }
 
-    /// Plants a fault on `meeting`'s `ListAttendees`. Faults are tried in the order they
-    /// were planted; the first that matches the page and is not spent answers. A scripted
-    /// fault fires after authorization, throttling and input validation, before the meeting
-    /// is looked up, so it also works for a meeting that does not exist.
+    /// Plants a fault on `meeting`'s requests of one operation (`ListAttendees` unless
+    /// [`ScriptedFault::on`] says otherwise). Faults are tried in the order they were
+    /// planted; the first that matches the operation and page and is not spent answers. A
+    /// scripted fault fires after authorization, throttling and input validation, before
+    /// the meeting or attendee is looked up, so it also works for ones that do not exist;
+    /// on ListAttendees it fires after any deletion hook armed for the same page.
     pub fn script(&self, meeting: &MeetingId, fault: ScriptedFault) {
         let Some(key) = key(meeting.as_str()) else {
             return;
         };
-        let remaining = fault.times;
-        lock(&self.shared.scripts)
-            .entry(key)
-            .or_default()
-            .push(ScriptEntry { fault, remaining });
+        self.shared.plant(key, fault);
     }
 
     /// Removes every fault planted on `meeting`.
     pub fn clear_script(&self, meeting: &MeetingId) {
         if let Some(key) = key(meeting.as_str()) {
-            lock(&self.shared.scripts).remove(&key);
+            self.shared.clear(&key);
         }
+    }
+
+    /// Arms a one-shot deletion between two page requests: the next `ListAttendees` request
+    /// for page `page` (0-based, so the request carrying the first NextToken is page 1) of
+    /// `meeting` first deletes up to `count` attendees the client has already been served
+    /// on earlier pages (the first ones in attendee-id order), through the same code as
+    /// DeleteAttendee, so [`SimHandle::attendee_timeline`] records their `deleted_at`. Then
+    /// the page is served: with [`Paging::Offset`] it skips `count` live attendees, with
+    /// [`Paging::Keyset`] it skips none. Hooks fire after authorization, throttling and
+    /// NextToken validation (a refused request leaves them armed) and before scripted
+    /// faults; several hooks on one page fire one request each, in the order armed.
+    ///
+    /// # Errors
+    /// [`HookError::PageZero`]: page 0 has no earlier page.
+    pub fn delete_before_page(
+        &self,
+        meeting: &MeetingId,
+        page: u32,
+        count: usize,
+    ) -> Result<(), HookError> {
+        if page == 0 {
+            return Err(HookError::PageZero);
+        }
+        if let Some(key) = key(meeting.as_str()) {
+            lock(&self.shared.hooks)
+                .entry(key)
+                .or_default()
+                .armed
+                .push(PageHook { page, count });
+        }
+        Ok(())
+    }
+
+    /// Hooks armed on `meeting` that have not fired yet.
+    pub fn pending_hooks(&self, meeting: &MeetingId) -> usize {
+        key(meeting.as_str())
+            .and_then(|k| lock(&self.shared.hooks).get(&k).map(|h| h.armed.len()))
+            .unwrap_or(0)
+    }
+
+    /// Every attendee the fired hooks of `meeting` deleted, in deletion order.
+    pub fn hook_deletions(&self, meeting: &MeetingId) -> Vec<AttendeeId> {
+        let Some(k) = key(meeting.as_str()) else {
+            return Vec::new();
+        };
+        lock(&self.shared.hooks).get(&k).map_or_else(Vec::new, |h| {
+            h.deleted
+                .iter()
+                .filter_map(|id| AttendeeId::parse(&id.to_string()).ok())
+                .collect()
+        })
     }
 
     /// When the attendee was created, changed and deleted; `None` if this meeting never
@@ -690,6 +887,11 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Request) -> Resp
         lock(&shared.request_ids).fill_bytes(&mut b);
         uuid::Builder::from_random_bytes(b).into_uuid().to_string()
     };
+    if req.uri().path().starts_with(control::PREFIX) {
+        let (parts, body) = req.into_parts();
+        let result = control::serve(&shared, &parts.method, parts.uri.path(), body).await;
+        return result.unwrap_or_else(|e| e.into_response(&request_id));
+    }
     if !shared.cfg.latency.is_zero() {
         tokio::time::sleep(shared.cfg.latency).await;
     }
@@ -712,7 +914,7 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Request) -> Resp
             // Never the body: it may hold a JoinToken or an ExternalUserId.
             tracing::debug!(
                 op = op.map(Operation::as_str),
-                error_type = e.error_type(),
+                error_type = e.error_type().unwrap_or("-"),
                 status = e.status().as_u16(),
                 %request_id,
                 "chime simulator refused a request"
@@ -727,6 +929,18 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Request) -> Resp
 }
 
 impl Shared {
+    fn plant(&self, meeting: Uuid, fault: ScriptedFault) {
+        let remaining = fault.times;
+        lock(&self.scripts)
+            .entry(meeting)
+            .or_default()
+            .push(ScriptEntry { fault, remaining });
+    }
+
+    fn clear(&self, meeting: &Uuid) {
+        lock(&self.scripts).remove(meeting);
+    }
+
     async fn serve(&self, req: Request) -> (Option<Operation>, ApiResult) {
         let (parts, body) = req.into_parts();
         let query = match Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
@@ -776,14 +990,16 @@ impl Shared {
                 return Err(if rng.random_bool(0.5) {
                     ApiError::Injected {
                         status: StatusCode::INTERNAL_SERVER_ERROR,
-                        error_type: "ServiceFailureException".into(),
+                        error_type: Some("ServiceFailureException".into()),
+                        body: FaultBody::Json,
                         retry_after: None,
                         message: "Injected fault: the service failed".into(),
                     }
                 } else {
                     ApiError::Injected {
                         status: StatusCode::SERVICE_UNAVAILABLE,
-                        error_type: "ServiceUnavailableException".into(),
+                        error_type: Some("ServiceUnavailableException".into()),
+                        body: FaultBody::Json,
                         retry_after: Some(FAULT_RETRY_AFTER_SECS),
                         message: "Injected fault: the service is unavailable".into(),
                     }
@@ -794,25 +1010,38 @@ impl Shared {
     }
 
     async fn dispatch(&self, route: Route, query: &[(String, String)], body: Body) -> ApiResult {
+        let op = route.operation();
+        // ListAttendees fires its own faults, once it knows the page.
+        let fault = |m: &Uuid| self.fire_script(op, m, None);
         match route {
             Route::CreateMeeting => self.create_meeting(read_json(body).await?),
-            Route::GetMeeting(m) => self.get_meeting(&guid("MeetingId", &m)?),
+            Route::GetMeeting(m) => {
+                let m = guid("MeetingId", &m)?;
+                fault(&m)?;
+                self.get_meeting(&m)
+            }
             Route::DeleteMeeting(m) => {
                 let m = guid("MeetingId", &m)?;
+                fault(&m)?;
                 lock(&self.state).delete_meeting(&m, self.clock.now())?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             Route::CreateAttendee(m) => {
                 let m = guid("MeetingId", &m)?;
-                self.create_attendee(&m, read_json(body).await?)
+                let input = read_json(body).await?;
+                fault(&m)?;
+                self.create_attendee(&m, input)
             }
             Route::BatchCreateAttendee(m) => {
                 let m = guid("MeetingId", &m)?;
-                self.batch_create_attendee(&m, read_json(body).await?)
+                let input = read_json(body).await?;
+                fault(&m)?;
+                self.batch_create_attendee(&m, input)
             }
             Route::ListAttendees(m) => self.list_attendees(&guid("MeetingId", &m)?, query),
             Route::GetAttendee(m, a) => {
                 let (m, a) = (guid("MeetingId", &m)?, guid("AttendeeId", &a)?);
+                fault(&m)?;
                 let view = lock(&self.state).attendee(&m, &a)?;
                 Ok(self.attendee_response(view))
             }
@@ -824,12 +1053,14 @@ impl Shared {
                     .ok_or_else(|| ApiError::BadRequest("Capabilities is required".into()))?
                     .validate()
                     .map_err(ApiError::BadRequest)?;
+                fault(&m)?;
                 let now = self.clock.now();
                 let view = lock(&self.state).update_capabilities(&m, &a, caps, now)?;
                 Ok(self.attendee_response(view))
             }
             Route::DeleteAttendee(m, a) => {
                 let (m, a) = (guid("MeetingId", &m)?, guid("AttendeeId", &a)?);
+                fault(&m)?;
                 lock(&self.state).delete_attendee(&m, &a, self.clock.now())?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
@@ -976,20 +1207,34 @@ impl Shared {
             }
         };
         let page = cursor.map_or(0, |c| c.page);
-        self.fire_script(meeting, page)?;
-        let (views, more) = lock(&self.state).list(meeting, cursor.map(|c| c.last), max)?;
-        let next_token = match views.last() {
-            Some(last) if more => Some(
-                Cursor {
-                    meeting: *meeting,
-                    last: last.id,
-                    page: page.saturating_add(1),
-                }
-                .encode(),
-            ),
-            _ => None,
+        if let Some(c) = cursor {
+            self.fire_hooks(meeting, c);
+        }
+        self.fire_script(Operation::ListAttendees, meeting, Some(page))?;
+        let listed = lock(&self.state).list(meeting, cursor.map(|c| c.position), max)?;
+        let position = match (self.cfg.paging, listed.attendees.last()) {
+            (_, None) => None,
+            (Paging::Keyset, Some(last)) => Some(Position::After(last.id)),
+            (Paging::Offset, Some(_)) => {
+                let at = listed.start.saturating_add(listed.attendees.len());
+                Some(Position::Index(u32::try_from(at).map_err(|_| {
+                    ApiError::Internal("The roster is too long for an offset".into())
+                })?))
+            }
         };
-        let attendees = views.into_iter().map(|v| self.attendee_out(v)).collect();
+        let next_token = position.filter(|_| listed.more).map(|position| {
+            Cursor {
+                meeting: *meeting,
+                position,
+                page: page.saturating_add(1),
+            }
+            .encode()
+        });
+        let attendees = listed
+            .attendees
+            .into_iter()
+            .map(|v| self.attendee_out(v))
+            .collect();
         let body = wire::ListAttendeesResponse {
             attendees,
             next_token,
@@ -997,16 +1242,36 @@ impl Shared {
         Ok(json_response(StatusCode::OK, &body))
     }
 
-    fn fire_script(&self, meeting: &Uuid, page: u32) -> ApiResult<()> {
+    /// Fires the first hook armed for this page of this meeting, if any.
+    fn fire_hooks(&self, meeting: &Uuid, cursor: Cursor) {
+        let mut hooks = lock(&self.hooks);
+        let Some(h) = hooks.get_mut(meeting) else {
+            return;
+        };
+        let Some(i) = h.armed.iter().position(|x| x.page == cursor.page) else {
+            return;
+        };
+        let hook = h.armed.remove(i);
+        let now = self.clock.now();
+        let gone = lock(&self.state).delete_served(meeting, cursor.position, hook.count, now);
+        h.deleted.extend(gone);
+    }
+
+    /// Answers with the first unspent fault planted on this operation (and page) of
+    /// `meeting`, if any.
+    fn fire_script(&self, op: Operation, meeting: &Uuid, page: Option<u32>) -> ApiResult<()> {
         let mut scripts = lock(&self.scripts);
         let Some(entries) = scripts.get_mut(meeting) else {
             return Ok(());
         };
         let hit = entries.iter_mut().find(|e| {
             e.remaining != Some(0)
-                && e.fault
-                    .page
-                    .is_none_or(|p| u32::try_from(p).is_ok_and(|p| p == page))
+                && e.fault.operation == op
+                && match (e.fault.page, page) {
+                    (None, _) => true,
+                    (Some(want), Some(got)) => u32::try_from(want).is_ok_and(|w| w == got),
+                    (Some(_), None) => false,
+                }
         });
         let Some(entry) = hit else { return Ok(()) };
         if let Some(n) = entry.remaining.as_mut() {
@@ -1014,11 +1279,16 @@ impl Shared {
         }
         let f = &entry.fault;
         let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = f.message.clone().unwrap_or_else(|| match page {
+            Some(p) => format!("Scripted fault on {} page {p}", op.as_str()),
+            None => format!("Scripted fault on {}", op.as_str()),
+        });
         Err(ApiError::Injected {
             status,
             error_type: f.error_type.clone(),
+            body: f.body.clone(),
             retry_after: f.retry_after,
-            message: format!("Scripted fault on page {page}"),
+            message,
         })
     }
 
@@ -1127,6 +1397,10 @@ pub struct SimArgs {
     /// Attendees per meeting before CreateAttendee answers LimitExceeded.
     #[arg(long, default_value_t = 250)]
     pub max_attendees: usize,
+    /// What a ListAttendees NextToken remembers: the last attendee returned (keyset), or a
+    /// position in the live list (offset: a deletion between pages skips an attendee).
+    #[arg(long, value_enum, default_value_t = Paging::Keyset)]
+    pub paging: Paging,
 }
 
 impl From<&SimArgs> for SimConfig {
@@ -1139,6 +1413,7 @@ impl From<&SimArgs> for SimConfig {
             seed: a.seed,
             exempt_control: a.exempt_control,
             max_attendees: a.max_attendees,
+            paging: a.paging,
         }
     }
 }
@@ -1254,5 +1529,46 @@ mod tests {
         let resp = ApiError::NotFound("gone".into()).into_response("rid");
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(resp.headers()["x-amzn-ErrorType"], "NotFoundException");
+        assert_eq!(body_code("NotFoundException"), "NotFound");
+    }
+
+    #[test]
+    fn the_error_body_code_drops_a_front_end_suffix_too() {
+        assert_eq!(
+            body_code(
+                "AccessDeniedException:http://internal.amazon.com/coral/com.amazon.coral.service/"
+            ),
+            "AccessDenied"
+        );
+        assert_eq!(body_code("SomethingOdd"), "SomethingOdd");
+        assert_eq!(body_code(""), "");
+    }
+
+    #[test]
+    fn the_simulator_cli_pages_by_keyset_unless_told_otherwise() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sim: SimArgs,
+        }
+        let default = Cli::try_parse_from(["sim"]).unwrap();
+        assert_eq!(SimConfig::from(&default.sim).paging, Paging::Keyset);
+        let offset = Cli::try_parse_from(["sim", "--paging", "offset"]).unwrap();
+        assert_eq!(SimConfig::from(&offset.sim).paging, Paging::Offset);
+        assert!(Cli::try_parse_from(["sim", "--paging", "random"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_deletion_hook_cannot_be_armed_on_page_zero() {
+        let sim = start("127.0.0.1:0".parse().unwrap(), SimConfig::default())
+            .await
+            .unwrap();
+        let m = MeetingId::parse(&Uuid::new_v4().to_string()).unwrap();
+        assert_eq!(sim.delete_before_page(&m, 0, 1), Err(HookError::PageZero));
+        assert_eq!(sim.pending_hooks(&m), 0);
+        sim.delete_before_page(&m, 2, 1).unwrap();
+        assert_eq!(sim.pending_hooks(&m), 1);
+        assert!(sim.hook_deletions(&m).is_empty());
     }
 }

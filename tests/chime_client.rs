@@ -181,13 +181,10 @@ async fn retry_after_of_a_503_is_honoured() {
     let (meeting, created, _) = meeting_with(&c, 3).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: Some(0),
-            times: Some(1),
-            status: 503,
-            error_type: "ServiceUnavailableException".into(),
-            retry_after: Some(1),
-        },
+        ScriptedFault::new(503, "ServiceUnavailableException")
+            .on_page(0)
+            .times(1)
+            .retry_after(1),
     );
     let started = Instant::now();
     let fetched = c
@@ -208,16 +205,7 @@ async fn a_bad_request_is_not_retried() {
     let sim = start_sim(SimConfig::default()).await;
     let c = client(&sim, 100);
     let (meeting, _, _) = meeting_with(&c, 3).await;
-    sim.script(
-        &meeting,
-        ScriptedFault {
-            page: None,
-            times: None,
-            status: 400,
-            error_type: "BadRequestException".into(),
-            retry_after: None,
-        },
-    );
+    sim.script(&meeting, ScriptedFault::new(400, "BadRequestException"));
     let err = c
         .fetch_roster(&meeting, &region(), &NoPause)
         .await
@@ -236,13 +224,7 @@ async fn undocumented_codes_are_classified_by_http_status() {
     let (meeting, _, _) = meeting_with(&c, 3).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: None,
-            times: Some(1),
-            status: 400,
-            error_type: "ValidationException".into(),
-            retry_after: None,
-        },
+        ScriptedFault::new(400, "ValidationException").times(1),
     );
     let err = c
         .fetch_roster(&meeting, &region(), &NoPause)
@@ -254,13 +236,7 @@ async fn undocumented_codes_are_classified_by_http_status() {
     );
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: None,
-            times: Some(1),
-            status: 502,
-            error_type: "BadGatewayException".into(),
-            retry_after: None,
-        },
+        ScriptedFault::new(502, "BadGatewayException").times(1),
     );
     let fetched = c
         .fetch_roster(&meeting, &region(), &NoPause)
@@ -274,16 +250,7 @@ async fn forbidden_is_reported_as_such_and_never_retried() {
     let sim = start_sim(SimConfig::default()).await;
     let c = client(&sim, 100);
     let (meeting, _, _) = meeting_with(&c, 1).await;
-    sim.script(
-        &meeting,
-        ScriptedFault {
-            page: None,
-            times: None,
-            status: 403,
-            error_type: "ForbiddenException".into(),
-            retry_after: None,
-        },
-    );
+    sim.script(&meeting, ScriptedFault::new(403, "ForbiddenException"));
     let err = c
         .fetch_roster(&meeting, &region(), &NoPause)
         .await
@@ -302,13 +269,7 @@ async fn a_page_that_keeps_failing_yields_an_error_never_a_partial_roster() {
     let (meeting, _, _) = meeting_with(&c, 25).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: Some(1),
-            times: None,
-            status: 500,
-            error_type: "ServiceFailureException".into(),
-            retry_after: None,
-        },
+        ScriptedFault::new(500, "ServiceFailureException").on_page(1),
     );
     let err = c
         .fetch_roster(&meeting, &region(), &NoPause)
@@ -352,13 +313,10 @@ async fn trace_logs_of_a_fetch_contain_no_join_token() {
     let (meeting, _, tokens) = meeting_with(&c, 12).await;
     sim.script(
         &meeting,
-        ScriptedFault {
-            page: Some(1),
-            times: Some(1),
-            status: 503,
-            error_type: "ServiceUnavailableException".into(),
-            retry_after: Some(0),
-        },
+        ScriptedFault::new(503, "ServiceUnavailableException")
+            .on_page(1)
+            .times(1)
+            .retry_after(0),
     );
     let fetched = c
         .fetch_roster(&meeting, &region(), &NoPause)

@@ -249,13 +249,7 @@ async fn a_page_that_fails_after_its_retries_records_no_events(db: &TestDb) {
     let small_pages = ChimeClient::new(simulator_sdk_config(&region()), client_opts);
     rig.sim.script(
         &id,
-        ScriptedFault {
-            page: Some(1),
-            times: None,
-            status: 503,
-            error_type: "ServiceUnavailableException".into(),
-            retry_after: None,
-        },
+        ScriptedFault::new(503, "ServiceUnavailableException").on_page(1),
     );
     let (outcome, known) = poll_once(&small_pages, &db.store, &id, &region(), known).await;
     assert!(matches!(outcome, PollOutcome::Failed(_)), "{outcome:?}");
@@ -326,16 +320,8 @@ async fn a_failing_meeting_backs_off_without_delaying_the_others(db: &TestDb) {
     let rig = rig_with_quota(1000.0, 1000).await;
     let (healthy, _) = tracked_meeting(db, &rig, 3).await;
     let (broken, _) = tracked_meeting(db, &rig, 3).await;
-    rig.sim.script(
-        &broken,
-        ScriptedFault {
-            page: None,
-            times: None,
-            status: 500,
-            error_type: "ServiceFailureException".into(),
-            retry_after: None,
-        },
-    );
+    rig.sim
+        .script(&broken, ScriptedFault::new(500, "ServiceFailureException"));
     let client = Arc::new(rig.client);
     let scheduler = Scheduler::new(
         Arc::clone(&client),

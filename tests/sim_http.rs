@@ -1062,3 +1062,466 @@ async fn endpoint_url_names_the_bound_loopback_port_and_shutdown_stops_serving()
         "{addr} still accepts"
     );
 }
+
+/// Lists every page of `meeting` `max` at a time, arming nothing; returns the ids served.
+async fn served_ids(sim: &SimHandle, meeting: &str, max: u32) -> Vec<String> {
+    list_all(sim, meeting, max).await.concat()
+}
+
+async fn live_ids(sim: &SimHandle, meeting: &str) -> HashSet<String> {
+    served_ids(sim, meeting, 100).await.into_iter().collect()
+}
+
+#[tokio::test]
+async fn offset_paging_skips_a_live_attendee_after_a_deletion_between_pages() {
+    let sim = start(SimConfig {
+        paging: sim::Paging::Offset,
+        ..unlimited()
+    })
+    .await;
+    let meeting = create_meeting(&sim).await;
+    create_attendees(&sim, &meeting, &users(12)).await;
+    let m = MeetingId::parse(&meeting).unwrap();
+    let before = served_ids(&sim, &meeting, 100).await;
+    sim.delete_before_page(&m, 1, 1).unwrap();
+    assert_eq!(sim.pending_hooks(&m), 1);
+
+    let served = served_ids(&sim, &meeting, 5).await;
+
+    assert_eq!(sim.pending_hooks(&m), 0, "the hook fired");
+    let deleted = sim.hook_deletions(&m);
+    assert_eq!(
+        deleted.iter().map(AttendeeId::as_str).collect::<Vec<_>>(),
+        vec![before[0].as_str()],
+        "the first attendee of page 0"
+    );
+    assert!(
+        sim.attendee_timeline(&m, &deleted[0])
+            .unwrap()
+            .deleted_at
+            .is_some()
+    );
+    let live = live_ids(&sim, &meeting).await;
+    assert_eq!(live.len(), 11);
+    let missed: Vec<&String> = live.iter().filter(|id| !served.contains(id)).collect();
+    assert_eq!(
+        missed,
+        vec![&before[5]],
+        "the first attendee of page 1 slid onto page 0 and was never served"
+    );
+}
+
+#[tokio::test]
+async fn keyset_paging_serves_every_live_attendee_despite_a_deletion_between_pages() {
+    let sim = start(unlimited()).await;
+    let meeting = create_meeting(&sim).await;
+    create_attendees(&sim, &meeting, &users(12)).await;
+    let m = MeetingId::parse(&meeting).unwrap();
+    sim.delete_before_page(&m, 1, 3).unwrap();
+    sim.delete_before_page(&m, 2, 1).unwrap();
+
+    let served = served_ids(&sim, &meeting, 5).await;
+
+    assert_eq!(sim.pending_hooks(&m), 0);
+    assert_eq!(sim.hook_deletions(&m).len(), 4);
+    let live = live_ids(&sim, &meeting).await;
+    assert_eq!(live.len(), 8);
+    assert!(live.iter().all(|id| served.contains(id)), "none skipped");
+    assert_eq!(served.len(), 12, "each attendee served exactly once");
+}
+
+#[tokio::test]
+async fn an_offset_next_token_is_opaque_and_bound_to_its_meeting() {
+    let sim = start(SimConfig {
+        paging: sim::Paging::Offset,
+        ..unlimited()
+    })
+    .await;
+    let (a, b) = (create_meeting(&sim).await, create_meeting(&sim).await);
+    create_attendees(&sim, &a, &users(3)).await;
+    let first = list(&sim, &a, "?max-results=2").await.json();
+    let token = first["NextToken"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let r = list(&sim, &b, &format!("?next-token={token}")).await;
+    assert_eq!((r.status, r.error_type()), (400, "BadRequestException"));
+    let r = list(
+        &sim,
+        &a,
+        &format!("?next-token={}", &token[..token.len() - 2]),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let rest = list(&sim, &a, &format!("?next-token={token}")).await.json();
+    assert_eq!(rest["Attendees"].as_array().unwrap().len(), 1);
+    assert!(rest.get("NextToken").is_none());
+}
+
+/// A meeting with one attendee, and the path of each read operation on them.
+async fn read_paths(sim: &SimHandle) -> (MeetingId, Vec<(Operation, String)>) {
+    let meeting = create_meeting(sim).await;
+    let a = create_attendees(sim, &meeting, &users(1)).await;
+    let attendee = a[0]["AttendeeId"].as_str().unwrap();
+    let paths = vec![
+        (
+            Operation::ListAttendees,
+            format!("/meetings/{meeting}/attendees"),
+        ),
+        (Operation::GetMeeting, format!("/meetings/{meeting}")),
+        (
+            Operation::GetAttendee,
+            format!("/meetings/{meeting}/attendees/{attendee}"),
+        ),
+    ];
+    (MeetingId::parse(&meeting).unwrap(), paths)
+}
+
+async fn get(sim: &SimHandle, path: &str) -> Reply {
+    send(sim.addr(), "GET", path, None, true).await
+}
+
+#[tokio::test]
+async fn scripted_faults_answer_any_status_and_error_type_on_each_read_operation() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    let coral = "http://internal.amazon.com/coral/com.amazon.coral.service/";
+    let cases = [
+        (
+            403,
+            format!("AccessDeniedException:{coral}"),
+            "AccessDenied",
+        ),
+        (403, "ExpiredTokenException".to_owned(), "ExpiredToken"),
+        (
+            403,
+            "InvalidSignatureException".to_owned(),
+            "InvalidSignature",
+        ),
+        (
+            401,
+            "UnrecognizedClientException".to_owned(),
+            "UnrecognizedClient",
+        ),
+        (
+            403,
+            format!("UnrecognizedClientException:{coral}"),
+            "UnrecognizedClient",
+        ),
+        (403, "ForbiddenException".to_owned(), "Forbidden"),
+        (404, "NotFoundException".to_owned(), "NotFound"),
+        (
+            503,
+            "ServiceUnavailableException".to_owned(),
+            "ServiceUnavailable",
+        ),
+        (429, "ThrottlingException".to_owned(), "Throttling"),
+        (418, "TeapotException".to_owned(), "Teapot"),
+        (400, "SomethingNew".to_owned(), "SomethingNew"),
+    ];
+    for (op, path) in &paths {
+        for (status, error_type, code) in &cases {
+            sim.script(
+                &m,
+                ScriptedFault::new(*status, error_type.clone())
+                    .on(*op)
+                    .times(1),
+            );
+            let r = get(&sim, path).await;
+            let what = format!("{op:?} {status} {error_type}");
+            assert_eq!(r.status, *status, "{what}");
+            assert_eq!(r.error_type(), error_type, "{what}: sent verbatim");
+            assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+            assert!(r.header("retry-after").is_none(), "{what}");
+            let body = r.json();
+            assert_eq!(body["Code"], *code, "{what}");
+            assert!(body["Message"].is_string(), "{what}");
+            assert_eq!(
+                body["RequestId"].as_str(),
+                r.header("x-amzn-RequestId"),
+                "{what}"
+            );
+            assert_eq!(get(&sim, path).await.status, 200, "{what}: spent");
+        }
+    }
+    let faults = cases.len() as u64;
+    let stats = sim.stats();
+    for op in [
+        Operation::ListAttendees,
+        Operation::GetMeeting,
+        Operation::GetAttendee,
+    ] {
+        assert_eq!(stats.get(op).faults, faults, "{op:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_untyped_fault_sends_no_error_type_and_no_code() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    for (op, path) in &paths {
+        sim.script(
+            &m,
+            ScriptedFault::untyped(403)
+                .on(*op)
+                .with_message("User is not authorized")
+                .times(1),
+        );
+        let r = get(&sim, path).await;
+        assert_eq!(r.status, 403, "{op:?}");
+        assert!(r.header("x-amzn-ErrorType").is_none(), "{op:?}");
+        let body = r.json();
+        assert!(body.get("Code").is_none(), "{op:?}: {body}");
+        assert_eq!(body["Message"], "User is not authorized");
+        assert!(body["RequestId"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn an_html_fault_answers_a_proxy_page_without_an_error_type() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    let page = "<html><body><h1>404 Not Found</h1></body></html>";
+    for (op, path) in &paths {
+        sim.script(&m, ScriptedFault::html(404, page).on(*op).times(1));
+        let r = get(&sim, path).await;
+        assert_eq!(r.status, 404, "{op:?}");
+        assert!(r.header("x-amzn-ErrorType").is_none(), "{op:?}");
+        assert!(
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with("text/html")),
+            "{op:?}"
+        );
+        assert_eq!(r.body, page, "{op:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_typed_fault_can_carry_a_body_without_code_or_an_html_page() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    let (_, get_meeting) = &paths[1];
+    sim.script(
+        &m,
+        ScriptedFault::new(403, "AccessDeniedException")
+            .on(Operation::GetMeeting)
+            .with_body(sim::FaultBody::JsonWithoutCode)
+            .times(1),
+    );
+    let r = get(&sim, get_meeting).await;
+    assert_eq!(r.error_type(), "AccessDeniedException");
+    assert!(r.json().get("Code").is_none());
+    sim.script(
+        &m,
+        ScriptedFault::new(502, "BadGateway")
+            .on(Operation::GetMeeting)
+            .with_body(sim::FaultBody::Html("<p>bad gateway</p>".into()))
+            .times(1),
+    );
+    let r = get(&sim, get_meeting).await;
+    assert_eq!((r.status, r.error_type()), (502, "BadGateway"));
+    assert_eq!(r.body, "<p>bad gateway</p>");
+}
+
+#[tokio::test]
+async fn retry_after_is_sent_on_a_scripted_429_as_on_a_503_on_every_read() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    for (op, path) in &paths {
+        for (status, error_type) in [
+            (429, "ThrottlingException"),
+            (503, "ServiceUnavailableException"),
+        ] {
+            sim.script(
+                &m,
+                ScriptedFault::new(status, error_type)
+                    .on(*op)
+                    .retry_after(7)
+                    .times(1),
+            );
+            let r = get(&sim, path).await;
+            assert_eq!((r.status, r.error_type()), (status, error_type), "{op:?}");
+            assert_eq!(r.header("retry-after"), Some("7"), "{op:?} {status}");
+        }
+        sim.script(
+            &m,
+            ScriptedFault::html(503, "<h1>down</h1>")
+                .on(*op)
+                .retry_after(2)
+                .times(1),
+        );
+        let r = get(&sim, path).await;
+        assert_eq!(r.header("retry-after"), Some("2"), "{op:?} html");
+    }
+}
+
+#[tokio::test]
+async fn a_fault_hits_only_its_own_operation_and_a_paged_fault_only_list_attendees() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    sim.script(
+        &m,
+        ScriptedFault::new(403, "AccessDeniedException").on(Operation::GetMeeting),
+    );
+    sim.script(
+        &m,
+        ScriptedFault::new(500, "ServiceFailureException")
+            .on(Operation::GetAttendee)
+            .on_page(0),
+    );
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for (_, path) in &paths {
+            v.push(get(&sim, path).await.status);
+        }
+        v
+    };
+    assert_eq!(statuses, vec![200, 403, 200]);
+    sim.clear_script(&m);
+    assert_eq!(get(&sim, &paths[1].1).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_scripted_fault_on_a_mutation_answers_before_anything_changes() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    let (_, attendee_path) = &paths[2];
+    sim.script(
+        &m,
+        ScriptedFault::new(503, "ServiceUnavailableException")
+            .on(Operation::DeleteAttendee)
+            .times(1),
+    );
+    let r = send(sim.addr(), "DELETE", attendee_path, None, true).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(get(&sim, attendee_path).await.status, 200, "still there");
+    let r = send(sim.addr(), "DELETE", attendee_path, None, true).await;
+    assert_eq!(r.status, 204);
+}
+
+#[tokio::test]
+async fn get_meeting_and_get_attendee_answer_not_found_once_deleted() {
+    let sim = start(unlimited()).await;
+    let (_, paths) = read_paths(&sim).await;
+    let (_, meeting_path) = &paths[1];
+    let (_, attendee_path) = &paths[2];
+    let r = send(sim.addr(), "DELETE", attendee_path, None, true).await;
+    assert_eq!(r.status, 204);
+    let r = get(&sim, attendee_path).await;
+    assert_eq!((r.status, r.error_type()), (404, "NotFoundException"));
+    assert_eq!(r.json()["Code"], "NotFound");
+    assert_eq!(get(&sim, meeting_path).await.status, 200);
+
+    let r = send(sim.addr(), "DELETE", meeting_path, None, true).await;
+    assert_eq!(r.status, 204);
+    for path in [meeting_path, attendee_path] {
+        let r = get(&sim, path).await;
+        assert_eq!(
+            (r.status, r.error_type()),
+            (404, "NotFoundException"),
+            "{path}"
+        );
+        assert_eq!(r.json()["Code"], "NotFound");
+    }
+}
+
+#[tokio::test]
+async fn the_aws_sdk_reads_each_fault_shape_as_the_real_service_would_send_it() {
+    use aws_sdk_chimesdkmeetings as chime;
+    use chime::error::ProvideErrorMetadata as _;
+    let sim = start(unlimited()).await;
+    let (m, _) = read_paths(&sim).await;
+    let sdk = roster_sync::chime::simulator_sdk_config(
+        &roster_sync::domain::Region::parse("us-east-1").unwrap(),
+    );
+    let client = chime::Client::from_conf(
+        chime::config::Builder::from(&sdk)
+            .endpoint_url(sim.endpoint_url())
+            .retry_config(chime::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let faults = [
+        (
+            ScriptedFault::new(
+                403,
+                "AccessDeniedException:http://internal.amazon.com/coral/com.amazon.coral.service/",
+            ),
+            Some("AccessDeniedException"),
+        ),
+        (
+            ScriptedFault::new(429, "ThrottlingException"),
+            Some("ThrottlingException"),
+        ),
+        (ScriptedFault::untyped(403), None),
+        (
+            ScriptedFault::html(404, "<html><body><h1>404 Not Found</h1></body></html>"),
+            None,
+        ),
+    ];
+    for (fault, code) in faults {
+        let status = fault.status;
+        sim.script(&m, fault.on(Operation::GetMeeting).times(1));
+        let err = client
+            .get_meeting()
+            .meeting_id(m.as_str())
+            .send()
+            .await
+            .expect_err("a scripted fault");
+        assert_eq!(err.code(), code, "{status}: {err:?}");
+        let raw = err.raw_response().expect("an HTTP answer");
+        assert_eq!(raw.status().as_u16(), status);
+    }
+    sim.script(
+        &m,
+        ScriptedFault::new(404, "NotFoundException").on(Operation::GetMeeting),
+    );
+    let err = client
+        .get_meeting()
+        .meeting_id(m.as_str())
+        .send()
+        .await
+        .expect_err("a scripted fault")
+        .into_service_error();
+    assert!(err.is_not_found_exception(), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_control_endpoint_plants_and_clears_faults_without_a_signature() {
+    let sim = start(unlimited()).await;
+    let (m, paths) = read_paths(&sim).await;
+    let (_, get_meeting) = &paths[1];
+    let spec = json!({
+        "meeting_id": m.as_str(), "operation": "GetMeeting", "status": 429,
+        "error_type": "ThrottlingException", "retry_after": 4, "times": 1
+    });
+    let r = send(sim.addr(), "POST", "/_sim/faults", Some(&spec), false).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = get(&sim, get_meeting).await;
+    assert_eq!((r.status, r.error_type()), (429, "ThrottlingException"));
+    assert_eq!(r.header("retry-after"), Some("4"));
+    assert_eq!(get(&sim, get_meeting).await.status, 200, "spent");
+
+    let html = json!({"meeting_id": m.as_str(), "status": 404, "body": "html",
+                      "html": "<h1>404 Not Found</h1>"});
+    let r = send(sim.addr(), "POST", "/_sim/faults", Some(&html), false).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (_, list_path) = &paths[0];
+    assert_eq!(get(&sim, list_path).await.body, "<h1>404 Not Found</h1>");
+    let clear = format!("/_sim/faults/{}", m.as_str());
+    let r = send(sim.addr(), "DELETE", &clear, None, false).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(get(&sim, list_path).await.status, 200, "cleared");
+
+    let bad = json!({"meeting_id": m.as_str(), "status": 500, "operation": "Nope"});
+    let r = send(sim.addr(), "POST", "/_sim/faults", Some(&bad), false).await;
+    assert_eq!((r.status, r.error_type()), (400, "BadRequestException"));
+    let stats = sim.stats();
+    assert_eq!(
+        stats.total.requests,
+        stats.get(Operation::CreateMeeting).requests
+            + stats.get(Operation::BatchCreateAttendee).requests
+            + stats.get(Operation::GetMeeting).requests
+            + stats.get(Operation::ListAttendees).requests,
+        "control requests are not counted"
+    );
+}

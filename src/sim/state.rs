@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::domain::Capabilities;
 
 use super::ApiError;
+use super::cursor::Position;
 use super::wire::MeetingFeatures;
 
 /// A moment on the simulator's clock: microseconds since start, plus one so that
@@ -80,6 +81,16 @@ impl From<&Entry> for AttendeeView {
             capabilities: e.capabilities,
         }
     }
+}
+
+/// One `ListAttendees` page as read under the lock.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) attendees: Vec<AttendeeView>,
+    /// Index in the live attendee list of the page's first attendee.
+    pub(crate) start: usize,
+    /// Whether attendees follow the page.
+    pub(crate) more: bool,
 }
 
 /// An attendee's life on the simulator clock, live or deleted.
@@ -323,24 +334,50 @@ impl State {
             .ok_or_else(|| attendee_not_found(id))
     }
 
-    /// Up to `max` attendees with ids after `after`, and whether more follow.
+    /// One page of up to `max` attendees starting at `from` (the first attendee when `None`).
     ///
     /// # Errors
     /// [`ApiError::NotFound`] for an unknown meeting.
     pub(crate) fn list(
         &self,
         meeting: &Uuid,
-        after: Option<Uuid>,
+        from: Option<Position>,
         max: usize,
-    ) -> Result<(Vec<AttendeeView>, bool), ApiError> {
+    ) -> Result<Page, ApiError> {
         let all = &self.meeting(meeting)?.attendees;
-        let start = after.map_or(0, |a| all.partition_point(|e| e.id <= a));
+        let start = from.map_or(0, |p| served_before(all, p));
         let rest = &all[start..];
         let page = &rest[..max.min(rest.len())];
-        Ok((
-            page.iter().map(AttendeeView::from).collect(),
-            rest.len() > page.len(),
-        ))
+        Ok(Page {
+            attendees: page.iter().map(AttendeeView::from).collect(),
+            start,
+            more: rest.len() > page.len(),
+        })
+    }
+
+    /// Deletes up to `count` of the attendees a client paging up to `to` has already been
+    /// served (the first ones in attendee-id order), exactly as DeleteAttendee does; returns
+    /// their ids. An unknown meeting has nothing to delete.
+    pub(crate) fn delete_served(
+        &mut self,
+        meeting: &Uuid,
+        to: Position,
+        count: usize,
+        now: Stamp,
+    ) -> Vec<Uuid> {
+        let Some(m) = self.meetings.get(meeting) else {
+            return Vec::new();
+        };
+        let served = served_before(&m.attendees, to);
+        let chosen: Vec<Uuid> = m.attendees[..served]
+            .iter()
+            .take(count)
+            .map(|e| e.id)
+            .collect();
+        chosen
+            .into_iter()
+            .filter(|id| self.delete_attendee(meeting, id, now).is_ok())
+            .collect()
     }
 
     /// Sets an attendee's capabilities; the change time is recorded only when they change.
@@ -409,6 +446,16 @@ impl State {
                 capabilities_updated: t.capabilities_updated,
                 deleted: Some(t.deleted),
             })
+    }
+}
+
+/// How many of `attendees` (sorted by id) come before `p`: the index a page at `p` starts at.
+fn served_before(attendees: &[Entry], p: Position) -> usize {
+    match p {
+        Position::After(last) => attendees.partition_point(|e| e.id <= last),
+        Position::Index(at) => {
+            usize::try_from(at).map_or(attendees.len(), |at| at.min(attendees.len()))
+        }
     }
 }
 
@@ -506,23 +553,68 @@ mod tests {
         assert_ne!(meeting(&mut s, "t1"), meeting(&mut s, "t2"));
     }
 
+    fn ids(p: &Page) -> Vec<Uuid> {
+        p.attendees.iter().map(|a| a.id).collect()
+    }
+
     #[test]
-    fn pages_follow_attendee_id_order_and_survive_deletes() {
+    fn keyset_pages_follow_attendee_id_order_and_survive_deletes() {
         let mut s = state();
         let m = meeting(&mut s, "t");
         let items = (0..10).map(|i| new(&format!("user{i}"))).collect();
         s.create_attendees(&m, items, Stamp::from_micros(1))
             .unwrap();
-        let (p1, more) = s.list(&m, None, 4).unwrap();
-        assert!(more);
-        assert!(p1.windows(2).all(|w| w[0].id < w[1].id));
+        let p1 = s.list(&m, None, 4).unwrap();
+        assert!(p1.more);
+        assert_eq!(p1.start, 0);
+        assert!(ids(&p1).windows(2).all(|w| w[0] < w[1]));
         // Deleting the cursor's own attendee must not shift the next page.
-        let last = p1[3].id;
+        let last = p1.attendees[3].id;
         s.delete_attendee(&m, &last, Stamp::from_micros(2)).unwrap();
-        let (p2, _) = s.list(&m, Some(last), 4).unwrap();
-        let (all, more) = s.list(&m, None, 100).unwrap();
-        assert!(!more);
-        assert_eq!(&all[3..7], &p2[..]);
+        let p2 = s.list(&m, Some(Position::After(last)), 4).unwrap();
+        let all = s.list(&m, None, 100).unwrap();
+        assert!(!all.more);
+        assert_eq!(&ids(&all)[3..7], &ids(&p2)[..]);
+        assert_eq!(p2.start, 3);
+    }
+
+    #[test]
+    fn an_offset_page_after_a_deletion_skips_an_attendee() {
+        let mut s = state();
+        let m = meeting(&mut s, "t");
+        let items = (0..10).map(|i| new(&format!("user{i}"))).collect();
+        s.create_attendees(&m, items, Stamp::from_micros(1))
+            .unwrap();
+        let before = ids(&s.list(&m, None, 100).unwrap());
+        let gone = s.delete_served(&m, Position::Index(4), 1, Stamp::from_micros(2));
+        assert_eq!(gone, vec![before[0]], "the first attendee already served");
+        let p2 = s.list(&m, Some(Position::Index(4)), 4).unwrap();
+        assert_eq!(ids(&p2), before[5..9], "before[4] is skipped");
+        assert!(s.timeline(&m, &before[0]).unwrap().deleted.is_some());
+        let beyond = s.list(&m, Some(Position::Index(40)), 4).unwrap();
+        assert!(beyond.attendees.is_empty() && !beyond.more);
+    }
+
+    #[test]
+    fn delete_served_never_touches_attendees_not_yet_served() {
+        let mut s = state();
+        let m = meeting(&mut s, "t");
+        let items = (0..6).map(|i| new(&format!("user{i}"))).collect();
+        s.create_attendees(&m, items, Stamp::from_micros(1))
+            .unwrap();
+        let before = ids(&s.list(&m, None, 100).unwrap());
+        let gone = s.delete_served(&m, Position::After(before[1]), 5, Stamp::from_micros(2));
+        assert_eq!(gone, before[..2]);
+        assert_eq!(ids(&s.list(&m, None, 100).unwrap()), before[2..]);
+        assert!(
+            s.delete_served(
+                &Uuid::from_u128(9),
+                Position::Index(3),
+                1,
+                Stamp::from_micros(3)
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -536,7 +628,7 @@ mod tests {
             .create_attendees(&m, vec![new("alice"), new("alice")], Stamp::from_micros(2))
             .unwrap();
         assert_eq!(b, vec![a[0].clone(), a[0].clone()]);
-        assert_eq!(s.list(&m, None, 100).unwrap().0.len(), 1);
+        assert_eq!(s.list(&m, None, 100).unwrap().attendees.len(), 1);
     }
 
     #[test]
@@ -547,7 +639,7 @@ mod tests {
             .unwrap();
         let err = s.create_attendees(&m, vec![new("c"), new("d")], Stamp::from_micros(1));
         assert!(matches!(err, Err(ApiError::LimitExceeded(_))));
-        assert_eq!(s.list(&m, None, 100).unwrap().0.len(), 2);
+        assert_eq!(s.list(&m, None, 100).unwrap().attendees.len(), 2);
         // An existing attendee does not count against the limit again.
         s.create_attendees(&m, vec![new("a"), new("c")], Stamp::from_micros(1))
             .unwrap();

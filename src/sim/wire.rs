@@ -262,11 +262,13 @@ impl MediaPlacement {
     }
 }
 
-/// The error body of every failed request; the type travels in `x-amzn-ErrorType`.
+/// The JSON error body; the type travels in `x-amzn-ErrorType`. Only a scripted fault
+/// leaves `Code` out.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct ErrorBody<'a> {
-    pub(crate) code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) code: Option<&'a str>,
     pub(crate) message: &'a str,
     pub(crate) request_id: &'a str,
 }
