@@ -218,14 +218,14 @@ pub fn write_capability_changes_table(
 ) -> std::io::Result<()> {
     writeln!(
         out,
-        "  {:<19}  {:<36}  {:<24}  {:<24}  {:<24}  {:<24}",
-        "OBSERVED AT", "MEETING", "ATTENDEE", "AUDIO", "VIDEO", "CONTENT"
+        "  {:<19}  {:<36}  {:<24}  {:<24}  {:<24}  CONTENT",
+        "OBSERVED AT", "MEETING", "ATTENDEE", "AUDIO", "VIDEO"
     )?;
     for e in &changes.events {
         let [audio, video, content] = transitions(e.before, e.after);
         writeln!(
             out,
-            "  {:<19}  {:<36}  {:<24}  {audio:<24}  {video:<24}  {content:<24}",
+            "  {:<19}  {:<36}  {:<24}  {audio:<24}  {video:<24}  {content}",
             timestamp(e.observed_at),
             e.meeting_id.as_str(),
             truncate(e.external_user_id.as_str(), 24),

@@ -37,7 +37,8 @@ h2{font-size:16px;margin:24px 0 8px}
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:2px 16px;margin:0}
 dt{font-weight:600}
 dd{margin:0}
-svg{display:block;width:100%;max-width:1100px;height:auto}
+svg.chart{display:block;width:100%;max-width:1100px;height:auto}
+svg.mark{display:inline-block;vertical-align:middle}
 svg text{font-size:9px;fill:#1d2430}
 svg text.axis{fill:#57606a}
 .grid{stroke:#d0d7de;stroke-width:0.5}
@@ -287,7 +288,7 @@ fn legend(s: &mut String) -> std::fmt::Result {
     }
     writeln!(
         s,
-        r#"<span><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" style="display:inline-block;vertical-align:middle"><line class="cap-change" x1="5" y1="0" x2="5" y2="10"/></svg> capabilities changed</span></div>"#
+        r#"<span><svg class="mark" xmlns="http://www.w3.org/2000/svg" width="10" height="10"><line class="cap-change" x1="5" y1="0" x2="5" y2="10"/></svg> capabilities changed</span></div>"#
     )
 }
 
@@ -320,7 +321,7 @@ fn timeline(s: &mut String, r: &MeetingReport, scale: &Scale) -> std::fmt::Resul
     let height = AXIS_H + ROW_H * rows.len() as f64 + 4.0;
     writeln!(
         s,
-        r#"<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height:.0}" width="{WIDTH}" height="{height:.0}" role="img" aria-label="attendance timeline">"#
+        r#"<svg id="timeline" class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height:.0}" width="{WIDTH}" height="{height:.0}" role="img" aria-label="attendance timeline">"#
     )?;
     axis(s, scale, 12.0, height)?;
     for (i, (person, sessions)) in rows.iter().enumerate() {
@@ -428,7 +429,7 @@ fn curve(s: &mut String, r: &MeetingReport, scale: &Scale) -> std::fmt::Result {
     let y = |count: usize| base - count as f64 / peak * CURVE_H;
     writeln!(
         s,
-        r#"<svg id="concurrency" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {:.0}" width="{WIDTH}" height="{:.0}" role="img" aria-label="attendees present over time">"#,
+        r#"<svg id="concurrency" class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {:.0}" width="{WIDTH}" height="{:.0}" role="img" aria-label="attendees present over time">"#,
         base + 8.0,
         base + 8.0
     )?;
