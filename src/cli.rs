@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::chime::{ChimeClient, ChimeError, RosterSource as _};
@@ -40,7 +41,7 @@ pub enum Command {
     /// Add, remove or list tracked meetings.
     #[command(subcommand)]
     Meetings(MeetingsCommand),
-    /// Print the attendance of one meeting.
+    /// Print the attendance of one meeting, of a label's meetings, or capability changes.
     Report(ReportArgs),
     /// Run the Chime-compatible simulator (for tests and trials; never a real endpoint).
     Sim(crate::sim::SimArgs),
@@ -92,18 +93,73 @@ pub enum ListFormat {
     Json,
 }
 
+/// `report <MEETING_ID>`, `report --label L`, or `report --capability-changes`: exactly one.
 #[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("subject")
+        .args(["meeting_id", "label", "capability_changes"])
+        .required(true)
+        .multiple(false)
+))]
+#[command(group(ArgGroup::new("across").args(["label", "capability_changes"])))]
 pub struct ReportArgs {
-    pub meeting_id: String,
+    /// The meeting whose attendance to report.
+    pub meeting_id: Option<String>,
+    /// Attendance per person across every meeting with this label.
+    #[arg(long, value_name = "L")]
+    pub label: Option<String>,
+    /// Every capabilities_changed event: who, meeting, when, values before and after.
+    #[arg(long)]
+    pub capability_changes: bool,
+    /// Only activity at or after T (RFC 3339, or a date: its midnight UTC).
+    #[arg(long, value_name = "T", value_parser = parse_since, requires = "across")]
+    pub since: Option<DateTime<Utc>>,
+    /// Only activity before T (RFC 3339, or a date: the whole day counts). With --label only.
+    #[arg(
+        long,
+        value_name = "T",
+        value_parser = parse_until,
+        conflicts_with_all = ["meeting_id", "capability_changes"]
+    )]
+    pub until: Option<DateTime<Utc>>,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
     Table,
     Csv,
     Json,
+    /// One self-contained page (inline CSS and SVG, no script); not for --capability-changes.
+    Html,
+}
+
+/// `--since`: an RFC 3339 instant, or a date meaning its first instant (UTC).
+fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time(s, 0)
+}
+
+/// `--until`: an RFC 3339 instant, or a date meaning the end of that day (UTC), so
+/// `--until 2026-01-31` includes the 31st.
+fn parse_until(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time(s, 1)
+}
+
+fn parse_time(s: &str, days_after_date: u64) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.checked_add_days(chrono::Days::new(days_after_date)))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is neither an RFC 3339 time (2026-01-31T09:00:00Z) nor a date (2026-01-31)"
+            )
+        })
 }
 
 /// Runs one parsed command line.
@@ -398,50 +454,58 @@ async fn verify_meeting(
 }
 
 async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<()> {
-    let id = MeetingId::parse(&args.meeting_id)?;
-    let store = connect(settings).await?;
-    let Some(meeting) = store.get_meeting(&id).await? else {
-        bail!("meeting {id} is not tracked");
-    };
-    let sessions = store.sessions(&id).await?;
-    let attendance = store.attendance(&id).await?;
+    use crate::report::{self, CapabilityChanges, LabelReport, MeetingReport, Window};
+
+    let now = crate::domain::now();
     let mut out = std::io::stdout().lock();
-    match args.format {
-        ReportFormat::Json => {
-            let doc = serde_json::json!({ "meeting": meeting, "sessions": sessions, "attendance": attendance });
-            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    if let Some(label) = &args.label {
+        let window = Window {
+            since: args.since,
+            until: args.until,
+        };
+        if let (Some(since), Some(until)) = (window.since, window.until)
+            && since >= until
+        {
+            bail!("--since must be before --until");
         }
-        ReportFormat::Csv => {
-            writeln!(
-                out,
-                "meeting_id,attendee_id,external_user_id,joined_at,left_at,left_reason,duration_seconds"
-            )?;
-            for s in sessions {
-                writeln!(
-                    out,
-                    "{},{},{},{},{},{},{:.3}",
-                    s.meeting_id,
-                    s.attendee_id,
-                    csv_field(s.external_user_id.as_str()),
-                    s.joined_at.to_rfc3339(),
-                    s.left_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                    s.left_reason.map(|r| r.as_str()).unwrap_or_default(),
-                    s.duration_seconds
-                )?;
+        let store = connect(settings).await?;
+        let r = LabelReport::load(&store, label, window, now).await?;
+        match args.format {
+            ReportFormat::Table => report::write_label_table(&mut out, &r)?,
+            ReportFormat::Csv => report::csv::write_label(&mut out, &r)?,
+            ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,
+            ReportFormat::Html => report::html::write_label(&mut out, &r)?,
+        }
+    } else if args.capability_changes {
+        if args.format == ReportFormat::Html {
+            bail!("--capability-changes prints table, csv or json, not html");
+        }
+        let store = connect(settings).await?;
+        let r = CapabilityChanges::load(&store, args.since).await?;
+        match args.format {
+            ReportFormat::Csv => report::csv::write_capability_changes(&mut out, &r)?,
+            ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&r.to_json())?)?,
+            ReportFormat::Table | ReportFormat::Html => {
+                report::write_capability_changes_table(&mut out, &r)?
             }
         }
-        ReportFormat::Table => crate::report::write_table(&mut out, &meeting, &attendance)?,
+    } else {
+        let Some(meeting_id) = &args.meeting_id else {
+            bail!("name a meeting, --label or --capability-changes");
+        };
+        let id = MeetingId::parse(meeting_id)?;
+        let store = connect(settings).await?;
+        let Some(r) = MeetingReport::load(&store, &id, now).await? else {
+            bail!("meeting {id} is not tracked");
+        };
+        match args.format {
+            ReportFormat::Table => report::write_meeting_table(&mut out, &r)?,
+            ReportFormat::Csv => report::csv::write_meeting(&mut out, &r)?,
+            ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&r.to_json())?)?,
+            ReportFormat::Html => report::html::write_meeting(&mut out, &r)?,
+        }
     }
     Ok(())
-}
-
-/// RFC 4180 quoting: ExternalUserIds may hold commas, quotes and spaces.
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
 }
 
 #[cfg(test)]
@@ -449,10 +513,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_field_quotes_commas_and_quotes() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn report_times_are_rfc_3339_or_dates() {
+        let t = parse_since("2026-01-31T09:00:00+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-01-31T08:00:00+00:00");
+        assert_eq!(
+            parse_since("2026-01-31").unwrap().to_rfc3339(),
+            "2026-01-31T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_until("2026-01-31").unwrap().to_rfc3339(),
+            "2026-02-01T00:00:00+00:00"
+        );
+        assert!(parse_since("yesterday").unwrap_err().contains("yesterday"));
     }
 
     #[test]

@@ -1,10 +1,257 @@
-//! Human-readable attendance tables, shared by `report` and the demo's closing summary.
+//! What `report` prints, in every format, and the demo's closing summary.
 //!
-//! Pure formatting: no I/O beyond the writer it is given.
+//! Reads through the store's query functions and never writes. Everything after loading is
+//! pure formatting into the writer it is given: tables here, CSV in `report/csv.rs`, HTML in
+//! `report/html.rs`; the concurrency curve (`report/concurrency.rs`) and the label report
+//! (`report/label.rs`) are computed from `attendance_sessions` rows.
 
 use std::io::Write;
 
-use crate::store::{AttendanceRow, TrackedMeeting};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Capabilities, MeetingId};
+use crate::store::{AttendanceRow, SessionRow, Store, StoredEvent, TrackedMeeting};
+
+pub mod concurrency;
+pub mod csv;
+pub mod html;
+pub mod label;
+
+pub use concurrency::Concurrency;
+pub use label::{LabelReport, Window};
+
+/// Everything `report <MEETING_ID>` shows about one meeting.
+#[derive(Clone, Debug)]
+pub struct MeetingReport {
+    pub meeting: TrackedMeeting,
+    /// Ordered by `joined_at` then attendee id.
+    pub sessions: Vec<SessionRow>,
+    /// Ordered by `first_joined_at` then external user id.
+    pub attendance: Vec<AttendanceRow>,
+    /// The meeting's events in `event_id` order: the timeline colours sessions by the
+    /// capabilities of their `joined` and `capabilities_changed` events.
+    pub events: Vec<StoredEvent>,
+    pub concurrency: Concurrency,
+    /// When the report was made: open sessions last until then on the timeline.
+    pub generated_at: DateTime<Utc>,
+}
+
+impl MeetingReport {
+    /// Reads one meeting's report; `None` when the meeting is not tracked.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn load(
+        store: &Store,
+        id: &MeetingId,
+        now: DateTime<Utc>,
+    ) -> crate::store::Result<Option<Self>> {
+        let Some(meeting) = store.get_meeting(id).await? else {
+            return Ok(None);
+        };
+        let sessions = store.sessions(id).await?;
+        let attendance = store.attendance(id).await?;
+        let events = store.events_for_meeting(id).await?;
+        Ok(Some(Self::new(meeting, sessions, attendance, events, now)))
+    }
+
+    pub fn new(
+        meeting: TrackedMeeting,
+        sessions: Vec<SessionRow>,
+        attendance: Vec<AttendanceRow>,
+        events: Vec<StoredEvent>,
+        generated_at: DateTime<Utc>,
+    ) -> Self {
+        let concurrency = Concurrency::from_sessions(&sessions);
+        Self {
+            meeting,
+            sessions,
+            attendance,
+            events,
+            concurrency,
+            generated_at,
+        }
+    }
+
+    /// From the first join to the last leave (`None` while a session is open); `None`
+    /// without sessions.
+    pub fn time_range(&self) -> Option<(DateTime<Utc>, Option<DateTime<Utc>>)> {
+        let first = self.sessions.iter().map(|s| s.joined_at).min()?;
+        let last = if self.sessions.iter().all(|s| s.left_at.is_some()) {
+            self.sessions.iter().filter_map(|s| s.left_at).max()
+        } else {
+            None
+        };
+        Some((first, last))
+    }
+
+    /// The JSON document of `report --format json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "meeting": self.meeting,
+            "sessions": self.sessions,
+            "attendance": self.attendance,
+            "concurrency": self.concurrency,
+            "generated_at": self.generated_at,
+        })
+    }
+}
+
+/// Every `capabilities_changed` event since a moment: `report --capability-changes`.
+#[derive(Clone, Debug)]
+pub struct CapabilityChanges {
+    pub since: Option<DateTime<Utc>>,
+    /// In `event_id` order.
+    pub events: Vec<StoredEvent>,
+}
+
+impl CapabilityChanges {
+    /// # Errors
+    /// The store failed.
+    pub async fn load(store: &Store, since: Option<DateTime<Utc>>) -> crate::store::Result<Self> {
+        Ok(Self {
+            since,
+            events: store.capability_changes(since).await?,
+        })
+    }
+
+    /// One object per event: who, which meeting, when, the values before and after.
+    pub fn to_json(&self) -> serde_json::Value {
+        let changes: Vec<serde_json::Value> = self
+            .events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "event_id": e.event_id,
+                    "meeting_id": e.meeting_id,
+                    "attendee_id": e.attendee_id,
+                    "external_user_id": e.external_user_id,
+                    "observed_at": e.observed_at,
+                    "previous_poll_at": e.previous_poll_at,
+                    "before": e.before,
+                    "after": e.after,
+                })
+            })
+            .collect();
+        serde_json::json!({ "since": self.since, "changes": changes })
+    }
+}
+
+impl LabelReport {
+    /// Reads the label's meetings and sessions and builds the report.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn load(
+        store: &Store,
+        label: &str,
+        window: Window,
+        now: DateTime<Utc>,
+    ) -> crate::store::Result<Self> {
+        let meetings = store.meetings_with_label(label).await?;
+        let sessions = store.label_sessions(label).await?;
+        Ok(Self::new(label, window, &meetings, &sessions, now))
+    }
+}
+
+/// `report <MEETING_ID>` as a table: the attendance table, then the peak concurrency.
+///
+/// # Errors
+/// The writer failed.
+pub fn write_meeting_table(out: &mut impl Write, report: &MeetingReport) -> std::io::Result<()> {
+    write_table(out, &report.meeting, &report.attendance)?;
+    writeln!(out, "  {}", peak_sentence(&report.concurrency))
+}
+
+/// `peak 12 concurrent attendee(s), first at 2026-01-31 09:05:07`.
+pub fn peak_sentence(c: &Concurrency) -> String {
+    match c.peak_at {
+        Some(at) => format!(
+            "peak {} concurrent attendee(s), first at {}",
+            c.peak,
+            timestamp(at)
+        ),
+        None => "peak 0 concurrent attendees".to_owned(),
+    }
+}
+
+/// `report --label` as a table: one line per person.
+///
+/// # Errors
+/// The writer failed.
+pub fn write_label_table(out: &mut impl Write, report: &LabelReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "label \"{}\" from {} until {}: {} meeting(s) held",
+        report.label,
+        report.window.since.map_or("(any time)".into(), timestamp),
+        report.window.until.map_or("(now)".into(), timestamp),
+        report.meetings.len()
+    )?;
+    writeln!(
+        out,
+        "  {:<32}  {:>8}  {:>10}  {:<19}  {:<19}",
+        "ATTENDEE", "MEETINGS", "TOTAL", "FIRST SEEN", "LAST SEEN"
+    )?;
+    for p in &report.people {
+        writeln!(
+            out,
+            "  {:<32}  {:>8}  {:>10}  {:<19}  {:<19}",
+            truncate(p.external_user_id.as_str(), 32),
+            format!("{}/{}", p.meetings_attended, p.meetings_held),
+            format_seconds(p.total_seconds),
+            timestamp(p.first_seen),
+            p.last_seen.map_or_else(|| "(present)".into(), timestamp),
+        )?;
+    }
+    writeln!(out, "  {} person(s)", report.people.len())
+}
+
+/// `report --capability-changes` as a table: one line per event, `before -> after` for each
+/// value that changed.
+///
+/// # Errors
+/// The writer failed.
+pub fn write_capability_changes_table(
+    out: &mut impl Write,
+    changes: &CapabilityChanges,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  {:<19}  {:<36}  {:<24}  {:<24}  {:<24}  CONTENT",
+        "OBSERVED AT", "MEETING", "ATTENDEE", "AUDIO", "VIDEO"
+    )?;
+    for e in &changes.events {
+        let [audio, video, content] = transitions(e.before, e.after);
+        writeln!(
+            out,
+            "  {:<19}  {:<36}  {:<24}  {audio:<24}  {video:<24}  {content}",
+            timestamp(e.observed_at),
+            e.meeting_id.as_str(),
+            truncate(e.external_user_id.as_str(), 24),
+        )?;
+    }
+    writeln!(out, "  {} change(s)", changes.events.len())
+}
+
+/// `Receive -> SendReceive` for a value that changed, the value alone for one that did not.
+fn transitions(before: Option<Capabilities>, after: Option<Capabilities>) -> [String; 3] {
+    let (Some(b), Some(a)) = (before, after) else {
+        return [String::new(), String::new(), String::new()];
+    };
+    [
+        (b.audio, a.audio),
+        (b.video, a.video),
+        (b.content, a.content),
+    ]
+    .map(|(b, a)| {
+        if a == b {
+            a.as_str().to_owned()
+        } else {
+            format!("{b} -> {a}")
+        }
+    })
+}
 
 /// One meeting's attendance: who, how many sessions, first join, last leave, total time.
 ///
@@ -77,6 +324,18 @@ pub fn format_seconds(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Capability;
+
+    #[test]
+    fn a_capability_change_shows_only_the_values_that_moved() {
+        let before = Capabilities {
+            audio: Capability::Receive,
+            ..Capabilities::DEFAULT
+        };
+        let [audio, video, _] = transitions(Some(before), Some(Capabilities::DEFAULT));
+        assert_eq!(audio, "Receive -> SendReceive");
+        assert_eq!(video, "SendReceive");
+    }
 
     #[test]
     fn seconds_read_as_hours_minutes_seconds() {

@@ -610,6 +610,35 @@ impl Store {
     pub async fn attendance(&self, id: &MeetingId) -> Result<Vec<AttendanceRow>> {
         on_backend!(self, attendance(id))
     }
+
+    /// Every meeting labelled `label`, whatever its status, ordered by `added_at` then id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn meetings_with_label(&self, label: &str) -> Result<Vec<TrackedMeeting>> {
+        on_backend!(self, meetings_with_label(label))
+    }
+
+    /// The `attendance_sessions` rows of every meeting labelled `label`, ordered by
+    /// `joined_at`, meeting id, then attendee id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn label_sessions(&self, label: &str) -> Result<Vec<SessionRow>> {
+        on_backend!(self, label_sessions(label))
+    }
+
+    /// Every `capabilities_changed` event of every meeting observed at or after `since` (all
+    /// of them without it), in `event_id` order.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn capability_changes(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredEvent>> {
+        on_backend!(self, capability_changes(since))
+    }
 }
 
 /// `last_error` is cut to this many bytes: an error message is for a human, and a service

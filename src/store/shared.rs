@@ -572,27 +572,7 @@ macro_rules! shared_queries {
                 .bind(id.as_str())
                 .fetch_all(pool)
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(SessionRow {
-                            meeting_id: decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
-                            attendee_id: decode::attendee_id(&get::<String>(
-                                row,
-                                "attendee_id",
-                            )?)?,
-                            external_user_id: ExternalUserId::new(get::<String>(
-                                row,
-                                "external_user_id",
-                            )?),
-                            joined_at: get(row, "joined_at")?,
-                            left_at: get(row, "left_at")?,
-                            left_reason: get::<Option<String>>(row, "left_reason")?
-                                .map(|r| decode::parse::<LeftReason>("left_reason", &r))
-                                .transpose()?,
-                            duration_seconds: get(row, "duration_seconds")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(session_from_row).collect()
             }
 
             pub(in crate::store) async fn attendance(
@@ -623,6 +603,75 @@ macro_rules! shared_queries {
                         })
                     })
                     .collect()
+            }
+
+            /// The `attendance_sessions` rows of every meeting labelled `label`, ordered by
+            /// `joined_at`, meeting id and attendee id.
+            pub(in crate::store) async fn label_sessions(
+                pool: &Pool,
+                label: &str,
+            ) -> Result<Vec<SessionRow>> {
+                let rows = sqlx::query(
+                    "SELECT s.meeting_id, s.attendee_id, s.external_user_id, s.joined_at, \
+                            s.left_at, s.left_reason, s.duration_seconds \
+                     FROM attendance_sessions AS s \
+                     JOIN tracked_meetings AS m ON m.meeting_id = s.meeting_id \
+                     WHERE m.label = $1 \
+                     ORDER BY s.joined_at, s.meeting_id, s.attendee_id",
+                )
+                .bind(label)
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(session_from_row).collect()
+            }
+
+            pub(in crate::store) async fn meetings_with_label(
+                pool: &Pool,
+                label: &str,
+            ) -> Result<Vec<TrackedMeeting>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    meeting_columns!(),
+                    " FROM tracked_meetings WHERE label = $1 ORDER BY added_at, meeting_id"
+                ))
+                .bind(label)
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(meeting_from_row).collect()
+            }
+
+            pub(in crate::store) async fn capability_changes(
+                pool: &Pool,
+                since: Option<DateTime<Utc>>,
+            ) -> Result<Vec<StoredEvent>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM roster_events \
+                     WHERE kind = 'capabilities_changed' AND ($1 IS NULL OR observed_at >= $1) \
+                     ORDER BY event_id"
+                ))
+                .bind(since.map(ts))
+                .fetch_all(pool)
+                .await?;
+                events_from_rows(&rows)
+            }
+
+            fn session_from_row(row: &DbRow) -> Result<SessionRow> {
+                Ok(SessionRow {
+                    meeting_id: decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
+                    attendee_id: decode::attendee_id(&get::<String>(row, "attendee_id")?)?,
+                    external_user_id: ExternalUserId::new(get::<String>(
+                        row,
+                        "external_user_id",
+                    )?),
+                    joined_at: get(row, "joined_at")?,
+                    left_at: get(row, "left_at")?,
+                    left_reason: get::<Option<String>>(row, "left_reason")?
+                        .map(|r| decode::parse::<LeftReason>("left_reason", &r))
+                        .transpose()?,
+                    duration_seconds: get(row, "duration_seconds")?,
+                })
             }
 
             fn meeting_from_row(row: &DbRow) -> Result<TrackedMeeting> {
