@@ -41,6 +41,8 @@ pub enum Command {
     Meetings(MeetingsCommand),
     /// Print the attendance of one meeting.
     Report(ReportArgs),
+    /// Print recorded events in event_id order; --follow keeps printing them as they commit.
+    Events(crate::events::EventsArgs),
     /// Run the Chime-compatible simulator (for tests and trials; never a real endpoint).
     Sim(crate::sim::SimArgs),
     /// Simulator + daemon + live events, zero setup.
@@ -127,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Meetings(cmd) => meetings(&settings, cmd).await,
         Command::Report(args) => report(&settings, args).await,
+        Command::Events(args) => crate::events::run(&settings, args).await,
         Command::Demo(args) => crate::demo::run(settings, args).await,
         Command::Config => {
             let text = toml::to_string_pretty(&settings.redacted())
@@ -171,6 +174,10 @@ async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
         )
     };
 
+    let sinks = tokio_util::task::TaskTracker::new();
+    crate::sinks::spawn_webhooks(&settings, store.clone(), cancel.clone(), &sinks)?;
+    sinks.close();
+
     let source = Arc::new(ChimeClient::from_settings(&settings).await);
     let scheduler = Scheduler::new(source, store, SchedulerOptions::from_settings(&settings));
     tracing::info!(
@@ -194,6 +201,7 @@ async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
     ops.set_ready(false);
     cancel.cancel();
     let _ = upkeep.await;
+    sinks.wait().await;
     if let Some(h) = http {
         let _ = h.await;
     }
