@@ -43,6 +43,8 @@ pub enum Command {
     Meetings(MeetingsCommand),
     /// Print the attendance of one meeting, of a label's meetings, or capability changes.
     Report(ReportArgs),
+    /// Print recorded events in event_id order; --follow keeps printing them as they commit.
+    Events(crate::events::EventsArgs),
     /// Run the Chime-compatible simulator (for tests and trials; never a real endpoint).
     Sim(crate::sim::SimArgs),
     /// Simulator + daemon + live events, zero setup.
@@ -192,6 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Meetings(cmd) => meetings(&settings, cmd).await,
         Command::Report(args) => report(&settings, args).await,
+        Command::Events(args) => crate::events::run(&settings, args).await,
         Command::Demo(args) => crate::demo::run(settings, args).await,
         Command::Config => {
             let text = toml::to_string_pretty(&settings.redacted())
@@ -250,6 +253,10 @@ async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
     health.set_migrated();
     upsert_configured_meetings(&settings, &store).await?;
 
+    let sinks = tokio_util::task::TaskTracker::new();
+    crate::sinks::spawn_webhooks(&settings, store.clone(), cancel.clone(), &sinks)?;
+    sinks.close();
+
     let source = Arc::new(ChimeClient::from_settings(&settings).await);
     let scheduler = Scheduler::new(source, store, SchedulerOptions::from_settings(&settings))
         .with_health(health.clone());
@@ -273,6 +280,7 @@ async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
     health.set_stopping();
     cancel.cancel();
     let _ = upkeep.await;
+    sinks.wait().await;
     if let Some(h) = http {
         let _ = h.await;
     }

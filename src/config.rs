@@ -29,6 +29,9 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid configuration: `{key}` {why}")]
     Invalid { key: &'static str, why: String },
+    /// Like `Invalid`, for a key inside a list entry (`webhooks[1].url`).
+    #[error("invalid configuration: `{key}` {why}")]
+    InvalidEntry { key: String, why: String },
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -46,6 +49,10 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     #[serde(default)]
     pub meetings: Vec<MeetingEntry>,
+    /// How webhook sinks deliver (`[webhook]`); the sinks themselves are `[[webhooks]]`.
+    pub webhook: WebhookSettings,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookEntry>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -143,6 +150,88 @@ pub struct MeetingEntry {
     pub region: Option<Region>,
     pub label: Option<String>,
 }
+
+/// `[webhook]`: what every webhook sink shares.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Events per POST, at most.
+    pub batch: u32,
+    /// How often an idle sink looks for new events.
+    #[serde(with = "human_duration")]
+    pub poll_interval: Duration,
+    /// Timeout of one POST, connecting included.
+    #[serde(with = "human_duration")]
+    pub timeout: Duration,
+    /// First wait before retrying a failed POST; doubles per failure up to `backoff_cap`.
+    #[serde(with = "human_duration")]
+    pub backoff_base: Duration,
+    #[serde(with = "human_duration")]
+    pub backoff_cap: Duration,
+}
+
+/// A `[[webhooks]]` entry: one receiver, with its own durable cursor and filters.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    /// Unique; the delivery cursor is stored under it, so renaming a sink starts it afresh.
+    pub name: String,
+    pub url: String,
+    /// A Standard Webhooks secret, `whsec_` + base64 of 24..=64 random bytes.
+    pub secret: Option<Secret>,
+    /// The environment variable holding the secret instead (read at start).
+    pub secret_env: Option<String>,
+    /// Event kinds to deliver; empty means all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Only events of meetings with one of these labels; empty means all meetings.
+    #[serde(default)]
+    pub meeting_labels: Vec<String>,
+    /// Only events whose ExternalUserId matches one of these patterns (`*` any run of
+    /// characters, `?` one character); empty means all.
+    #[serde(default)]
+    pub external_user_ids: Vec<String>,
+}
+
+impl WebhookEntry {
+    /// The secret, from `secret` or the variable `secret_env` names.
+    ///
+    /// # Errors
+    /// The variable named by `secret_env` is unset, or neither or both keys are given.
+    pub fn secret_value(&self) -> std::result::Result<String, String> {
+        match (&self.secret, &self.secret_env) {
+            (Some(secret), None) => Ok(secret.expose().to_owned()),
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| format!("names the environment variable {var}, which is not set")),
+            (Some(_), Some(_)) => Err("gives both secret and secret_env; keep one".into()),
+            (None, None) => Err("has neither secret nor secret_env".into()),
+        }
+    }
+}
+
+/// A secret value: `Debug` never shows it, and [`Settings::redacted`] replaces it.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What a redacted secret prints as.
+pub const REDACTED: &str = "***";
 
 impl Settings {
     /// Loads defaults, then `file` (or the file named by `ROSTER_SYNC_CONFIG`), then the
@@ -311,6 +400,81 @@ impl Settings {
                 return Err(bad("meetings", format!("lists meeting {} twice", m.id)));
             }
         }
+        self.validate_webhooks()
+    }
+
+    fn validate_webhooks(&self) -> Result<()> {
+        if !(1..=10_000).contains(&self.webhook.batch) {
+            return Err(ConfigError::Invalid {
+                key: "webhook.batch",
+                why: format!("is {}, must be within 1..=10000", self.webhook.batch),
+            });
+        }
+        for (key, d) in [
+            ("webhook.poll_interval", self.webhook.poll_interval),
+            ("webhook.timeout", self.webhook.timeout),
+            ("webhook.backoff_base", self.webhook.backoff_base),
+            ("webhook.backoff_cap", self.webhook.backoff_cap),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    why: "must be longer than zero".into(),
+                });
+            }
+        }
+        if self.webhook.backoff_cap < self.webhook.backoff_base {
+            return Err(ConfigError::Invalid {
+                key: "webhook.backoff_cap",
+                why: "must not be shorter than webhook.backoff_base".into(),
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let bad = |field: &str, why: String| ConfigError::InvalidEntry {
+                key: format!("webhooks[{i}].{field}"),
+                why,
+            };
+            if w.name.is_empty()
+                || w.name.len() > 100
+                || !w
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(bad(
+                    "name",
+                    format!(
+                        "{:?} must be 1..=100 characters of letters, digits, '-', '_' or '.'",
+                        w.name
+                    ),
+                ));
+            }
+            if !names.insert(w.name.as_str()) {
+                return Err(bad("name", format!("{:?} is used by two webhooks", w.name)));
+            }
+            crate::sinks::webhook::check_url(&w.url).map_err(|why| bad("url", why))?;
+            let key = if w.secret_env.is_some() {
+                "secret_env"
+            } else {
+                "secret"
+            };
+            let secret = w.secret_value().map_err(|why| bad(key, why))?;
+            crate::sinks::webhook::signing_key(&secret).map_err(|why| bad(key, why))?;
+            for kind in &w.kinds {
+                if kind.parse::<crate::domain::EventKind>().is_err() {
+                    return Err(bad(
+                        "kinds",
+                        format!("{kind:?} is not one of joined, left, capabilities_changed"),
+                    ));
+                }
+            }
+            for pattern in &w.external_user_ids {
+                if pattern.is_empty() {
+                    return Err(bad("external_user_ids", "holds an empty pattern".into()));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -334,6 +498,12 @@ impl Settings {
     pub fn redacted(&self) -> Self {
         let mut s = self.clone();
         s.database.url = crate::store::redact_url(&s.database.url);
+        for w in &mut s.webhooks {
+            w.url = crate::store::redact_url(&w.url);
+            if w.secret.is_some() {
+                w.secret = Some(Secret::new(REDACTED));
+            }
+        }
         s
     }
 }
@@ -407,5 +577,87 @@ mod tests {
         s.database.url = "postgres://app:hunter2@db:5432/roster".into();
         let shown = toml::to_string(&s.redacted()).unwrap_or_default();
         assert!(!format!("{shown}{:?}", s.redacted()).contains("hunter2"));
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn with_webhook(entry: &str) -> Result<Settings> {
+        let s: Settings = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(entry, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn a_webhook_entry_with_filters_is_accepted_and_its_secret_never_shown() {
+        let s = with_webhook(&format!(
+            "[[webhooks]]\nname = \"security\"\nurl = \"https://hooks.example.com/roster\"\n\
+             secret = \"{SECRET}\"\nkinds = [\"joined\", \"capabilities_changed\"]\n\
+             meeting_labels = [\"board\"]\nexternal_user_ids = [\"*@partner.example\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(s.webhooks.len(), 1);
+        assert_eq!(s.webhook.batch, 100);
+        let shown = toml::to_string(&s.redacted()).unwrap();
+        let debugged = format!("{s:?}");
+        for text in [shown, debugged] {
+            assert!(!text.contains("MfKQ9r8"), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_webhook_entries_are_refused_naming_the_key() {
+        let entry = |fields: &str| {
+            format!("[[webhooks]]\nname = \"a\"\nurl = \"https://h.example/x\"\n{fields}\n")
+        };
+        let cases = [
+            (
+                entry(&format!("secret = \"{SECRET}\"\nkinds = [\"arrived\"]")),
+                "webhooks[0].kinds",
+            ),
+            (
+                entry("secret = \"whsec_not base64!\""),
+                "webhooks[0].secret",
+            ),
+            (
+                entry("secret = \"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\""),
+                "webhooks[0].secret",
+            ),
+            (
+                entry("secret_env = \"ROSTER_SYNC_TEST_UNSET_SECRET\""),
+                "webhooks[0].secret_env",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    entry(&format!("secret = \"{SECRET}\"")),
+                    entry(&format!("secret = \"{SECRET}\""))
+                ),
+                "webhooks[1].name",
+            ),
+            (
+                format!("[[webhooks]]\nname = \"a\"\nurl = \"ftp://h/x\"\nsecret = \"{SECRET}\"\n"),
+                "webhooks[0].url",
+            ),
+            (
+                format!(
+                    "[[webhooks]]\nname = \"a\"\nurl = \"http://hooks.example.com/x\"\nsecret = \"{SECRET}\"\n"
+                ),
+                "webhooks[0].url",
+            ),
+            ("[webhook]\nbatch = 0\n".to_owned(), "webhook.batch"),
+        ];
+        for (toml, key) in cases {
+            let err = with_webhook(&toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+            assert!(!err.contains("MfKQ9r8"), "{err}");
+        }
     }
 }

@@ -20,11 +20,13 @@ use crate::domain::{
     MeetingId, Region,
 };
 
+mod alerting;
 mod bench;
 mod postgres;
 mod shared;
 mod sqlite;
 
+pub use alerting::{EVENTS_CHANNEL, EventWakeups, LabeledEvent};
 pub use bench::{WriteCounts, create_scratch_database, drop_scratch_database};
 
 /// Errors from the store.

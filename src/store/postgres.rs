@@ -17,6 +17,8 @@ use super::{
 
 shared_queries!(database = sqlx::Postgres, for_update = " FOR UPDATE");
 pub(super) use queries::*;
+type Database = sqlx::Postgres;
+super::alerting::alerting_queries!();
 
 /// How long to wait for a connection before reporting the database unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,8 +109,25 @@ async fn insert_events(conn: &mut PgConnection, rec: &PollRecord<'_>) -> Result<
     for column in columns {
         query = query.bind(column);
     }
-    let rows = query.fetch_all(conn).await?;
-    events_from_rows(&rows)
+    let rows = query.fetch_all(&mut *conn).await?;
+    let events = events_from_rows(&rows)?;
+    announce_events(conn, &events).await?;
+    Ok(events)
+}
+
+/// Tells `LISTEN`ers on [`EVENTS_CHANNEL`](super::EVENTS_CHANNEL) which events this transaction
+/// inserted. Postgres delivers a notification only when (and if) the transaction commits, so
+/// listeners never hear of events they cannot read yet.
+async fn announce_events(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<()> {
+    let Some(payload) = super::alerting::notify_payload(events)? else {
+        return Ok(());
+    };
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::EVENTS_CHANNEL)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The bookkeeping of unchanged polls in one statement, whatever their number: the batch

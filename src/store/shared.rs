@@ -9,7 +9,10 @@
 //! - `async fn serialize_event_writers(&mut Connection) -> Result<()>`: called before any
 //!   event insert, so that event ids become visible in commit order;
 //! - `async fn insert_events(&mut Connection, &PollRecord) -> Result<Vec<StoredEvent>>`: the
-//!   bulk insert of a poll's changes, in order, returning the stored events by `event_id`;
+//!   bulk insert of a poll's changes, in order, returning the stored events by `event_id`
+//!   (and announcing them, as below);
+//! - `async fn announce_events(&mut Connection, &[StoredEvent]) -> Result<()>`: called inside
+//!   the transaction that inserted events (Postgres `NOTIFY`, see `store/alerting.rs`);
 //!
 //! and the `for_update` suffix that locks the row a read will update (empty on SQLite, whose
 //! write transactions are exclusive from their start).
@@ -39,7 +42,7 @@ macro_rules! shared_queries {
             use chrono::{DateTime, Utc};
             use sqlx::Row as _;
 
-            use super::{begin_write, insert_events, serialize_event_writers, ts};
+            use super::{announce_events, begin_write, insert_events, serialize_event_writers, ts};
             use crate::domain::{
                 Attendee, EventKind, ExternalUserId, LeftReason, MeetingId, Region,
             };
@@ -498,6 +501,7 @@ macro_rules! shared_queries {
                 .fetch_all(&mut *conn)
                 .await?;
                 let events = events_from_rows(&rows)?;
+                announce_events(&mut *conn, &events).await?;
                 sqlx::query("DELETE FROM roster_attendees WHERE meeting_id = $1")
                     .bind(id.as_str())
                     .execute(&mut *conn)

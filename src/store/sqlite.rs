@@ -24,6 +24,8 @@ use super::{
 
 shared_queries!(database = sqlx::Sqlite, for_update = "");
 pub(super) use queries::*;
+type Database = sqlx::Sqlite;
+super::alerting::alerting_queries!();
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,6 +167,11 @@ async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> 
 /// Nothing to do: SQLite runs one write transaction at a time, so event ids are always
 /// committed in order.
 async fn serialize_event_writers(_conn: &mut SqliteConnection) -> Result<()> {
+    Ok(())
+}
+
+/// Nothing to do: SQLite has no `NOTIFY`; its event consumers poll.
+async fn announce_events(_conn: &mut SqliteConnection, _events: &[StoredEvent]) -> Result<()> {
     Ok(())
 }
 

@@ -1,0 +1,432 @@
+//! One webhook sink: reads the events after its durable cursor, POSTs them in batches signed
+//! per the Standard Webhooks specification, and moves the cursor only after a 2xx answer.
+//!
+//! Delivery is at-least-once and in `event_id` order: a failed batch is retried, unchanged
+//! (same `webhook-id`, same body), until the receiver takes it; nothing after it is sent
+//! before. It must never log or send the secret, and never send a JoinToken (no event holds
+//! one).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use hmac::{KeyInit as _, Mac as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use super::{EventFilter, Outcome, record_delivery, record_lag};
+use crate::config::{WebhookEntry, WebhookSettings};
+use crate::events::EventJson;
+use crate::store::{Store, StoreError};
+
+/// The prefix of a Standard Webhooks secret; the rest is base64 of the key.
+pub const SECRET_PREFIX: &str = "whsec_";
+
+/// Errors of one delivery attempt. None is final: the sink retries them all.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("receiver answered {status}")]
+    Rejected {
+        status: http::StatusCode,
+        /// The receiver's `Retry-After`, when it sent one in seconds.
+        retry_after: Option<Duration>,
+    },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the receiver: {0}")]
+    Transport(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The HTTP(S) client every sink shares.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An HTTPS client over rustls (aws-lc-rs) trusting the platform's root certificates; plain
+/// `http://` is allowed by the client, and by [`check_url`] only towards loopback addresses.
+///
+/// # Errors
+/// The platform's root certificates cannot be read.
+pub fn http_client() -> std::io::Result<HttpClient> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// Accepts `https://` URLs, and `http://` ones only towards this machine (tests, a local
+/// relay): events are personal data and must not cross a network unencrypted.
+///
+/// # Errors
+/// Why the URL is refused.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if ["localhost", "127.0.0.1", "[::1]", "::1"].contains(&host) => Ok(()),
+        Some("http") => Err(format!(
+            "{url:?} must use https:// (http:// is only allowed to localhost)"
+        )),
+        _ => Err(format!("{url:?} is not an https:// URL")),
+    }
+}
+
+/// The HMAC key of a Standard Webhooks secret: the base64 after `whsec_`, 24..=64 bytes.
+///
+/// # Errors
+/// Why the secret is refused; the message never quotes it.
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret
+        .strip_prefix(SECRET_PREFIX)
+        .ok_or_else(|| format!("must start with {SECRET_PREFIX:?} (a Standard Webhooks secret)"))?;
+    let key = BASE64
+        .decode(encoded)
+        .map_err(|_| format!("is not {SECRET_PREFIX:?} followed by base64"))?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!(
+            "decodes to {} bytes; a secret is 24..=64 random bytes",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")): the `webhook-signature`.
+pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    // HMAC takes keys of any length, so this cannot fail; an empty MAC would only fail
+    // verification at the receiver.
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::from("v1,");
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// A batch waiting for a 2xx: retried exactly as it is.
+#[derive(Clone, Debug)]
+struct Batch {
+    /// `{sink}-{first event_id}-{last event_id}`: the same on every retry, so receivers can
+    /// drop a batch they already took.
+    id: String,
+    body: Bytes,
+    /// Events in the body.
+    events: usize,
+    /// The cursor after this batch: the last event read, delivered or filtered out.
+    through: i64,
+}
+
+/// What one [`Sink::step`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// No event after the cursor.
+    Idle,
+    /// Every event read was left out by the filters; the cursor moved past them.
+    Skipped { through: i64 },
+    /// A batch of `events` was taken by the receiver; the cursor is at `through`.
+    Delivered { events: usize, through: i64 },
+}
+
+/// One configured webhook and its position.
+pub struct Sink {
+    name: String,
+    url: http::Uri,
+    key: Vec<u8>,
+    filter: EventFilter,
+    batch_size: i64,
+    timeout: Duration,
+    store: Store,
+    client: HttpClient,
+    /// `None` until read from the database.
+    cursor: Option<i64>,
+    pending: Option<Batch>,
+}
+
+impl Sink {
+    /// A sink for a validated `[[webhooks]]` entry.
+    ///
+    /// # Errors
+    /// The entry's URL or secret is invalid (validation at start rules this out).
+    pub fn new(
+        entry: &WebhookEntry,
+        settings: &WebhookSettings,
+        store: Store,
+        client: HttpClient,
+    ) -> Result<Self, String> {
+        check_url(&entry.url)?;
+        let url = entry.url.parse().map_err(|e| format!("{e}"))?;
+        let key = signing_key(&entry.secret_value()?)?;
+        Ok(Self {
+            name: entry.name.clone(),
+            url,
+            key,
+            filter: EventFilter::for_webhook(entry)?,
+            batch_size: i64::from(settings.batch),
+            timeout: settings.timeout,
+            store,
+            client,
+            cursor: None,
+            pending: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Makes one delivery attempt: the pending batch if a previous attempt failed, else the
+    /// next events after the cursor.
+    ///
+    /// # Errors
+    /// The receiver did not answer 2xx, or the database failed; the batch stays pending.
+    pub async fn step(&mut self) -> Result<Step, DeliveryError> {
+        let cursor = match self.cursor {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .store
+                    .webhook_cursor(&self.name, crate::domain::now())
+                    .await?;
+                self.cursor = Some(c);
+                c
+            }
+        };
+        let batch = match self.pending.take() {
+            Some(batch) => batch,
+            None => {
+                let read = self
+                    .store
+                    .labeled_events_after(cursor, None, self.batch_size)
+                    .await?;
+                let Some(last) = read.last() else {
+                    return Ok(Step::Idle);
+                };
+                let through = last.event.event_id;
+                let events: Vec<EventJson> = read
+                    .iter()
+                    .filter(|e| self.filter.matches(e))
+                    .map(EventJson::from)
+                    .collect();
+                let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                    self.advance(through).await?;
+                    return Ok(Step::Skipped { through });
+                };
+                let body = serde_json::json!({
+                    "type": "roster.events",
+                    "timestamp": crate::domain::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    "data": { "events": events },
+                });
+                Batch {
+                    id: format!("{}-{}-{}", self.name, first.event_id, last.event_id),
+                    body: Bytes::from(body.to_string()),
+                    events: events.len(),
+                    through,
+                }
+            }
+        };
+        if let Err(e) = self.post(&batch).await {
+            self.pending = Some(batch);
+            return Err(e);
+        }
+        let step = Step::Delivered {
+            events: batch.events,
+            through: batch.through,
+        };
+        if let Err(e) = self.advance(batch.through).await {
+            // Delivered but not recorded: the next attempt sends it again (at-least-once),
+            // under the same id.
+            self.pending = Some(batch);
+            return Err(e.into());
+        }
+        Ok(step)
+    }
+
+    async fn advance(&mut self, through: i64) -> Result<(), StoreError> {
+        self.store
+            .advance_webhook_cursor(&self.name, through, crate::domain::now())
+            .await?;
+        self.cursor = Some(through);
+        Ok(())
+    }
+
+    async fn post(&self, batch: &Batch) -> Result<(), DeliveryError> {
+        let timestamp = crate::domain::now().timestamp();
+        let request = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                http::header::USER_AGENT,
+                concat!("roster-sync/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("webhook-id", &batch.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signature(&self.key, &batch.id, timestamp, &batch.body),
+            )
+            .body(Full::new(batch.body.clone()))
+            .map_err(|e| DeliveryError::Transport(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| DeliveryError::Transport(error_chain(&e)))?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // Read the (ignored) body so the connection can be reused.
+            let _ = response.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(DeliveryError::Rejected {
+                    status,
+                    retry_after,
+                })
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| DeliveryError::Timeout(self.timeout))?
+    }
+
+    /// Delivers until `cancel` fires: steps while there is work, waits `poll_interval` when
+    /// idle, and after a failure waits the backoff (or the receiver's `Retry-After`, if
+    /// longer) before retrying the same batch.
+    pub async fn run(mut self, settings: WebhookSettings, cancel: CancellationToken) {
+        let new_backoff = || {
+            backon::BackoffBuilder::build(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(settings.backoff_base)
+                    .with_max_delay(settings.backoff_cap)
+                    .with_jitter()
+                    .without_max_times(),
+            )
+        };
+        let mut backoff = new_backoff();
+        tracing::info!(sink = %self.name, "webhook sink started");
+        loop {
+            let step = tokio::select! {
+                () = cancel.cancelled() => break,
+                step = self.step() => step,
+            };
+            let wait = match step {
+                Ok(Step::Idle) => {
+                    backoff = new_backoff();
+                    settings.poll_interval
+                }
+                Ok(Step::Skipped { .. }) => {
+                    record_delivery(&self.name, Outcome::Skipped);
+                    Duration::ZERO
+                }
+                Ok(Step::Delivered { events, through }) => {
+                    backoff = new_backoff();
+                    record_delivery(&self.name, Outcome::Delivered);
+                    tracing::debug!(sink = %self.name, events, through, "webhook batch delivered");
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    let outcome = match &e {
+                        DeliveryError::Rejected { .. } => Outcome::Rejected,
+                        DeliveryError::Timeout(_) => Outcome::Timeout,
+                        DeliveryError::Transport(_) => Outcome::TransportError,
+                        DeliveryError::Store(_) => Outcome::StoreError,
+                    };
+                    record_delivery(&self.name, outcome);
+                    let retry_after = match &e {
+                        DeliveryError::Rejected { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    let wait = backoff
+                        .next()
+                        .unwrap_or(settings.backoff_cap)
+                        .max(retry_after.unwrap_or_default());
+                    tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook delivery failed");
+                    if !matches!(e, DeliveryError::Store(_)) {
+                        // Best effort: the failure is already in the log and the metrics.
+                        let _ = self
+                            .store
+                            .record_webhook_failure(
+                                &self.name,
+                                &e.to_string(),
+                                crate::domain::now(),
+                            )
+                            .await;
+                    }
+                    wait
+                }
+            };
+            if let (Some(cursor), Ok(last)) = (self.cursor, self.store.last_event_id().await) {
+                record_lag(&self.name, last.saturating_sub(cursor));
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        tracing::info!(sink = %self.name, "webhook sink stopped");
+    }
+}
+
+/// An error and its sources, for a log line ("client error (Connect): connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // The example in the Standard Webhooks specification's reference implementations.
+        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn secrets_without_the_prefix_or_too_short_are_refused() {
+        assert!(signing_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+        assert!(signing_key("whsec_c2hvcnQ=").is_err());
+        assert!(signing_key("whsec_***").is_err());
+    }
+
+    #[test]
+    fn plain_http_is_only_accepted_towards_this_machine() {
+        assert!(check_url("https://hooks.example.com/x").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/x").is_ok());
+        assert!(check_url("http://localhost/x").is_ok());
+        assert!(check_url("http://hooks.example.com/x").is_err());
+        assert!(check_url("ftp://hooks.example.com/x").is_err());
+        assert!(check_url("not a url").is_err());
+    }
+}

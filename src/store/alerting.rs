@@ -1,0 +1,277 @@
+//! The store's side of alerting: reading events after a cursor (with their meeting's label),
+//! the webhook sinks' durable delivery cursors, and Postgres `LISTEN` for freshly committed
+//! events. The `NOTIFY` itself is sent by `store/postgres.rs` inside the transaction that
+//! inserts the events, so listeners hear only of committed events.
+//!
+//! Like the rest of the store, the SQL is written once (`alerting_queries!`) and compiled for
+//! each backend. Nothing here writes `roster_events`: consumers only read after a cursor.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+
+use super::{Db, Result, Store, StoreError, StoredEvent};
+use crate::domain::MeetingId;
+
+/// The Postgres channel that hears of every commit that recorded events. The payload is
+/// `{"meeting_id":"…","first_event_id":N,"last_event_id":M}`; listeners read the rows
+/// themselves (a payload is limited to 8000 bytes, and a listener may have missed some).
+pub const EVENTS_CHANNEL: &str = "roster_events";
+
+/// An event with the label of its meeting, as `events` prints it and webhooks deliver it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabeledEvent {
+    pub event: StoredEvent,
+    /// `tracked_meetings.label` as it is now (labels can change after the event).
+    pub meeting_label: Option<String>,
+}
+
+/// Runs `backend::alerting::$function(pool, args…)` on whichever backend `$store` talks to.
+macro_rules! on_backend {
+    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
+        match &$store.db {
+            Db::Postgres(pool) => super::postgres::alerting::$function(pool, $($arg),*).await,
+            Db::Sqlite(db) => super::sqlite::alerting::$function(&db.pool, $($arg),*).await,
+        }
+    };
+}
+
+/// Wakes an event consumer when events commit: a Postgres `LISTEN` on [`EVENTS_CHANNEL`].
+pub struct EventWakeups {
+    listener: PgListener,
+}
+
+impl EventWakeups {
+    /// Waits for the next notification. After a lost connection the listener reconnects and
+    /// listens again by itself, but notifications sent meanwhile are lost: a consumer reads
+    /// after its cursor on every wakeup, and also on a timer, so it misses nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the connection fails (the next call reconnects).
+    pub async fn next(&mut self) -> Result<String> {
+        let notification = self.listener.recv().await?;
+        Ok(notification.payload().to_owned())
+    }
+}
+
+impl Store {
+    /// At most `limit` events with `event_id > after_event_id` (of one meeting, if given), in
+    /// `event_id` order, each with its meeting's label.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a bad row.
+    pub async fn labeled_events_after(
+        &self,
+        after_event_id: i64,
+        meeting: Option<&MeetingId>,
+        limit: i64,
+    ) -> Result<Vec<LabeledEvent>> {
+        let meeting = meeting.map(MeetingId::as_str);
+        on_backend!(
+            self,
+            labeled_events_after(after_event_id, meeting, limit.max(0))
+        )
+    }
+
+    /// The highest `event_id` recorded, 0 when there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn last_event_id(&self) -> Result<i64> {
+        on_backend!(self, last_event_id())
+    }
+
+    /// The delivery cursor of the webhook sink `name`. A sink seen for the first time starts
+    /// at the newest event recorded then: it receives what happens from then on, not the
+    /// whole history.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn webhook_cursor(&self, name: &str, now: DateTime<Utc>) -> Result<i64> {
+        on_backend!(self, webhook_cursor(name, now))
+    }
+
+    /// Moves the cursor of sink `name` forward to `last_event_id` and clears its last error.
+    /// A cursor never moves back: a smaller value leaves it as it is.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn advance_webhook_cursor(
+        &self,
+        name: &str,
+        last_event_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_backend!(self, advance_webhook_cursor(name, last_event_id, now))
+    }
+
+    /// Notes a failed delivery attempt of sink `name` (the cursor stays where it is).
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn record_webhook_failure(
+        &self,
+        name: &str,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let error = super::truncate_at_char_boundary(error, super::MAX_ERROR_LEN);
+        on_backend!(self, record_webhook_failure(name, error, now))
+    }
+
+    /// A `LISTEN` on [`EVENTS_CHANNEL`] on Postgres; `None` on SQLite, whose consumers poll.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the listening connection cannot be opened.
+    pub async fn event_wakeups(&self) -> Result<Option<EventWakeups>> {
+        match &self.db {
+            Db::Postgres(pool) => {
+                let mut listener = PgListener::connect_with(pool).await?;
+                listener.listen(EVENTS_CHANNEL).await?;
+                Ok(Some(EventWakeups { listener }))
+            }
+            Db::Sqlite(_) => Ok(None),
+        }
+    }
+}
+
+/// The payload of the `NOTIFY` for one transaction's events (all of one meeting).
+pub(super) fn notify_payload(events: &[StoredEvent]) -> Result<Option<String>> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(None);
+    };
+    let payload = serde_json::json!({
+        "meeting_id": first.meeting_id.as_str(),
+        "first_event_id": first.event_id,
+        "last_event_id": last.event_id,
+    });
+    serde_json::to_string(&payload)
+        .map(Some)
+        .map_err(|e| StoreError::InvalidRecord(format!("cannot encode the notification: {e}")))
+}
+
+macro_rules! alerting_queries {
+    () => {
+        /// The alerting queries (see `store/alerting.rs`).
+        pub(in crate::store) mod alerting {
+            use chrono::{DateTime, Utc};
+            use sqlx::Row as _;
+
+            use super::queries::events_from_rows;
+            use super::ts;
+            use crate::store::Result;
+            use crate::store::alerting::LabeledEvent;
+
+            type Pool = sqlx::Pool<super::Database>;
+
+            pub(in crate::store) async fn labeled_events_after(
+                pool: &Pool,
+                after_event_id: i64,
+                meeting: Option<&str>,
+                limit: i64,
+            ) -> Result<Vec<LabeledEvent>> {
+                let rows = sqlx::query(
+                    "SELECT e.event_id, e.meeting_id, e.attendee_id, e.external_user_id, \
+                            e.kind, e.audio, e.video, e.content, e.previous_audio, \
+                            e.previous_video, e.previous_content, e.reason, e.observed_at, \
+                            e.previous_poll_at, m.label AS meeting_label \
+                     FROM roster_events AS e \
+                     JOIN tracked_meetings AS m ON m.meeting_id = e.meeting_id \
+                     WHERE e.event_id > $1 AND ($2 IS NULL OR e.meeting_id = $2) \
+                     ORDER BY e.event_id LIMIT $3",
+                )
+                .bind(after_event_id)
+                .bind(meeting)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+                let events = events_from_rows(&rows)?;
+                let mut labels = std::collections::HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    let id: i64 = row.try_get("event_id")?;
+                    let label: Option<String> = row.try_get("meeting_label")?;
+                    labels.insert(id, label);
+                }
+                Ok(events
+                    .into_iter()
+                    .map(|event| LabeledEvent {
+                        meeting_label: labels.remove(&event.event_id).flatten(),
+                        event,
+                    })
+                    .collect())
+            }
+
+            pub(in crate::store) async fn last_event_id(pool: &Pool) -> Result<i64> {
+                Ok(
+                    sqlx::query_scalar("SELECT COALESCE(MAX(event_id), 0) FROM roster_events")
+                        .fetch_one(pool)
+                        .await?,
+                )
+            }
+
+            /// `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint of
+            /// the `SELECT`.
+            pub(in crate::store) async fn webhook_cursor(
+                pool: &Pool,
+                name: &str,
+                now: DateTime<Utc>,
+            ) -> Result<i64> {
+                sqlx::query(
+                    "INSERT INTO webhook_cursors (name, last_event_id, created_at, updated_at) \
+                     SELECT $1, COALESCE(MAX(event_id), 0), $2, $2 FROM roster_events \
+                     WHERE true \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(ts(now))
+                .execute(pool)
+                .await?;
+                Ok(
+                    sqlx::query_scalar("SELECT last_event_id FROM webhook_cursors WHERE name = $1")
+                        .bind(name)
+                        .fetch_one(pool)
+                        .await?,
+                )
+            }
+
+            pub(in crate::store) async fn advance_webhook_cursor(
+                pool: &Pool,
+                name: &str,
+                last_event_id: i64,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE webhook_cursors \
+                     SET last_event_id = CASE WHEN last_event_id < $2 THEN $2 \
+                                              ELSE last_event_id END, \
+                         updated_at = $3, last_error = NULL, last_error_at = NULL \
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .bind(last_event_id)
+                .bind(ts(now))
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            pub(in crate::store) async fn record_webhook_failure(
+                pool: &Pool,
+                name: &str,
+                error: &str,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE webhook_cursors SET last_error = $2, last_error_at = $3 \
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .bind(error)
+                .bind(ts(now))
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(super) use alerting_queries;

@@ -1,0 +1,575 @@
+//! Alerting end to end: webhook sinks delivering to a real receiver (an axum server on port 0
+//! that checks every signature with its own implementation of the Standard Webhooks check),
+//! Postgres NOTIFY heard only after commit, and `roster-sync events --follow` through the
+//! real binary.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use chrono::TimeDelta;
+use common::TestDb;
+use hmac::{KeyInit as _, Mac as _};
+use roster_sync::config::{Secret, Settings, WebhookEntry};
+use roster_sync::domain::{
+    self, Attendee, AttendeeId, Capabilities, Change, ExternalUserId, LeftReason, MeetingId, Region,
+};
+use roster_sync::store::{ApplyOutcome, PollRecord, Store, StoredEvent};
+use sqlx::Connection as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+both_backends!(
+    webhook_batches_arrive_in_order_signed_so_the_receiver_can_verify_them,
+    a_receiver_down_then_up_loses_nothing_and_reorders_nothing,
+    filters_deliver_only_matching_events_and_still_move_the_cursor,
+);
+
+fn meeting(n: u32) -> MeetingId {
+    MeetingId::parse(&format!("0000000{n:x}-0000-4000-8000-0000000000aa")).unwrap()
+}
+
+fn attendee(n: u32, user: &str) -> Attendee {
+    Attendee {
+        attendee_id: AttendeeId::parse(&format!("bbbbbbbb-0000-4000-8000-{n:012x}")).unwrap(),
+        external_user_id: ExternalUserId::new(user),
+        capabilities: Capabilities::DEFAULT,
+    }
+}
+
+async fn track(store: &Store, id: &MeetingId, label: &str) {
+    store
+        .add_meeting(
+            id,
+            &Region::parse("us-east-1").unwrap(),
+            Some(label),
+            domain::now(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Records one poll with `changes` against the stored snapshot.
+async fn poll(store: &Store, id: &MeetingId, changes: &[Change]) -> Vec<StoredEvent> {
+    let snapshot = store.snapshot(id).await.unwrap();
+    let observed_at = domain::now();
+    let rec = PollRecord {
+        meeting_id: id,
+        expected_seq: snapshot.poll_seq,
+        started_at: observed_at - TimeDelta::milliseconds(1),
+        observed_at,
+        previous_poll_at: snapshot.last_polled_at,
+        changes,
+    };
+    match store.apply(rec).await.unwrap() {
+        ApplyOutcome::Applied { events, .. } => events,
+        ApplyOutcome::Conflict => panic!("unexpected conflict"),
+    }
+}
+
+/// Polls `check` until it holds or 20 s pass.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Received {
+    /// Answer 503 (with `Retry-After: 0`) to this many requests before accepting any.
+    refuse_next: usize,
+    refused: usize,
+    bad_signatures: usize,
+    /// Accepted batches: webhook-id and the events' JSON.
+    batches: Vec<(String, Vec<serde_json::Value>)>,
+}
+
+impl Received {
+    fn event_ids(&self) -> Vec<i64> {
+        self.batches
+            .iter()
+            .flat_map(|(_, events)| events.iter().map(|e| e["event_id"].as_i64().unwrap()))
+            .collect()
+    }
+}
+
+/// The receiver's own Standard Webhooks check: HMAC-SHA256 over "{id}.{timestamp}.{body}"
+/// with the base64-decoded secret, compared with every `v1,` signature in the header, and a
+/// timestamp within five minutes.
+fn signature_is_valid(headers: &HeaderMap, body: &[u8]) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(timestamp), Some(signatures)) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let Ok(sent_at) = timestamp.parse::<i64>() else {
+        return false;
+    };
+    if (chrono::Utc::now().timestamp() - sent_at).abs() > 300 {
+        return false;
+    }
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    signatures
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|s| s == expected)
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<Received>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, HeaderMap) {
+    let mut state = state.lock().unwrap();
+    if !signature_is_valid(&headers, &body) {
+        state.bad_signatures += 1;
+        return (StatusCode::UNAUTHORIZED, HeaderMap::new());
+    }
+    if state.refuse_next > 0 {
+        state.refuse_next -= 1;
+        state.refused += 1;
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "0".parse().unwrap());
+        return (StatusCode::SERVICE_UNAVAILABLE, h);
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["type"], "roster.events");
+    let id = headers["webhook-id"].to_str().unwrap().to_owned();
+    let events = doc["data"]["events"].as_array().unwrap().clone();
+    state.batches.push((id, events));
+    (StatusCode::OK, HeaderMap::new())
+}
+
+/// A receiver on 127.0.0.1, port 0; its URL and what it saw.
+async fn receiver(refuse_first: usize) -> (String, Arc<Mutex<Received>>) {
+    let state = Arc::new(Mutex::new(Received {
+        refuse_next: refuse_first,
+        ..Received::default()
+    }));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, state)
+}
+
+fn webhook(name: &str, url: &str) -> WebhookEntry {
+    WebhookEntry {
+        name: name.into(),
+        url: url.into(),
+        secret: Some(Secret::new(SECRET)),
+        secret_env: None,
+        kinds: Vec::new(),
+        meeting_labels: Vec::new(),
+        external_user_ids: Vec::new(),
+    }
+}
+
+/// Starts the sinks and waits until each has its cursor (so the events recorded next are
+/// after it).
+async fn start_sinks(db: &TestDb, entries: Vec<WebhookEntry>) -> (CancellationToken, TaskTracker) {
+    let mut settings = Settings::defaults().unwrap();
+    settings.webhook.batch = 2;
+    settings.webhook.poll_interval = Duration::from_millis(20);
+    settings.webhook.backoff_base = Duration::from_millis(10);
+    settings.webhook.backoff_cap = Duration::from_millis(100);
+    let sinks = entries.len() as i64;
+    settings.webhooks = entries;
+    settings.validate().unwrap();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let started =
+        roster_sync::sinks::spawn_webhooks(&settings, db.store.clone(), cancel.clone(), &tracker)
+            .unwrap();
+    assert_eq!(started as i64, sinks);
+    tracker.close();
+    eventually("every sink has its cursor", || async {
+        db.raw.scalar("SELECT count(*) FROM webhook_cursors").await == sinks
+    })
+    .await;
+    (cancel, tracker)
+}
+
+/// Five events on one meeting: three joins, a capability change, a leave.
+async fn five_events(store: &Store, id: &MeetingId) -> Vec<i64> {
+    let (a, b, c) = (
+        attendee(1, "ana@partner.example"),
+        attendee(2, "bo@corp.example"),
+        attendee(3, "cy@partner.example"),
+    );
+    let mut ids = Vec::new();
+    let changes = [Change::joined(&a), Change::joined(&b), Change::joined(&c)];
+    ids.extend(poll(store, id, &changes).await.iter().map(|e| e.event_id));
+    let mut muted = a.clone();
+    muted.capabilities.audio = domain::Capability::Receive;
+    let changes = [Change::capabilities_changed(&a, &muted)];
+    ids.extend(poll(store, id, &changes).await.iter().map(|e| e.event_id));
+    let changes = [Change::left(&b, LeftReason::Removed)];
+    ids.extend(poll(store, id, &changes).await.iter().map(|e| e.event_id));
+    ids
+}
+
+async fn webhook_batches_arrive_in_order_signed_so_the_receiver_can_verify_them(db: &TestDb) {
+    let (url, seen) = receiver(0).await;
+    let id = meeting(1);
+    track(&db.store, &id, "board").await;
+    let (cancel, tracker) = start_sinks(db, vec![webhook("security", &url)]).await;
+    let ids = five_events(&db.store, &id).await;
+
+    // The cursor moves after the receiver's 2xx: once it is at the last event, all were taken.
+    let last_id = *ids.last().unwrap();
+    eventually("the cursor reached the last event", || async {
+        db.raw
+            .scalar("SELECT last_event_id FROM webhook_cursors WHERE name = 'security'")
+            .await
+            == last_id
+    })
+    .await;
+    cancel.cancel();
+    tracker.wait().await;
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.bad_signatures, 0);
+    assert_eq!(seen.event_ids(), ids);
+    for (webhook_id, events) in &seen.batches {
+        assert!(events.len() <= 2, "batch larger than webhook.batch");
+        let first = events[0]["event_id"].as_i64().unwrap();
+        let last = events[events.len() - 1]["event_id"].as_i64().unwrap();
+        assert_eq!(webhook_id, &format!("security-{first}-{last}"));
+    }
+    let first = &seen.batches[0].1[0];
+    assert_eq!(first["meeting_id"], id.as_str());
+    assert_eq!(first["meeting_label"], "board");
+    assert_eq!(first["kind"], "joined");
+    assert_eq!(first["audio"], "SendReceive");
+    assert!(first["previous_audio"].is_null());
+    assert!(first["observed_at"].is_string());
+    assert!(!first.to_string().to_lowercase().contains("jointoken"));
+    let last = seen.batches.last().unwrap().1.last().unwrap();
+    assert_eq!(last["kind"], "left");
+    assert_eq!(last["reason"], "removed");
+}
+
+async fn a_receiver_down_then_up_loses_nothing_and_reorders_nothing(db: &TestDb) {
+    let (url, seen) = receiver(6).await;
+    let id = meeting(2);
+    track(&db.store, &id, "board").await;
+    let (cancel, tracker) = start_sinks(db, vec![webhook("ops", &url)]).await;
+    let ids = five_events(&db.store, &id).await;
+    eventually("the receiver refused six times", || async {
+        seen.lock().unwrap().refused == 6
+    })
+    .await;
+    // More events while the sink is retrying.
+    let late = attendee(9, "late@corp.example");
+    let more = poll(&db.store, &id, &[Change::joined(&late)]).await;
+
+    let last = more[0].event_id;
+    eventually(
+        "the cursor passed every event once the receiver is up",
+        || async {
+            db.raw
+                .scalar("SELECT COALESCE(MAX(last_event_id), 0) FROM webhook_cursors WHERE last_error IS NULL")
+                .await
+                == last
+        },
+    )
+    .await;
+    cancel.cancel();
+    tracker.wait().await;
+    let mut expected = ids;
+    expected.push(last);
+    assert_eq!(seen.lock().unwrap().event_ids(), expected);
+}
+
+async fn filters_deliver_only_matching_events_and_still_move_the_cursor(db: &TestDb) {
+    let (url, seen) = receiver(0).await;
+    let (board, standup) = (meeting(3), meeting(4));
+    track(&db.store, &board, "board").await;
+    track(&db.store, &standup, "standup").await;
+    let mut filtered = webhook("partners", &url);
+    filtered.kinds = vec!["joined".into(), "capabilities_changed".into()];
+    filtered.meeting_labels = vec!["board".into()];
+    filtered.external_user_ids = vec!["*@partner.example".into()];
+    let (cancel, tracker) = start_sinks(db, vec![filtered]).await;
+
+    let board_events = five_events(&db.store, &board).await;
+    let standup_events = five_events(&db.store, &standup).await;
+    let last = *standup_events.last().unwrap();
+    eventually("the cursor passed every event", || async {
+        db.raw
+            .scalar("SELECT last_event_id FROM webhook_cursors WHERE name = 'partners'")
+            .await
+            == last
+    })
+    .await;
+    cancel.cancel();
+    tracker.wait().await;
+
+    // Of the board's events: ana and cy joined, ana's audio changed; bo is not a partner,
+    // and a leave is not a delivered kind. Nothing of the standup.
+    let expected = vec![board_events[0], board_events[2], board_events[3]];
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.event_ids(), expected);
+    for (_, events) in &seen.batches {
+        for e in events {
+            assert!(
+                e["external_user_id"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("@partner.example")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn notify_payload_is_heard_only_after_the_events_commit() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let common::Raw::Postgres(raw) = &db.raw else {
+        unreachable!("postgres_db gives a Postgres database")
+    };
+    // A deferred trigger runs at COMMIT, after the NOTIFY was queued: it waits for an advisory
+    // lock the test holds, so the recording transaction stays uncommitted until released.
+    db.raw
+        .execute(
+            "CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON roster_events \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hold_commit();",
+        )
+        .await;
+    let mut gate = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut gate)
+        .await
+        .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("roster_events").await.unwrap();
+
+    let id = meeting(5);
+    track(&db.store, &id, "board").await;
+    let store = db.store.clone();
+    let recording = tokio::spawn({
+        let id = id.clone();
+        async move {
+            let (a, b) = (attendee(1, "ana"), attendee(2, "bo"));
+            poll(&store, &id, &[Change::joined(&a), Change::joined(&b)]).await
+        }
+    });
+    eventually("the recording transaction waits at commit", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(raw)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    assert_eq!(db.raw.scalar("SELECT count(*) FROM roster_events").await, 0);
+    let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(early.is_err(), "a notification arrived before commit");
+
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut gate)
+        .await
+        .unwrap();
+    let events = recording.await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(20), listener.recv())
+        .await
+        .expect("a notification after commit")
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(heard.payload()).unwrap();
+    assert_eq!(
+        payload,
+        serde_json::json!({
+            "meeting_id": id.as_str(),
+            "first_event_id": events[0].event_id,
+            "last_event_id": events[1].event_id,
+        })
+    );
+
+    // Stopping the meeting records `left` events and announces them the same way.
+    sqlx::query("DROP TRIGGER hold_commit ON roster_events")
+        .execute(raw)
+        .await
+        .unwrap();
+    let closed = db
+        .store
+        .remove_meeting(&id, domain::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(20), listener.recv())
+        .await
+        .expect("a notification for the stop")
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(heard.payload()).unwrap();
+    assert_eq!(payload["first_event_id"], closed[0].event_id);
+    assert_eq!(payload["last_event_id"], closed[1].event_id);
+    drop(gate);
+    drop(listener);
+    db.finish().await;
+}
+
+/// Reads lines of a child's stdout on a thread.
+fn line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(lines: &std::sync::mpsc::Receiver<String>) -> serde_json::Value {
+    let line = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a line from events --follow");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+#[tokio::test]
+async fn events_follow_prints_events_committed_after_it_started_and_stops_on_sigterm() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let id = meeting(6);
+    track(&db.store, &id, "board").await;
+    let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
+
+    let mut child = Command::new(BIN)
+        .args(["events", "--follow", "--format", "json", "--since"])
+        .arg(before[0].event_id.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env_remove("ROSTER_SYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+
+    // The first event after it started shows that it is following; the rest must follow it
+    // in order, none twice.
+    let mut expected = Vec::new();
+    let mut printed = Vec::new();
+    for n in 2..6 {
+        let events = poll(&db.store, &id, &[Change::joined(&attendee(n, "bo"))]).await;
+        expected.push(events[0].event_id);
+        let line = next_line(&lines);
+        assert_eq!(line["meeting_label"], "board");
+        assert_eq!(line["kind"], "joined");
+        printed.push(line["event_id"].as_i64().unwrap());
+    }
+    assert_eq!(printed, expected);
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = wait_with_deadline(&mut child);
+    assert!(status.success(), "events --follow ended with {status}");
+    assert!(
+        lines.recv_timeout(Duration::from_secs(5)).is_err(),
+        "nothing more printed"
+    );
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn events_follow_exits_quietly_when_its_reader_goes_away() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let id = meeting(7);
+    track(&db.store, &id, "board").await;
+    poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
+
+    let mut child = Command::new(BIN)
+        .args(["events", "--follow", "--format", "json"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("ROSTER_SYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.contains("\"joined\""), "{first}");
+    drop(reader);
+    poll(&db.store, &id, &[Change::joined(&attendee(2, "bo"))]).await;
+
+    let status = wait_with_deadline(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    db.finish().await;
+}
+
+#[test]
+fn events_refuses_a_bad_meeting_id_or_kind_by_name() {
+    for (args, expected) in [
+        (&["events", "--meeting", "not-a-guid"][..], "--meeting"),
+        (&["events", "--kind", "arrived"][..], "--kind"),
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("cannot open database"), "{stderr}");
+    }
+}
+
+/// The child's exit status within 20 s.
+fn wait_with_deadline(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the child did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
