@@ -53,6 +53,7 @@ async fn track(store: &Store, id: &MeetingId, label: &str) {
             &Region::parse("us-east-1").unwrap(),
             Some(label),
             domain::now(),
+            false,
         )
         .await
         .unwrap();

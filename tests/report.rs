@@ -63,7 +63,7 @@ fn start() -> DateTime<Utc> {
 async fn track(store: &Store, id: &MeetingId, label: &str, t: DateTime<Utc>) {
     let region = Region::parse("us-east-1").unwrap();
     store
-        .add_meeting(id, &region, Some(label), t)
+        .add_meeting(id, &region, Some(label), t, false)
         .await
         .unwrap();
 }
