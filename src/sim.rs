@@ -26,10 +26,10 @@
 //!   `AccessDeniedException:http://internal.amazon.com/coral/...` sent verbatim), the
 //!   service's JSON body, JSON without `Code`, or a proxy's HTML page, with `Retry-After` on
 //!   any status. Scripts driving the `roster-sync sim` process plant the same faults
-//!   through the control endpoint `POST /_sim/faults` (see `sim/control.rs`).
+//!   through the control endpoint `POST /_sim/faults` (see `sim/faults_endpoint.rs`).
 
 mod bucket;
-mod control;
+mod faults_endpoint;
 mod cursor;
 mod state;
 mod wire;
@@ -887,9 +887,9 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Request) -> Resp
         lock(&shared.request_ids).fill_bytes(&mut b);
         uuid::Builder::from_random_bytes(b).into_uuid().to_string()
     };
-    if req.uri().path().starts_with(control::PREFIX) {
+    if req.uri().path().starts_with(faults_endpoint::PREFIX) {
         let (parts, body) = req.into_parts();
-        let result = control::serve(&shared, &parts.method, parts.uri.path(), body).await;
+        let result = faults_endpoint::serve(&shared, &parts.method, parts.uri.path(), body).await;
         return result.unwrap_or_else(|e| e.into_response(&request_id));
     }
     if !shared.cfg.latency.is_zero() {

@@ -1,4 +1,4 @@
-//! The simulator's control endpoint, for scripts driving the `roster-sync sim` process: the
+//! The simulator's fault endpoint, for scripts driving the `roster-sync sim` process: the
 //! faults [`super::SimHandle::script`] plants in-process, planted over HTTP.
 //!
 //! - `POST /_sim/faults` with a JSON [`FaultSpec`] plants one fault (204);
