@@ -6,18 +6,15 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio_util::sync::CancellationToken;
 
-use crate::chime::ChimeClient;
+use crate::app::{Daemon, DaemonOptions};
 use crate::config::Settings;
 use crate::domain::{MeetingId, Region};
-use crate::http::Ops;
-use crate::scheduler::{Scheduler, SchedulerOptions};
-use crate::store::{AddOutcome, Store, redact_url};
+use crate::redact::redact_url;
+use crate::store::{AddOutcome, Store};
 
 /// Keeps the attendance record of Amazon Chime SDK meetings.
 #[derive(Debug, Parser)]
@@ -127,7 +124,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Meetings(cmd) => meetings(&settings, cmd).await,
         Command::Report(args) => report(&settings, args).await,
-        Command::Demo(args) => crate::demo::run(settings, args).await,
+        Command::Demo(args) => {
+            crate::demo::run(&settings, args, crate::shutdown::on_signals()).await
+        }
         Command::Config => {
             let text = toml::to_string_pretty(&settings.redacted())
                 .context("rendering the configuration")?;
@@ -149,97 +148,15 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open database {}", redact_url(&url)))
 }
 
-async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
+/// `roster-sync run`: the daemon of [`crate::app`], until SIGTERM or SIGINT.
+async fn run_daemon(mut settings: Settings, args: RunArgs) -> anyhow::Result<()> {
+    if args.no_migrate {
+        settings.database.migrate_on_start = false;
+    }
     let store = connect(&settings).await?;
-    store.acquire_writer_lock().await?;
-    if settings.database.migrate_on_start && !args.no_migrate {
-        store.migrate().await.context("applying migrations")?;
-    }
-    upsert_configured_meetings(&settings, &store).await?;
-
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
-    let ops = Ops::install();
-    let http = if settings.http.listen.is_empty() {
-        None
-    } else {
-        let addr = settings.http.listen.parse().context("http.listen")?;
-        Some(
-            crate::http::serve(addr, ops.clone(), cancel.clone())
-                .await
-                .with_context(|| format!("cannot listen on {addr} (http.listen)"))?,
-        )
-    };
-
-    let source = Arc::new(ChimeClient::from_settings(&settings).await);
-    let scheduler = Scheduler::new(source, store, SchedulerOptions::from_settings(&settings));
-    tracing::info!(
-        database = %redact_url(&settings.database_url()),
-        interval = ?settings.poll.interval,
-        rate = settings.rate.requests_per_second,
-        "roster-sync running"
-    );
-    ops.set_ready(true);
-    let upkeep = {
-        let ops = ops.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
-            while tokio::select! { _ = cancel.cancelled() => false, _ = t.tick() => true } {
-                ops.upkeep();
-            }
-        })
-    };
-    scheduler.run(cancel.clone()).await;
-    ops.set_ready(false);
-    cancel.cancel();
-    let _ = upkeep.await;
-    if let Some(h) = http {
-        let _ = h.await;
-    }
-    tracing::info!("roster-sync stopped");
-    Ok(())
-}
-
-/// `[[meetings]]` from the configuration are added on every start (idempotent).
-async fn upsert_configured_meetings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
-    for m in &settings.meetings {
-        let region = m.region.as_ref().unwrap_or(&settings.chime.region);
-        let outcome = store
-            .add_meeting(&m.id, region, m.label.as_deref(), crate::domain::now())
-            .await
-            .with_context(|| format!("adding configured meeting {}", m.id))?;
-        if outcome == AddOutcome::AlreadyEnded {
-            tracing::warn!(meeting_id = %m.id, "configured meeting has ended; it is not polled");
-        }
-    }
-    Ok(())
-}
-
-/// SIGTERM and SIGINT both cancel `cancel`.
-pub fn spawn_signal_handler(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-                        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        cancel.cancel();
-    });
+    let cancel = crate::shutdown::on_signals();
+    let daemon = Daemon::build(&settings, store, cancel, DaemonOptions::default()).await?;
+    daemon.wait().await
 }
 
 async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<()> {

@@ -326,7 +326,7 @@ impl Settings {
     /// A copy safe to print: the database password is replaced by `***`.
     pub fn redacted(&self) -> Self {
         let mut s = self.clone();
-        s.database.url = crate::store::redact_url(&s.database.url);
+        s.database.url = crate::redact::redact_url(&s.database.url);
         s
     }
 }

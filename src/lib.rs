@@ -2,20 +2,23 @@
 //! `ListAttendees`, diffs each complete roster against the previous snapshot and records
 //! `joined`, `left` and `capabilities_changed` events in Postgres or SQLite.
 //!
-//! The binary (`main.rs`) only parses arguments and wires these modules together.
+//! The binary (`main.rs`) only parses arguments and calls [`cli::run`]; [`app`] assembles the
+//! daemon. ARCHITECTURE.md at the repository root maps every module.
 
-pub mod bench;
+pub mod app;
 pub mod chime;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod domain;
-pub mod driver;
+pub mod fault;
 pub mod http;
 pub mod rate;
+pub mod redact;
 pub mod report;
 pub mod scheduler;
+pub mod shutdown;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -14,6 +14,8 @@
 //! attendee was created, changed and deleted ([`SimHandle::attendee_timeline`]).
 
 mod bucket;
+pub mod churn;
+pub mod control;
 mod cursor;
 mod state;
 mod wire;
