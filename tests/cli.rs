@@ -156,21 +156,22 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit status.
-    fn terminate(self) -> std::process::ExitStatus {
+    async fn terminate(self) -> std::process::ExitStatus {
         self.signal("-TERM");
-        self.exit_status("stop after SIGTERM")
+        self.exit_status("stop after SIGTERM").await
     }
 
-    /// Waits for the process to exit by itself. The limit only keeps a broken daemon from
+    /// Waits for the process to exit by itself, without blocking the test's runtime (the
+    /// simulator the daemon talks to runs on it). The limit only keeps a broken daemon from
     /// hanging the test.
-    fn exit_status(mut self, what: &str) -> std::process::ExitStatus {
+    async fn exit_status(mut self, what: &str) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
             assert!(Instant::now() < deadline, "the daemon did not {what}");
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -251,7 +252,7 @@ async fn the_daemon_stopped_and_crashed_mid_poll_repeats_and_loses_nothing(db: &
         .await
         .unwrap();
     eventually("150 joined", || async { counts(db).await[0] == 150 }).await;
-    assert!(daemon.terminate().success(), "SIGTERM exits 0");
+    assert!(daemon.terminate().await.success(), "SIGTERM exits 0");
 
     // While the daemon is down: 10 deletions and 5 capability changes.
     for a in &made[..10] {
@@ -276,7 +277,7 @@ async fn the_daemon_stopped_and_crashed_mid_poll_repeats_and_loses_nothing(db: &
         &sim.endpoint_url(),
         &[("ROSTER_SYNC_FAULT", "crash_before_commit")],
     );
-    let status = crashed.exit_status("crash on purpose");
+    let status = crashed.exit_status("crash on purpose").await;
     assert_eq!(
         status.code(),
         Some(roster_sync::fault::CRASH_EXIT_CODE),
@@ -303,7 +304,7 @@ async fn the_daemon_stopped_and_crashed_mid_poll_repeats_and_loses_nothing(db: &
         c[1] == 10 && c[2] == 5
     })
     .await;
-    assert!(daemon.terminate().success());
+    assert!(daemon.terminate().await.success());
 
     let daemon = Daemon::start(db, &sim.endpoint_url());
     driver.delete_meeting(&id).await.unwrap();
@@ -315,7 +316,7 @@ async fn the_daemon_stopped_and_crashed_mid_poll_repeats_and_loses_nothing(db: &
             .is_some_and(|m| m.status == MeetingStatus::Ended)
     })
     .await;
-    assert!(daemon.terminate().success());
+    assert!(daemon.terminate().await.success());
 
     assert_eq!(
         counts(db).await,
