@@ -4,7 +4,7 @@
 //! whole or not at all, without hoping that a `kill -9` lands inside a transaction.
 //!
 //! Compiled into every build but inert unless the variable is set: it is read once, when the
-//! daemon starts ([`crate::app::Daemon::build`]), and a process that never armed it never
+//! daemon starts (in `Daemon::build`), and a process that never armed it never
 //! crashes here. It must never be set in production (see ARCHITECTURE.md, "Test hooks").
 
 use std::sync::OnceLock;
