@@ -6,20 +6,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use tokio_util::sync::CancellationToken;
 
+use crate::app::{Daemon, DaemonOptions};
 use crate::chime::{ChimeClient, ChimeError, RosterSource as _};
 use crate::config::Settings;
 use crate::domain::{MeetingId, Region};
-use crate::health::Health;
-use crate::http::Ops;
-use crate::scheduler::{Scheduler, SchedulerOptions};
-use crate::store::{AddOutcome, Store, redact_url};
+use crate::redact::redact_url;
+use crate::store::{AddOutcome, Store};
 
 /// Keeps the attendance record of Amazon Chime SDK meetings.
 #[derive(Debug, Parser)]
@@ -195,7 +192,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Meetings(cmd) => meetings(&settings, cmd).await,
         Command::Report(args) => report(&settings, args).await,
         Command::Events(args) => crate::events::run(&settings, args).await,
-        Command::Demo(args) => crate::demo::run(settings, args).await,
+        Command::Demo(args) => {
+            crate::demo::run(&settings, args, crate::shutdown::on_signals()).await
+        }
         Command::Config => {
             let text = toml::to_string_pretty(&settings.redacted())
                 .context("rendering the configuration")?;
@@ -217,137 +216,14 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open database {}", redact_url(&url)))
 }
 
-async fn run_daemon(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
-    // The endpoint comes up first, so probes answer (503 on /readyz) while the database is
-    // waited for and migrations run.
-    let health = Health::new(settings.http.stall_after);
-    health.waiting_for_db();
-    let ops = Ops::install(health.clone());
-    let http = if settings.http.listen.is_empty() {
-        None
-    } else {
-        let addr = settings.http.listen.parse().context("http.listen")?;
-        Some(
-            crate::http::serve(addr, ops.clone(), cancel.clone())
-                .await
-                .with_context(|| format!("cannot listen on {addr} (http.listen)"))?,
-        )
-    };
-    let url = settings.database_url();
-    let store = Store::connect_patiently(
-        &url,
-        settings.database.max_connections,
-        settings.database.startup_timeout,
-        &cancel,
-        |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "waiting for the database"),
-    )
-    .await
-    .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
-    health.db_answered();
-    store.acquire_writer_lock().await?;
-    if settings.database.migrate_on_start && !args.no_migrate {
-        store.migrate().await.context("applying migrations")?;
+/// `roster-sync run`: the daemon of [`crate::app`], until SIGTERM or SIGINT.
+async fn run_daemon(mut settings: Settings, args: RunArgs) -> anyhow::Result<()> {
+    if args.no_migrate {
+        settings.database.migrate_on_start = false;
     }
-    health.set_migrated();
-    upsert_configured_meetings(&settings, &store).await?;
-
-    let sinks = tokio_util::task::TaskTracker::new();
-    crate::sinks::spawn_webhooks(&settings, store.clone(), cancel.clone(), &sinks)?;
-    sinks.close();
-
-    let source = Arc::new(ChimeClient::from_settings(&settings).await);
-    let scheduler = Scheduler::new(source, store, SchedulerOptions::from_settings(&settings))
-        .with_health(health.clone());
-    tracing::info!(
-        database = %redact_url(&settings.database_url()),
-        interval = ?settings.poll.interval,
-        rate = settings.rate.requests_per_second,
-        "roster-sync running"
-    );
-    let upkeep = {
-        let ops = ops.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
-            while tokio::select! { _ = cancel.cancelled() => false, _ = t.tick() => true } {
-                ops.upkeep();
-            }
-        })
-    };
-    scheduler.run(cancel.clone()).await;
-    health.set_stopping();
-    cancel.cancel();
-    let _ = upkeep.await;
-    sinks.wait().await;
-    if let Some(h) = http {
-        let _ = h.await;
-    }
-    tracing::info!("roster-sync stopped");
-    Ok(())
-}
-
-/// `[[meetings]]` from the configuration are added on every start (idempotent).
-async fn upsert_configured_meetings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
-    for m in &settings.meetings {
-        let region = m.region.as_ref().unwrap_or(&settings.chime.region);
-        let add = |force| {
-            store.add_meeting(
-                &m.id,
-                region,
-                m.label.as_deref(),
-                crate::domain::now(),
-                force,
-            )
-        };
-        let mut outcome = add(false)
-            .await
-            .with_context(|| format!("adding configured meeting {}", m.id))?;
-        if let AddOutcome::RegionDiffers { .. } = outcome {
-            // The configuration says where the meeting lives: it wins over an earlier
-            // `meetings add`. Only a region move is forced here, never a revival.
-            outcome = add(true)
-                .await
-                .with_context(|| format!("moving configured meeting {}", m.id))?;
-        }
-        match outcome {
-            AddOutcome::AlreadyEnded => {
-                tracing::warn!(meeting_id = %m.id, "configured meeting has ended; it is not polled (`meetings add --force` tracks it again)");
-            }
-            AddOutcome::Moved { from } => {
-                tracing::info!(meeting_id = %m.id, %from, to = %region, "configured meeting moved to the region the configuration names");
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// SIGTERM and SIGINT both cancel `cancel`.
-pub fn spawn_signal_handler(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-                        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        cancel.cancel();
-    });
+    let cancel = crate::shutdown::on_signals();
+    let daemon = Daemon::build(&settings, None, cancel, DaemonOptions::default()).await?;
+    daemon.wait().await
 }
 
 async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<()> {

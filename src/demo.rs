@@ -1,5 +1,6 @@
-//! `roster-sync demo`: the simulator, a churn driver and the daemon in one process, with every
-//! event shown live as it is recorded, then each meeting's attendance.
+//! `roster-sync demo`: the simulator, the churn driver ([`crate::sim::churn`]) and the daemon
+//! ([`crate::app::Daemon`]) in one process, with every event shown live as it is recorded,
+//! then each meeting's attendance.
 //!
 //! Zero setup: no config file, no network beyond 127.0.0.1, the embedded SQLite default unless
 //! a database URL is given. It must never touch AWS: the client points at the in-process
@@ -11,18 +12,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use rand::Rng;
-use rand::seq::IndexedRandom;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{Daemon, DaemonOptions};
 use crate::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use crate::config::Settings;
-use crate::domain::{Capabilities, Capability, EventKind, MeetingId};
-use crate::driver::Driver;
-use crate::scheduler::{Scheduler, SchedulerOptions};
+use crate::domain::{Capability, EventKind, MeetingId};
+use crate::redact::redact_url;
+use crate::sim::churn::{ChurnPlan, Fleet, churn};
+use crate::sim::control::Driver;
 use crate::sim::{self, SimConfig};
-use crate::store::{Store, StoredEvent, redact_url};
+use crate::store::{Store, StoredEvent};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -56,22 +57,37 @@ const LABELS: &[&str] = &[
     "retro",
 ];
 
-/// Runs the demo to the end of `--duration` or Ctrl-C.
+/// How many changes a second the demo's churn makes, over all meetings.
+const CHANGES_PER_SECOND: f64 = 3.0;
+
+/// Runs the demo to the end of `--duration`, or until `cancel` fires (Ctrl-C).
 ///
 /// # Errors
 /// The database cannot be opened or is in use by another writer, or the simulator cannot bind
 /// a port on 127.0.0.1.
-pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(
+    settings: &Settings,
+    args: DemoArgs,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let url = args
         .database_url
         .clone()
         .unwrap_or_else(|| settings.database_url());
+    // The demo's daemon: the configuration's, on the demo's database and interval, with no
+    // operations endpoint (a real daemon may hold its port) and no configured meetings
+    // (they would be polled against the simulator).
+    let mut settings = settings.clone();
+    settings.database.url = url.clone();
+    settings.database.migrate_on_start = true;
+    settings.http.listen.clear();
+    settings.meetings.clear();
+    settings.poll.interval = args.interval;
+    let region = settings.chime.region.clone();
+
     let store = Store::connect(&url, settings.database.max_connections)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
-    store.acquire_writer_lock().await?;
-    store.migrate().await.context("applying migrations")?;
-
     let sim = sim::start(
         "127.0.0.1:0".parse()?,
         SimConfig {
@@ -83,11 +99,21 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     .context("starting the simulator on 127.0.0.1")?;
     let mut options = ClientOptions::from_settings(&settings);
     options.endpoint_url = Some(sim.endpoint_url());
-    let client = Arc::new(ChimeClient::new(
-        simulator_sdk_config(&settings.chime.region),
-        options,
-    ));
-    let driver = Driver::new(client.sdk_client(&settings.chime.region));
+    let client = Arc::new(ChimeClient::new(simulator_sdk_config(&region), options));
+    let driver = Driver::new(client.sdk_client(&region));
+
+    let (tx, mut rx) = broadcast::channel::<StoredEvent>(4096);
+    let daemon = Daemon::build(
+        &settings,
+        Some(store.clone()),
+        cancel.clone(),
+        DaemonOptions {
+            client: Some(client),
+            events: Some(tx),
+            ..DaemonOptions::default()
+        },
+    )
+    .await?;
 
     let color = std::io::stdout().is_terminal();
     say(&format!(
@@ -99,35 +125,21 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         args.duration
     ));
 
+    // Created after the daemon started: it notices them at its next look at the meeting list.
     let mut meetings = Vec::new();
+    let mut fleet = Fleet::default();
     for i in 0..args.meetings.max(1) {
         let label = LABELS[i % LABELS.len()];
-        let id = driver
-            .create_meeting(label, settings.chime.region.as_str())
+        let id = driver.create_meeting(label, region.as_str()).await?;
+        let created = driver
+            .add_attendees(&id, (0..args.attendees).map(|i| (person(i as u64), None)))
             .await?;
-        driver
-            .add_attendees(&id, (0..args.attendees).map(|i| (person(i), None)))
-            .await?;
+        fleet.add(id.clone(), &created)?;
         store
-            .add_meeting(
-                &id,
-                &settings.chime.region,
-                Some(label),
-                crate::domain::now(),
-                false,
-            )
+            .add_meeting(&id, &region, Some(label), crate::domain::now(), false)
             .await?;
         meetings.push((id, label));
     }
-
-    let (tx, mut rx) = broadcast::channel::<StoredEvent>(4096);
-    let cancel = CancellationToken::new();
-    crate::cli::spawn_signal_handler(cancel.clone());
-    let mut opts = SchedulerOptions::from_settings(&settings);
-    opts.interval = args.interval;
-    opts.refresh_every = args.interval;
-    let scheduler = Scheduler::new(Arc::clone(&client), store.clone(), opts).with_event_sink(tx);
-    let daemon = tokio::spawn(scheduler.run(cancel.clone()));
 
     let labels: std::collections::HashMap<MeetingId, &str> =
         meetings.iter().map(|(id, l)| (id.clone(), *l)).collect();
@@ -158,11 +170,18 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         counts
     });
 
-    let churn_cancel = cancel.clone();
-    let churn_meetings: Vec<MeetingId> = meetings.iter().map(|(id, _)| id.clone()).collect();
-    let churn = tokio::spawn(async move {
-        churn(driver, churn_meetings, args.duration, churn_cancel).await;
-    });
+    let plan = ChurnPlan {
+        per_second: CHANGES_PER_SECOND,
+        duration: args.duration,
+        target: args.attendees,
+        one_of_each_first: true,
+        end_a_meeting_after: Some(args.duration.mul_f64(2.0 / 3.0)),
+        name: person,
+    };
+    let churn = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { churn(&driver, &mut fleet, &plan, &cancel, |_| {}).await })
+    };
 
     tokio::select! {
         _ = tokio::time::sleep(args.duration) => {}
@@ -175,9 +194,9 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     }
     cancel.cancel();
     let _ = churn.await;
-    let _ = daemon.await;
+    daemon.wait().await?;
 
-    // The scheduler is gone, and with it the sender: the printer drains and returns.
+    // The daemon is gone, and with it the sender: the printer drains and returns.
     let mut counts = printer.await.unwrap_or_default();
     // The demo's meetings live only in this process's simulator: stop tracking what is left
     // (everyone present leaves with tracking_stopped), so a later `run` on this database
@@ -291,87 +310,8 @@ fn short(c: Capability) -> &'static str {
     }
 }
 
-fn person(i: usize) -> String {
-    format!("{}-{}", NAMES[i % NAMES.len()], i / NAMES.len() + 1)
-}
-
-/// Joins, deletions and capability changes at random, about three a second; the last meeting
-/// ends two thirds of the way through. Failed calls are skipped: the driver is not under test.
-async fn churn(
-    driver: Driver,
-    meetings: Vec<MeetingId>,
-    duration: Duration,
-    cancel: CancellationToken,
-) {
-    let started = tokio::time::Instant::now();
-    let mut next_person = 10_000;
-    let mut ended = false;
-    let mut actions = 0u32;
-    let mut live = meetings;
-    loop {
-        let pause = Duration::from_millis(rand::rng().random_range(150..500));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        if started.elapsed() >= duration {
-            return;
-        }
-        if !ended && live.len() > 1 && started.elapsed() >= duration.mul_f64(2.0 / 3.0) {
-            if let Some(last) = live.pop() {
-                let _ = driver.delete_meeting(&last).await;
-            }
-            ended = true;
-            continue;
-        }
-        let Some(meeting) = live.choose(&mut rand::rng()).cloned() else {
-            return;
-        };
-        // The first three actions are one of each kind, so even a short demo shows them all.
-        let roll = match actions {
-            0 => 0,
-            1 => 5,
-            2 => 9,
-            _ => rand::rng().random_range(0..10),
-        };
-        actions += 1;
-        if roll < 4 {
-            next_person += 1;
-            let _ = driver
-                .add_attendees(&meeting, [(person(next_person), None)])
-                .await;
-            continue;
-        }
-        let Ok(ids) = driver.attendee_ids(&meeting).await else {
-            continue;
-        };
-        let Some(target) = ids.choose(&mut rand::rng()).cloned() else {
-            continue;
-        };
-        if roll < 7 {
-            let _ = driver.delete_attendee(&meeting, &target).await;
-        } else {
-            let _ = driver
-                .set_capabilities(&meeting, &target, random_capabilities())
-                .await;
-        }
-    }
-}
-
-/// Any capabilities the service accepts (content receive only with video receive).
-fn random_capabilities() -> Capabilities {
-    let mut rng = rand::rng();
-    loop {
-        let pick = |rng: &mut rand::rngs::ThreadRng| {
-            *Capability::ALL.choose(rng).unwrap_or(&Capability::None)
-        };
-        let c = Capabilities {
-            audio: pick(&mut rng),
-            video: pick(&mut rng),
-            content: pick(&mut rng),
-        };
-        if c.is_allowed() {
-            return c;
-        }
-    }
+/// `alice-1`, `bruno-1`, …, `zoë-1`, `alice-2`, …
+fn person(i: u64) -> String {
+    let n = NAMES.len() as u64;
+    format!("{}-{}", NAMES[(i % n) as usize], i / n + 1)
 }

@@ -47,13 +47,16 @@ pub fn diff(previous: &[Attendee], current: &Roster) -> Vec<Change> {
 }
 
 /// Every attendee of `previous` leaves for `reason`: the meeting ended or tracking stopped.
-pub fn all_left(previous: &[Attendee], reason: LeftReason) -> Vec<Change> {
+/// (The store closes them itself, in SQL; this is the model its tests are checked against.)
+#[cfg(test)]
+fn all_left(previous: &[Attendee], reason: LeftReason) -> Vec<Change> {
     previous.iter().map(|a| Change::left(a, reason)).collect()
 }
 
 /// Applies `changes` to `snapshot` the way the store does, so tests can check that the diff
 /// is exactly the difference. Returns the new snapshot sorted by attendee id.
-pub fn apply(snapshot: &[Attendee], changes: &[Change]) -> Vec<Attendee> {
+#[cfg(test)]
+fn apply(snapshot: &[Attendee], changes: &[Change]) -> Vec<Attendee> {
     use crate::domain::EventKind;
     let mut map: std::collections::BTreeMap<_, _> = snapshot
         .iter()

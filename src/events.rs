@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::{Capabilities, EventKind, MeetingId};
@@ -252,8 +251,7 @@ pub async fn run(settings: &Settings, args: EventsArgs) -> anyhow::Result<()> {
         ..EventFilter::default()
     };
     let store = crate::cli::connect(settings).await?;
-    let cancel = CancellationToken::new();
-    crate::cli::spawn_signal_handler(cancel.clone());
+    let cancel = crate::shutdown::on_signals();
     let mut printer = Printer {
         format: args.format,
         out: std::io::stdout(),

@@ -81,7 +81,8 @@ pub fn router(ops: Ops) -> Router {
         .with_state(ops)
 }
 
-/// Binds `listen` and serves until `cancel` fires.
+/// Binds `listen` and serves until `cancel` fires. Returns the bound address (a port of 0
+/// resolved) and the serving task.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -89,15 +90,17 @@ pub async fn serve(
     listen: SocketAddr,
     ops: Ops,
     cancel: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(address = %listener.local_addr()?, "operations endpoint listening");
-    Ok(tokio::spawn(async move {
+    let addr = listener.local_addr()?;
+    tracing::info!(address = %addr, "operations endpoint listening");
+    let task = tokio::spawn(async move {
         let served = axum::serve(listener, router(ops))
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "operations endpoint stopped");
         }
-    }))
+    });
+    Ok((addr, task))
 }

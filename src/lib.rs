@@ -2,22 +2,25 @@
 //! `ListAttendees`, diffs each complete roster against the previous snapshot and records
 //! `joined`, `left` and `capabilities_changed` events in Postgres or SQLite.
 //!
-//! The binary (`main.rs`) only parses arguments and wires these modules together.
+//! The binary (`main.rs`) only parses arguments and calls [`cli::run`]; [`app`] assembles the
+//! daemon. ARCHITECTURE.md at the repository root maps every module.
 
-pub mod bench;
+pub mod app;
 pub mod chime;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod domain;
-pub mod driver;
 pub mod events;
+pub mod fault;
 pub mod health;
 pub mod http;
 pub mod rate;
+pub mod redact;
 pub mod report;
 pub mod scheduler;
+pub mod shutdown;
 pub mod sim;
 pub mod sinks;
 pub mod store;

@@ -31,10 +31,8 @@
 //! below the quota, so one throttle episode costs one or two 429s. Recovery at 0.2 rps/s
 //! brings a rate from 8 back to 9 within seconds, so a lone 429 (a burst of another tool) costs
 //! little throughput. The constants were chosen with a model of both buckets (client and
-//! service) and checked with `roster-bench`: 250 meetings × 3 pages, daemon configured for 10
-//! requests/s, simulator quota 5: 1.2 % of requests throttled (32 decreases in 10 minutes),
-//! 5.02 pages/s received, sweeps at 0.998 × the ideal; with the quota at 10, one 429 in 4,525
-//! requests.
+//! service) and checked with `roster-bench` runs whose quota is below the configured rate
+//! (the README's benchmark section has the commands and the measured numbers).
 //!
 //! It must never sleep while holding its lock, and never let the rate exceed the ceiling.
 

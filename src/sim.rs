@@ -29,8 +29,10 @@
 //!   through the control endpoint `POST /_sim/faults` (see `sim/faults_endpoint.rs`).
 
 mod bucket;
-mod faults_endpoint;
+pub mod churn;
+pub mod control;
 mod cursor;
+mod faults_endpoint;
 mod state;
 mod wire;
 

@@ -19,15 +19,16 @@ use crate::domain::{
     Attendee, AttendeeId, Capabilities, Capability, Change, EventKind, ExternalUserId, LeftReason,
     MeetingId, Region,
 };
+use crate::redact::redact_url;
 
 mod alerting;
-mod bench;
 mod postgres;
 mod shared;
 mod sqlite;
+mod stats;
 
 pub use alerting::{EVENTS_CHANNEL, EventWakeups, LabeledEvent};
-pub use bench::{WriteCounts, create_scratch_database, drop_scratch_database};
+pub use stats::WriteCounts;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -380,8 +381,9 @@ impl Store {
     /// (or a clone of it) lives. Idempotent.
     ///
     /// SQLite: an exclusive OS lock on `<database>.lock`, so two daemons on one file (whose
-    /// snapshots would fight) refuse to start. Postgres: nothing yet; several replicas will share
-    /// one database through leases.
+    /// snapshots would fight) refuse to start. Postgres: nothing; one replica per database is
+    /// the deployment's job (several would poll every meeting twice, though the `poll_seq`
+    /// fence still keeps each poll whole).
     ///
     /// # Errors
     /// [`StoreError::Locked`] when another process holds the lock; [`StoreError::File`] when the
@@ -661,59 +663,6 @@ fn truncate_at_char_boundary(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// `url` with the password (in the user info, or a `password=` query parameter) replaced by
-/// `***`, for messages and logs. When unsure where the user info ends, it hides more.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let (head, rest) = url.split_at(scheme_end);
-    let mut out = String::with_capacity(url.len());
-    out.push_str(head);
-    // The user info ends at the last '@': a password may hold '/', '?' or '#' unencoded.
-    let rest = match rest.rfind('@') {
-        Some(at) => {
-            let user_info = &rest[..at];
-            match user_info.split_once(':') {
-                Some((user, _password)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(user_info),
-            }
-            &rest[at..]
-        }
-        None => rest,
-    };
-    let Some((before_query, query)) = rest.split_once('?') else {
-        out.push_str(rest);
-        return out;
-    };
-    out.push_str(before_query);
-    out.push('?');
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
-    };
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
-                out.push_str(key);
-                out.push_str("=***");
-            }
-            _ => out.push_str(pair),
-        }
-    }
-    if let Some(fragment) = fragment {
-        out.push('#');
-        out.push_str(fragment);
-    }
-    out
-}
-
 /// Refuses changes that cannot be applied as a set: the snapshot update applies each kind of
 /// change in bulk, which is only right when every attendee appears at most once.
 fn check_changes(meeting: &MeetingId, changes: &[Change]) -> Result<()> {
@@ -839,41 +788,6 @@ mod decode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_url_hides_the_password_of_the_user_info() {
-        assert_eq!(
-            redact_url("postgres://app:hunter2@db:5432/roster"),
-            "postgres://app:***@db:5432/roster"
-        );
-    }
-
-    #[test]
-    fn redact_url_hides_a_password_holding_url_delimiters() {
-        let shown = redact_url("postgresql://app:p@ss/w?rd#x@db/roster?sslmode=require");
-        assert_eq!(shown, "postgresql://app:***@db/roster?sslmode=require");
-    }
-
-    #[test]
-    fn redact_url_hides_a_password_query_parameter() {
-        let shown = redact_url("postgres://db/roster?user=app&password=hunter2&sslmode=require");
-        assert_eq!(
-            shown,
-            "postgres://db/roster?user=app&password=***&sslmode=require"
-        );
-    }
-
-    #[test]
-    fn redact_url_leaves_urls_without_password_alone() {
-        for url in [
-            "postgres://app@db/roster",
-            "sqlite://data/roster.db",
-            "sqlite:roster.db",
-            "",
-        ] {
-            assert_eq!(redact_url(url), url);
-        }
-    }
 
     #[test]
     fn last_error_is_cut_on_a_char_boundary() {

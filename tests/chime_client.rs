@@ -8,7 +8,7 @@ use roster_sync::chime::{
     simulator_sdk_config,
 };
 use roster_sync::domain::{Capabilities, Capability, MeetingId, Region};
-use roster_sync::driver::Driver;
+use roster_sync::sim::control::Driver;
 use roster_sync::sim::{self, ScriptedFault, SimConfig, SimHandle};
 
 fn region() -> Region {

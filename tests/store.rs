@@ -260,7 +260,7 @@ async fn add_meeting_is_idempotent_and_only_force_revives_an_ended_meeting_or_mo
         .into_iter()
         .map(|m| m.meeting_id)
         .collect();
-    assert_eq!(active, [other]);
+    assert_eq!(active, [id, other], "the revived meeting is active again");
     assert!(store.get_meeting(&meeting(9)).await.unwrap().is_none());
 }
 

@@ -65,7 +65,8 @@ async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
 ///
 /// Identity values are handed out when rows are inserted, not when transactions commit: a
 /// transaction that took id 7 can commit after one that took id 8. A reader with a cursor over
-/// `event_id` (the webhook outbox) that saw 8 would then move past 7 and never deliver it.
+/// `event_id` ([`Store::events_since`](crate::store::Store::events_since)) that saw 8 would
+/// then move past 7 and never see it.
 /// Every transaction that inserts events takes this lock just before its insert and holds it
 /// until it commits or rolls back, so ids are taken and committed in the same order. Only polls
 /// that changed something pay for it, and only for the end of their transaction.

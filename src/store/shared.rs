@@ -358,6 +358,8 @@ macro_rules! shared_queries {
                 }
                 let events = insert_events(&mut tx, rec).await?;
                 update_snapshot(&mut tx, rec.meeting_id, &events).await?;
+                // Test-only: ROSTER_SYNC_FAULT=crash_before_commit ends the process here.
+                crate::fault::inject(crate::fault::Fault::CrashBeforeCommit);
                 tx.commit().await?;
                 Ok(ApplyOutcome::Applied {
                     events,

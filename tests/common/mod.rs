@@ -9,7 +9,8 @@
 // Each test crate uses only some of these helpers.
 #![allow(dead_code)]
 
-use roster_sync::store::{Store, redact_url};
+use roster_sync::redact::redact_url;
+use roster_sync::store::Store;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};

@@ -1,4 +1,4 @@
-//! Control-plane calls against a Chime endpoint (in practice the simulator): create meetings
+//! The simulator's control-plane client: create meetings
 //! and attendees, delete them, change capabilities. Used by the demo, `roster-bench` and the
 //! tests to make the changes roster-sync must notice; the daemon itself never calls these.
 //!

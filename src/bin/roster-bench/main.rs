@@ -1,0 +1,284 @@
+//! `roster-bench`: a capacity run of the daemon against the simulator, with numbers anyone can
+//! reproduce — how close to the quota it polls, how many requests are throttled, how long a
+//! sweep of every meeting takes, how late changes are detected, and what it costs in CPU and
+//! memory.
+//!
+//! The simulator runs as a child process (`roster-sync sim`, the binary next to this one) so
+//! that the CPU time and peak RSS measured here are the daemon's: the scheduler, the SDK
+//! client, the diff and the store, in this process. The churn driver and the measurement
+//! (event matching, sweep tracking) also run here and are included; they are small next to
+//! the polling. It must never talk to AWS: every client points at the child simulator with
+//! placeholder credentials, and it only ever writes to a database it created (a fresh SQLite
+//! file, or a scratch Postgres database that it drops afterwards).
+//!
+//! Phases: **setup** (create the meetings and attendees over HTTP; control operations are
+//! exempt from the simulator's quota; not measured), **warm-up** (polling starts: CPU and peak
+//! RSS are measured from here; it ends with the first sweep, which records every attendee as
+//! joined), **churn** (`--duration` of joins, deletions and capability changes at
+//! `--churn-per-s`), **settle** (churn stops; polling goes on until a sweep that started after
+//! the last change has completed, so every change could be seen).
+//!
+//! A **sweep** is the time it takes for every meeting to complete one successful poll that
+//! started after the sweep began. The first sweep begins when polling starts; each next one
+//! begins when the previous one completes. `sweep_p50_s` and `sweep_max_s` are over the
+//! completed sweeps of the run. Budget-bound, a sweep cannot be shorter than
+//! `ideal_sweep_s` = pages of all meetings / quota.
+//!
+//! **Detection latency** is from the Driver's answer to a change (the simulator has applied
+//! it) to the moment the scheduler's event sink delivers the matching event (it is committed),
+//! matched by meeting, attendee and kind.
+
+//! This binary is the only code that reads `/proc` or calls into libc (`malloc_trim`); the
+//! library it measures has neither. Modules: [`capacity`] (the phases and the report),
+//! [`floor`] (`--floor-polls`), [`latency`] (matching changes with events), [`sweeps`],
+//! [`process`] (CPU time and peak RSS of this process), [`sim_process`] (the child simulator)
+//! and [`scratch`] (the run's own database).
+
+mod capacity;
+mod floor;
+mod latency;
+mod process;
+mod scratch;
+mod sim_process;
+mod sweeps;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Parser;
+use serde::Serialize;
+
+use roster_sync::config::Settings;
+
+/// `roster-bench` arguments.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "roster-bench",
+    version,
+    about = "Capacity run of roster-sync against the simulator (run as a child process)"
+)]
+pub struct BenchArgs {
+    /// Meetings to create and track.
+    #[arg(long, default_value_t = 250)]
+    pub meetings: usize,
+    /// Attendees each meeting starts with (the churn keeps it about there).
+    #[arg(long, default_value_t = 250)]
+    pub attendees: usize,
+    /// Changes per second over all meetings during the churn phase: joins and deletions
+    /// (2/3) and capability changes (1/3).
+    #[arg(long, default_value_t = 1.0)]
+    pub churn_per_s: f64,
+    /// The simulator's ListAttendees quota, requests/s (burst 2 × this).
+    #[arg(long, default_value_t = 10.0)]
+    pub quota_rps: f64,
+    /// Length of the churn phase (after the warm-up sweep, before the settle phase).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Record into Postgres: a scratch database is created on this server (the role needs
+    /// CREATEDB) and dropped afterwards. Default: a fresh SQLite file in a temporary directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// The daemon's configured request rate (`rate.requests_per_second`); default the real
+    /// default, 10, whatever the simulator's quota.
+    #[arg(long)]
+    pub daemon_rps: Option<f64>,
+    /// The daemon's burst (`rate.burst`); default 2 × the daemon's rate.
+    #[arg(long)]
+    pub daemon_burst: Option<u32>,
+    /// `poll.interval` (default: the configuration's default, 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// `poll.concurrency` (default: the configuration's default).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// `poll.max_results`, the page size (default: the configuration's default, 100).
+    #[arg(long)]
+    pub max_results: Option<i32>,
+    /// The `roster-sync` binary that serves the simulator (default: next to this one).
+    #[arg(long)]
+    pub sim_binary: Option<PathBuf>,
+    /// Keep the scratch Postgres database (or the SQLite file) for inspection.
+    #[arg(long)]
+    pub keep_database: bool,
+    /// The tokio runtime to run in. `multi-thread` is what `roster-sync run` uses; the other
+    /// shows what a single-threaded daemon would cost.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::MultiThread)]
+    pub runtime: RuntimeKind,
+    /// Instead of the capacity run, measure the floor: this many polls of one meeting of
+    /// `--attendees` through the daemon's client (16 at once, no rate budget, the simulator
+    /// unthrottled), and the CPU each one costs. `--quota-rps` only scales the result to a
+    /// share of one core at that rate.
+    #[arg(long)]
+    pub floor_polls: Option<u64>,
+}
+
+/// What a run measured: the capacity run's report, or the floor's.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Outcome {
+    Capacity(capacity::Report),
+    Floor(floor::FloorReport),
+}
+
+/// See [`BenchArgs::runtime`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// tokio's multi-threaded scheduler, one worker per core (as `#[tokio::main]`).
+    MultiThread,
+    /// tokio's current-thread scheduler.
+    CurrentThread,
+}
+
+impl RuntimeKind {
+    /// A runtime of this kind with I/O and timers enabled.
+    ///
+    /// # Errors
+    /// The OS refused the runtime's threads or its I/O driver.
+    fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self {
+            Self::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+            Self::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        };
+        builder.enable_all().build()
+    }
+}
+
+/// Parses the command line, runs the capacity run (or the floor), prints its JSON report as
+/// the last line of stdout.
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    // The daemon's own logs stay at warnings, as a quiet production daemon's would (at info
+    // it logs a line per event), unless RUST_LOG asks for more.
+    roster_sync::telemetry::init(
+        roster_sync::config::LogFormat::Text,
+        "warn",
+        std::io::stderr,
+    );
+    let runtime = match args.runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(report) => match serde_json::to_string(&report) {
+            Ok(json) => {
+                println!("{json}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot encode the report: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the benchmark; progress and the human summary go to stdout, the JSON line is for the
+/// caller to print last.
+///
+/// # Errors
+/// The simulator binary is missing or does not start, the database cannot be created, or the
+/// setup fails (the message says which).
+async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
+    validate(&args)?;
+    let settings = daemon_settings(&args)?;
+    if let Some(polls) = args.floor_polls {
+        return floor::floor(&args, &settings, polls)
+            .await
+            .map(Outcome::Floor);
+    }
+
+    let sim = sim_process::SimProcess::start(&args)?;
+    println!(
+        "simulator: {} (pid {}, quota {} rps, burst {}; its own process, not measured)",
+        sim.url,
+        sim.pid(),
+        args.quota_rps,
+        sim_process::sim_burst(args.quota_rps)
+    );
+    let db = scratch::BenchDb::create(&args).await?;
+    println!("database: {}", roster_sync::redact::redact_url(&db.url));
+    let report = capacity::measure(&args, &settings, &sim, &db).await;
+    drop(sim);
+    db.finish(args.keep_database).await;
+    report.map(Outcome::Capacity)
+}
+
+/// The default configuration with the run's rate, burst, interval, concurrency and page size.
+fn daemon_settings(args: &BenchArgs) -> anyhow::Result<Settings> {
+    let mut settings = Settings::defaults()?;
+    let daemon_rps = args.daemon_rps.unwrap_or(settings.rate.requests_per_second);
+    settings.rate.requests_per_second = daemon_rps;
+    settings.rate.burst = args
+        .daemon_burst
+        .unwrap_or_else(|| (2.0 * daemon_rps).ceil().max(1.0) as u32);
+    if let Some(i) = args.interval {
+        settings.poll.interval = i;
+    }
+    if let Some(c) = args.concurrency {
+        settings.poll.concurrency = c;
+    }
+    if let Some(m) = args.max_results {
+        settings.poll.max_results = m;
+    }
+    // Nothing serves the metrics here (the recorder still counts them, as in `run`).
+    settings.http.listen.clear();
+    settings.validate()?;
+    Ok(settings)
+}
+
+fn validate(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.meetings == 0 {
+        bail!("--meetings must be at least 1");
+    }
+    if args
+        .floor_polls
+        .is_some_and(|n| n < floor::FLOOR_CONCURRENCY)
+    {
+        bail!(
+            "--floor-polls must be at least {}",
+            floor::FLOOR_CONCURRENCY
+        );
+    }
+    if !(1..=250).contains(&args.attendees) {
+        bail!("--attendees must be 1..=250 (the service's limit per meeting)");
+    }
+    if !(args.quota_rps.is_finite() && args.quota_rps > 0.0) {
+        bail!("--quota-rps must be a positive number");
+    }
+    if !(args.churn_per_s.is_finite() && args.churn_per_s >= 0.0) {
+        bail!("--churn-per-s must be 0 or more");
+    }
+    if args.daemon_rps.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--daemon-rps must be a positive number");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_burst_defaults_to_twice_its_rate() {
+        let args = BenchArgs::parse_from(["roster-bench", "--daemon-rps", "7"]);
+        let s = daemon_settings(&args).unwrap();
+        assert_eq!(s.rate.requests_per_second, 7.0);
+        assert_eq!(s.rate.burst, 14);
+        assert!(s.http.listen.is_empty());
+    }
+
+    #[test]
+    fn a_floor_shorter_than_its_workers_is_refused() {
+        let args = BenchArgs::parse_from(["roster-bench", "--floor-polls", "3"]);
+        assert!(validate(&args).is_err());
+    }
+}

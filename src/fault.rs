@@ -1,0 +1,63 @@
+//! Test-only fault injection: `ROSTER_SYNC_FAULT=crash_before_commit` makes the process exit
+//! at once, with [`CRASH_EXIT_CODE`], in the middle of recording a poll that changed
+//! something: after its events are inserted and before its transaction commits. The crash tests use it to prove that a poll is recorded
+//! whole or not at all, without hoping that a `kill -9` lands inside a transaction.
+//!
+//! Compiled into every build but inert unless the variable is set: it is read once, when the
+//! daemon starts (in `Daemon::build`), and a process that never armed it never
+//! crashes here. It must never be set in production (see ARCHITECTURE.md, "Test hooks").
+
+use std::sync::OnceLock;
+
+/// The environment variable naming the fault to inject.
+pub const FAULT_ENV: &str = "ROSTER_SYNC_FAULT";
+
+/// The exit status of a process stopped by an injected fault, so a test can tell it from any
+/// other failure.
+pub const CRASH_EXIT_CODE: i32 = 99;
+
+/// A fault the process can be asked to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Abort after a changed poll's events are inserted, before its commit.
+    CrashBeforeCommit,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::CrashBeforeCommit => "crash_before_commit",
+        }
+    }
+}
+
+static ARMED: OnceLock<Option<Fault>> = OnceLock::new();
+
+/// Reads [`FAULT_ENV`] once; later calls return what the first one found.
+///
+/// # Errors
+/// The variable is set to something that names no fault (a typo must not leave a crash test
+/// quietly testing nothing).
+pub fn arm_from_env() -> anyhow::Result<Option<Fault>> {
+    if let Some(armed) = ARMED.get() {
+        return Ok(*armed);
+    }
+    let fault = match std::env::var(FAULT_ENV) {
+        Err(_) => None,
+        Ok(v) if v.is_empty() => None,
+        Ok(v) if v == Fault::CrashBeforeCommit.as_str() => Some(Fault::CrashBeforeCommit),
+        Ok(v) => anyhow::bail!("{FAULT_ENV}={v:?} names no fault (known: crash_before_commit)"),
+    };
+    Ok(*ARMED.get_or_init(|| fault))
+}
+
+/// Ends the process when `fault` is armed: at once, with [`CRASH_EXIT_CODE`], without
+/// unwinding, running destructors or finishing anything in flight (an open transaction is
+/// rolled back by the database, as after a `kill -9`). Not `abort`, which could leave a core
+/// file in the working directory.
+pub fn inject(fault: Fault) {
+    if ARMED.get().copied().flatten() == Some(fault) {
+        eprintln!("{FAULT_ENV}={}: exiting on purpose", fault.as_str());
+        std::process::exit(CRASH_EXIT_CODE);
+    }
+}

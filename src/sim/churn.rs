@@ -1,0 +1,287 @@
+//! The churn driver: joins, deletions and capability changes made through the control-plane
+//! client ([`Driver`]) at a steady rate, so the daemon has something to notice. `demo` and
+//! `roster-bench` both use it; each change is reported with the instant the service
+//! acknowledged it, which is where the benchmark's detection latency starts.
+//!
+//! It keeps its own account of who is in each meeting (16-byte GUIDs, so a fleet of 250 × 250
+//! costs about a megabyte) instead of listing attendees, so it never spends the
+//! `ListAttendees` quota the daemon is measured on. It must never be pointed at AWS: it is only
+//! ever given a driver on a simulator.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::control::{Created, Driver};
+use crate::domain::{AttendeeId, Capabilities, Capability, EventKind, MeetingId};
+
+/// The capabilities a capability change switches to and from the default.
+pub const LISTENER: Capabilities = Capabilities {
+    audio: Capability::Receive,
+    video: Capability::None,
+    content: Capability::None,
+};
+
+/// The meetings the churn changes, and who the driver has put in each.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    meetings: Vec<FleetMeeting>,
+}
+
+#[derive(Debug)]
+struct FleetMeeting {
+    id: MeetingId,
+    guid: u128,
+    attendees: Vec<u128>,
+    /// Whether each attendee has [`LISTENER`] capabilities (else the default ones).
+    listener: Vec<bool>,
+}
+
+impl Fleet {
+    /// Adds a meeting with the attendees the driver created in it (default capabilities).
+    ///
+    /// # Errors
+    /// An id that is not a GUID (the simulator only issues GUIDs).
+    pub fn add(&mut self, id: MeetingId, created: &[Created]) -> anyhow::Result<()> {
+        let attendees = created
+            .iter()
+            .map(|c| guid(c.attendee_id.as_str()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.meetings.push(FleetMeeting {
+            guid: guid(id.as_str())?,
+            id,
+            listener: vec![false; attendees.len()],
+            attendees,
+        });
+        Ok(())
+    }
+
+    /// Moves the meetings of `other` to the end of this fleet.
+    pub fn extend(&mut self, other: Fleet) {
+        self.meetings.extend(other.meetings);
+    }
+
+    pub fn len(&self) -> usize {
+        self.meetings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meetings.is_empty()
+    }
+
+    /// The ids of the meetings still in the fleet, in the order they were added.
+    pub fn ids(&self) -> impl Iterator<Item = &MeetingId> {
+        self.meetings.iter().map(|m| &m.id)
+    }
+}
+
+/// What a churn run does.
+#[derive(Debug, Clone)]
+pub struct ChurnPlan {
+    /// Changes per second over all meetings; 0 makes none (the run only waits).
+    pub per_second: f64,
+    /// How long changes are made.
+    pub duration: Duration,
+    /// Attendees each meeting is kept at about: a membership change deletes someone when the
+    /// meeting has this many or more, and adds someone otherwise.
+    pub target: usize,
+    /// The first three changes are a join, a deletion and a capability change, so a short
+    /// run shows every kind.
+    pub one_of_each_first: bool,
+    /// Deletes the last meeting of the fleet (the service ends it) this long into the run.
+    pub end_a_meeting_after: Option<Duration>,
+    /// The ExternalUserId of the n-th attendee the churn adds.
+    pub name: fn(u64) -> String,
+}
+
+/// A change the service acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Made {
+    /// The meeting's and attendee's GUIDs.
+    pub meeting: u128,
+    pub attendee: u128,
+    /// The event the daemon should record for it.
+    pub kind: EventKind,
+    /// When the driver's answer arrived: the simulator had applied the change.
+    pub at: Instant,
+}
+
+/// How many changes a run made, and how many the service refused or did not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Churned {
+    pub made: u64,
+    pub failed: u64,
+}
+
+/// Makes `plan.per_second` changes a second on random meetings of `fleet` until
+/// `plan.duration` has passed or `cancel` fires, calling `on_made` with each one. Of the
+/// changes, two in three are joins or deletions (see [`ChurnPlan::target`]) and one in three a
+/// capability change of a random attendee between the default and [`LISTENER`]. A change the
+/// service refuses is logged, counted and skipped.
+pub async fn churn(
+    driver: &Driver,
+    fleet: &mut Fleet,
+    plan: &ChurnPlan,
+    cancel: &CancellationToken,
+    mut on_made: impl FnMut(Made),
+) -> Churned {
+    let mut churned = Churned::default();
+    let started = Instant::now();
+    let stop = started + plan.duration;
+    if plan.per_second.is_nan() || plan.per_second <= 0.0 || fleet.is_empty() {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep_until(stop) => {}
+        }
+        return churned;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.per_second));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ended = false;
+    let mut serial = 0u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return churned,
+            _ = ticker.tick() => {}
+        }
+        let now = Instant::now();
+        if now >= stop {
+            return churned;
+        }
+        if let Some(after) = plan.end_a_meeting_after
+            && !ended
+            && fleet.len() > 1
+            && now >= started + after
+        {
+            ended = true;
+            if let Some(last) = fleet.meetings.pop()
+                && let Err(e) = driver.delete_meeting(&last.id).await
+            {
+                churned.failed += 1;
+                tracing::warn!(error = %format!("{e:#}"), "the churn could not end a meeting");
+            }
+            continue;
+        }
+        let (m, step, pick) = {
+            let mut rng = rand::rng();
+            let step = match churned.made + churned.failed {
+                n if plan.one_of_each_first && n < 3 => {
+                    [Step::Join, Step::Delete, Step::Caps][n as usize]
+                }
+                _ if rng.random_bool(2.0 / 3.0) => Step::Membership,
+                _ => Step::Caps,
+            };
+            (rng.random_range(0..fleet.len()), step, rng.random::<u64>())
+        };
+        match change_one(
+            driver,
+            &mut fleet.meetings[m],
+            plan,
+            step,
+            pick,
+            &mut serial,
+        )
+        .await
+        {
+            Ok(made) => {
+                churned.made += 1;
+                on_made(made);
+            }
+            Err(e) => {
+                churned.failed += 1;
+                tracing::warn!(error = %format!("{e:#}"), "a churn change failed");
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A join, or a deletion when the meeting is at its target size.
+    Membership,
+    Join,
+    Delete,
+    Caps,
+}
+
+async fn change_one(
+    driver: &Driver,
+    meeting: &mut FleetMeeting,
+    plan: &ChurnPlan,
+    step: Step,
+    pick: u64,
+    serial: &mut u64,
+) -> anyhow::Result<Made> {
+    let len = meeting.attendees.len();
+    let step = match step {
+        Step::Membership if len > 0 && len >= plan.target => Step::Delete,
+        Step::Membership => Step::Join,
+        Step::Delete | Step::Caps if len == 0 => Step::Join,
+        other => other,
+    };
+    let i = usize::try_from(pick % len.max(1) as u64)?;
+    let made = |attendee, kind| Made {
+        meeting: meeting.guid,
+        attendee,
+        kind,
+        at: Instant::now(),
+    };
+    match step {
+        Step::Join | Step::Membership => {
+            *serial += 1;
+            let created = driver
+                .add_attendees(&meeting.id, [((plan.name)(*serial), None)])
+                .await?;
+            let first = created
+                .first()
+                .context("BatchCreateAttendee created nobody")?;
+            let a = guid(first.attendee_id.as_str())?;
+            let done = made(a, EventKind::Joined);
+            meeting.attendees.push(a);
+            meeting.listener.push(false);
+            Ok(done)
+        }
+        Step::Delete => {
+            let a = meeting.attendees[i];
+            driver
+                .delete_attendee(&meeting.id, &attendee_id(a)?)
+                .await?;
+            let done = made(a, EventKind::Left);
+            meeting.attendees.swap_remove(i);
+            meeting.listener.swap_remove(i);
+            Ok(done)
+        }
+        Step::Caps => {
+            let a = meeting.attendees[i];
+            let to = if meeting.listener[i] {
+                Capabilities::DEFAULT
+            } else {
+                LISTENER
+            };
+            driver
+                .set_capabilities(&meeting.id, &attendee_id(a)?, to)
+                .await?;
+            meeting.listener[i] = !meeting.listener[i];
+            Ok(made(a, EventKind::CapabilitiesChanged))
+        }
+    }
+}
+
+/// The 128-bit value of a GUID.
+///
+/// # Errors
+/// `s` is not a GUID.
+pub fn guid(s: &str) -> anyhow::Result<u128> {
+    Ok(uuid::Uuid::parse_str(s)
+        .with_context(|| format!("{s:?} is not a GUID"))?
+        .as_u128())
+}
+
+fn attendee_id(g: u128) -> anyhow::Result<AttendeeId> {
+    Ok(AttendeeId::parse(
+        &uuid::Uuid::from_u128(g).hyphenated().to_string(),
+    )?)
+}
