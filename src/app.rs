@@ -244,3 +244,14 @@ async fn upkeep(ops: Ops, cancel: CancellationToken) {
         ops.upkeep();
     }
 }
+
+/// Connects to the configured database; the error names it (password redacted).
+///
+/// # Errors
+/// The database cannot be reached or the URL is not supported.
+pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
+    let url = settings.database_url();
+    Store::connect(&url, settings.database.max_connections)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(&url)))
+}

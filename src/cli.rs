@@ -16,7 +16,7 @@ use crate::chime::{ChimeClient, ChimeError, RosterSource as _};
 use crate::config::Settings;
 use crate::domain::{MeetingId, Region};
 use crate::redact::redact_url;
-use crate::store::{AddOutcome, Store};
+use crate::store::AddOutcome;
 
 /// Keeps the attendance record of Amazon Chime SDK meetings.
 #[derive(Debug, Parser)]
@@ -181,7 +181,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_daemon(settings, args).await,
         Command::Migrate => {
-            let store = connect(&settings).await?;
+            let store = crate::app::connect(&settings).await?;
             store.migrate().await.context("applying migrations")?;
             println!(
                 "migrations applied to {}",
@@ -203,17 +203,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sim(_) => Ok(()),
     }
-}
-
-/// Connects to the configured database; the error names it (password redacted).
-///
-/// # Errors
-/// The database cannot be reached or the URL is not supported.
-pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
-    let url = settings.database_url();
-    Store::connect(&url, settings.database.max_connections)
-        .await
-        .with_context(|| format!("cannot open database {}", redact_url(&url)))
 }
 
 /// `roster-sync run`: the daemon of [`crate::app`], until SIGTERM or SIGINT.
@@ -244,7 +233,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
             if !no_verify {
                 verify_meeting(settings, &id, &region).await?;
             }
-            let store = connect(settings).await?;
+            let store = crate::app::connect(settings).await?;
             store.migrate().await.context("applying migrations")?;
             let outcome = store
                 .add_meeting(&id, &region, label.as_deref(), crate::domain::now(), force)
@@ -270,7 +259,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
         }
         MeetingsCommand::Remove { meeting_id } => {
             let id = MeetingId::parse(&meeting_id)?;
-            let store = connect(settings).await?;
+            let store = crate::app::connect(settings).await?;
             match store.remove_meeting(&id, crate::domain::now()).await? {
                 None => bail!("meeting {id} is not tracked"),
                 Some(events) => println!(
@@ -280,7 +269,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
             }
         }
         MeetingsCommand::List { format } => {
-            let store = connect(settings).await?;
+            let store = crate::app::connect(settings).await?;
             let list = store.list_meetings().await?;
             let mut out = std::io::stdout().lock();
             match format {
@@ -352,7 +341,7 @@ async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<()> {
         {
             bail!("--since must be before --until");
         }
-        let store = connect(settings).await?;
+        let store = crate::app::connect(settings).await?;
         let r = LabelReport::load(&store, label, window, now).await?;
         match args.format {
             ReportFormat::Table => report::write_label_table(&mut out, &r)?,
@@ -364,7 +353,7 @@ async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<()> {
         if args.format == ReportFormat::Html {
             bail!("--capability-changes prints table, csv or json, not html");
         }
-        let store = connect(settings).await?;
+        let store = crate::app::connect(settings).await?;
         let r = CapabilityChanges::load(&store, args.since).await?;
         match args.format {
             ReportFormat::Csv => report::csv::write_capability_changes(&mut out, &r)?,
@@ -378,7 +367,7 @@ async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<()> {
             bail!("name a meeting, --label or --capability-changes");
         };
         let id = MeetingId::parse(meeting_id)?;
-        let store = connect(settings).await?;
+        let store = crate::app::connect(settings).await?;
         let Some(r) = MeetingReport::load(&store, &id, now).await? else {
             bail!("meeting {id} is not tracked");
         };

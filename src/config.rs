@@ -453,14 +453,14 @@ impl Settings {
             if !names.insert(w.name.as_str()) {
                 return Err(bad("name", format!("{:?} is used by two webhooks", w.name)));
             }
-            crate::sinks::webhook::check_url(&w.url).map_err(|why| bad("url", why))?;
+            crate::signing::check_url(&w.url).map_err(|why| bad("url", why))?;
             let key = if w.secret_env.is_some() {
                 "secret_env"
             } else {
                 "secret"
             };
             let secret = w.secret_value().map_err(|why| bad(key, why))?;
-            crate::sinks::webhook::signing_key(&secret).map_err(|why| bad(key, why))?;
+            crate::signing::signing_key(&secret).map_err(|why| bad(key, why))?;
             for kind in &w.kinds {
                 if kind.parse::<crate::domain::EventKind>().is_err() {
                     return Err(bad(

@@ -12,10 +12,85 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{Settings, WebhookEntry};
 use crate::domain::{Capabilities, EventKind, MeetingId};
-use crate::sinks::EventFilter;
 use crate::store::{EventWakeups, LabeledEvent, Store};
+
+/// Which events a consumer wants. Every list empty (or `None`) means everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub meeting: Option<MeetingId>,
+    pub kinds: Vec<EventKind>,
+    pub meeting_labels: Vec<String>,
+    /// Patterns: `*` matches any run of characters, `?` one character, the rest itself.
+    pub external_user_ids: Vec<String>,
+}
+
+impl EventFilter {
+    /// The filter of a validated `[[webhooks]]` entry.
+    ///
+    /// # Errors
+    /// A kind that is not an event kind (validation at start rules this out).
+    pub fn for_webhook(entry: &WebhookEntry) -> Result<Self, String> {
+        let kinds = entry
+            .kinds
+            .iter()
+            .map(|k| k.parse().map_err(|e| format!("{e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            meeting: None,
+            kinds,
+            meeting_labels: entry.meeting_labels.clone(),
+            external_user_ids: entry.external_user_ids.clone(),
+        })
+    }
+
+    pub fn matches(&self, e: &LabeledEvent) -> bool {
+        let event = &e.event;
+        self.meeting.as_ref().is_none_or(|m| *m == event.meeting_id)
+            && (self.kinds.is_empty() || self.kinds.contains(&event.kind))
+            && (self.meeting_labels.is_empty()
+                || e.meeting_label
+                    .as_ref()
+                    .is_some_and(|l| self.meeting_labels.contains(l)))
+            && (self.external_user_ids.is_empty()
+                || self
+                    .external_user_ids
+                    .iter()
+                    .any(|p| glob_matches(p, event.external_user_id.as_str())))
+    }
+}
+
+/// `*` matches any run of characters (none included), `?` exactly one, anything else itself.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    // Greedy matching with backtracking to the last `*`: linear for patterns with one `*`,
+    // never exponential.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
 
 /// Events read per query.
 const PAGE: i64 = 500;
@@ -250,7 +325,7 @@ pub async fn run(settings: &Settings, args: EventsArgs) -> anyhow::Result<()> {
         kinds: args.kinds,
         ..EventFilter::default()
     };
-    let store = crate::cli::connect(settings).await?;
+    let store = crate::app::connect(settings).await?;
     let cancel = crate::shutdown::on_signals();
     let mut printer = Printer {
         format: args.format,
@@ -296,5 +371,26 @@ pub async fn run(settings: &Settings, args: EventsArgs) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns_match_like_shell_globs() {
+        assert!(glob_matches("*@partner.example", "ana@partner.example"));
+        assert!(glob_matches("*@partner.example", "@partner.example"));
+        assert!(!glob_matches(
+            "*@partner.example",
+            "ana@partner.example.com"
+        ));
+        assert!(glob_matches("a?c*", "abcdef"));
+        assert!(glob_matches("*a*b*", "xxaxxbxx"));
+        assert!(!glob_matches("*a*b*", "xxbxxaxx"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "exactly"));
+        assert!(glob_matches("«*»", "«Zoë»"));
     }
 }

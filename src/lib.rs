@@ -21,6 +21,7 @@ pub mod redact;
 pub mod report;
 pub mod scheduler;
 pub mod shutdown;
+pub mod signing;
 pub mod sim;
 pub mod sinks;
 pub mod store;

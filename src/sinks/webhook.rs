@@ -8,23 +8,19 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use hmac::{KeyInit as _, Mac as _};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventFilter, Outcome, record_delivery, record_lag};
+use super::{Outcome, record_delivery, record_lag};
 use crate::config::{WebhookEntry, WebhookSettings};
+use crate::events::EventFilter;
 use crate::events::EventJson;
+use crate::signing::{check_url, signature, signing_key};
 use crate::store::{Store, StoreError};
-
-/// The prefix of a Standard Webhooks secret; the rest is base64 of the key.
-pub const SECRET_PREFIX: &str = "whsec_";
 
 /// Errors of one delivery attempt. None is final: the sink retries them all.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +43,7 @@ pub enum DeliveryError {
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// An HTTPS client over rustls (aws-lc-rs) trusting the platform's root certificates; plain
-/// `http://` is allowed by the client, and by [`check_url`] only towards loopback addresses.
+/// `http://` is allowed by the client, and by [`crate::signing::check_url`] only towards loopback addresses.
 ///
 /// # Errors
 /// The platform's root certificates cannot be read.
@@ -58,61 +54,6 @@ pub fn http_client() -> std::io::Result<HttpClient> {
         .enable_http1()
         .build();
     Ok(Client::builder(TokioExecutor::new()).build(https))
-}
-
-/// Accepts `https://` URLs, and `http://` ones only towards this machine (tests, a local
-/// relay): events are personal data and must not cross a network unencrypted.
-///
-/// # Errors
-/// Why the URL is refused.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
-    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if ["localhost", "127.0.0.1", "[::1]", "::1"].contains(&host) => Ok(()),
-        Some("http") => Err(format!(
-            "{url:?} must use https:// (http:// is only allowed to localhost)"
-        )),
-        _ => Err(format!("{url:?} is not an https:// URL")),
-    }
-}
-
-/// The HMAC key of a Standard Webhooks secret: the base64 after `whsec_`, 24..=64 bytes.
-///
-/// # Errors
-/// Why the secret is refused; the message never quotes it.
-pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret
-        .strip_prefix(SECRET_PREFIX)
-        .ok_or_else(|| format!("must start with {SECRET_PREFIX:?} (a Standard Webhooks secret)"))?;
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|_| format!("is not {SECRET_PREFIX:?} followed by base64"))?;
-    if !(24..=64).contains(&key.len()) {
-        return Err(format!(
-            "decodes to {} bytes; a secret is 24..=64 random bytes",
-            key.len()
-        ));
-    }
-    Ok(key)
-}
-
-/// `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")): the `webhook-signature`.
-pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    // HMAC takes keys of any length, so this cannot fail; an empty MAC would only fail
-    // verification at the receiver.
-    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
-        return String::from("v1,");
-    };
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
 }
 
 /// A batch waiting for a 2xx: retried exactly as it is.
@@ -396,37 +337,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_matches_the_standard_webhooks_example() {
-        // The example in the Standard Webhooks specification's reference implementations.
-        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let body = br#"{"test": 2432232314}"#;
-        assert_eq!(
-            signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-        );
-    }
-
-    #[test]
-    fn secrets_without_the_prefix_or_too_short_are_refused() {
-        assert!(signing_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
-        assert!(signing_key("whsec_c2hvcnQ=").is_err());
-        assert!(signing_key("whsec_***").is_err());
-    }
-
-    #[test]
-    fn plain_http_is_only_accepted_towards_this_machine() {
-        assert!(check_url("https://hooks.example.com/x").is_ok());
-        assert!(check_url("http://127.0.0.1:8080/x").is_ok());
-        assert!(check_url("http://localhost/x").is_ok());
-        assert!(check_url("http://hooks.example.com/x").is_err());
-        assert!(check_url("ftp://hooks.example.com/x").is_err());
-        assert!(check_url("not a url").is_err());
-    }
 }
