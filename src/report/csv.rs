@@ -5,8 +5,13 @@ use std::io::Write;
 use super::{CapabilityChanges, MeetingReport, label::LabelReport};
 use crate::domain::Capabilities;
 
-/// RFC 4180 quoting: ExternalUserIds may hold commas, quotes and spaces.
+/// RFC 4180 quoting: ExternalUserIds may hold commas, quotes and spaces. A value a
+/// spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return) gets a leading `'`, so opening the file never executes an ExternalUserId.
 pub fn field(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        return format!("\"'{}\"", s.replace('"', "\"\""));
+    }
     if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -118,5 +123,13 @@ mod tests {
         assert_eq!(field("a,b"), "\"a,b\"");
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(field(" padded"), "\" padded\"");
+    }
+
+    #[test]
+    fn values_a_spreadsheet_would_run_are_defused() {
+        assert_eq!(field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(field("+1"), "\"'+1\"");
+        assert_eq!(field("@sum"), "\"'@sum\"");
+        assert_eq!(field("-2"), "\"'-2\"");
     }
 }
