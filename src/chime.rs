@@ -67,6 +67,7 @@ pub enum ChimeError {
     NotFound {
         status: u16,
         code: String,
+        retry_after: Option<Duration>,
         request_id: Option<String>,
         message: String,
     },
@@ -76,6 +77,7 @@ pub enum ChimeError {
     Forbidden {
         status: u16,
         code: String,
+        retry_after: Option<Duration>,
         request_id: Option<String>,
         message: String,
     },
@@ -86,6 +88,7 @@ pub enum ChimeError {
     Denied {
         status: u16,
         code: String,
+        retry_after: Option<Duration>,
         request_id: Option<String>,
         message: String,
     },
@@ -123,8 +126,11 @@ impl ChimeError {
         match self {
             Self::Throttled { retry_after, .. }
             | Self::Unavailable { retry_after, .. }
+            | Self::NotFound { retry_after, .. }
+            | Self::Forbidden { retry_after, .. }
+            | Self::Denied { retry_after, .. }
             | Self::Refused { retry_after, .. } => *retry_after,
-            _ => None,
+            Self::Transport { .. } | Self::Malformed { .. } => None,
         }
     }
 
@@ -952,18 +958,21 @@ fn by_class(
         Class::NotFound => ChimeError::NotFound {
             status,
             code,
+            retry_after,
             request_id,
             message,
         },
         Class::Forbidden => ChimeError::Forbidden {
             status,
             code,
+            retry_after,
             request_id,
             message,
         },
         Class::Denied => ChimeError::Denied {
             status,
             code,
+            retry_after,
             request_id,
             message,
         },
@@ -1097,16 +1106,25 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_kept_on_a_throttle_too() {
-        let t = by_class(
-            Class::Throttled,
-            429,
-            "ThrottlingException".into(),
-            Some(Duration::from_secs(3)),
-            None,
-            String::new(),
-        );
-        assert_eq!(t.retry_after(), Some(Duration::from_secs(3)));
+    fn retry_after_is_kept_on_every_status() {
+        for (class, status) in [
+            (Class::Throttled, 429),
+            (Class::Unavailable, 503),
+            (Class::Denied, 403),
+            (Class::NotFound, 404),
+            (Class::Forbidden, 403),
+            (Class::Refused, 400),
+        ] {
+            let e = by_class(
+                class,
+                status,
+                "Whatever".into(),
+                Some(Duration::from_secs(3)),
+                None,
+                String::new(),
+            );
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(3)), "{class:?}");
+        }
     }
 
     #[test]

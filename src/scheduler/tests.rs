@@ -24,12 +24,14 @@ fn error(code: &str, status: u16) -> ChimeError {
         "NotFoundException" => ChimeError::NotFound {
             status,
             code,
+            retry_after: None,
             request_id,
             message,
         },
         "ForbiddenException" => ChimeError::Forbidden {
             status,
             code,
+            retry_after: None,
             request_id,
             message,
         },
@@ -43,6 +45,7 @@ fn error(code: &str, status: u16) -> ChimeError {
         _ if status == 401 || status == 403 => ChimeError::Denied {
             status,
             code,
+            retry_after: None,
             request_id,
             message,
         },
