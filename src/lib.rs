@@ -24,4 +24,5 @@ pub mod shutdown;
 pub mod sim;
 pub mod sinks;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
