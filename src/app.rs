@@ -203,7 +203,9 @@ impl Daemon {
                 let _ = upkeep.await;
                 sinks.wait().await;
                 if owns_store
-                    && tokio::time::timeout(CLOSE_WITHIN, store.close()).await.is_err()
+                    && tokio::time::timeout(CLOSE_WITHIN, store.close())
+                        .await
+                        .is_err()
                 {
                     tracing::warn!("the database connections did not close in time");
                 }

@@ -109,7 +109,9 @@ impl Health {
     /// The database answered within [`DB_FRESH`] and is not being waited for.
     pub fn db_up(&self) -> bool {
         !self.0.waiting_for_db.load(Ordering::Relaxed)
-            && self.age(&self.0.db_answered_at).is_some_and(|a| a <= DB_FRESH)
+            && self
+                .age(&self.0.db_answered_at)
+                .is_some_and(|a| a <= DB_FRESH)
     }
 
     /// `Ok` while alive; otherwise why not.
@@ -120,7 +122,10 @@ impl Health {
             return Ok(());
         }
         let stall_after = self.0.stall_after;
-        let since = since.unwrap_or_else(|| self.0.epoch.elapsed());
+        // Before the first tick, the clock runs from the end of the wait for the database.
+        let since = since
+            .or_else(|| self.age(&self.0.db_answered_at))
+            .unwrap_or_else(|| self.0.epoch.elapsed());
         if since > stall_after {
             return Err(format!(
                 "the scheduler loop has not ticked for {}s (http.stall_after is {}s)",

@@ -326,7 +326,9 @@ impl<S: RosterSource> Scheduler<S> {
             .await
             .is_err()
         {
-            tracing::warn!("the database did not take the pending bookkeeping in time; the next start re-reads those snapshots");
+            tracing::warn!(
+                "the database did not take the pending bookkeeping in time; the next start re-reads those snapshots"
+            );
         }
     }
 

@@ -228,7 +228,10 @@ impl Polled {
 /// `work`, unless `cancel` fires first (then `None`, and `work` is dropped where it stood:
 /// a rate-budget wait, a request in flight, a retry's backoff). Only for steps that write
 /// nothing.
-async fn unless_cancelled<T>(cancel: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl Future<Output = T>,
+) -> Option<T> {
     tokio::select! {
         biased;
         () = cancel.cancelled() => None,
@@ -236,6 +239,10 @@ async fn unless_cancelled<T>(cancel: &CancellationToken, work: impl Future<Outpu
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one poll's inputs, each from a different owner (queue, store, claim, shutdown)"
+)]
 pub(super) async fn poll<S: RosterSource>(
     source: &S,
     store: &Store,
