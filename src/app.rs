@@ -3,12 +3,16 @@
 //!
 //! Building starts the operations endpoint first when `http.listen` is set (so probes answer
 //! while the rest starts), connects to the database when no store is given (waiting for an
-//! unreachable one, see `database.startup_timeout`), takes the writer lock, applies
-//! migrations when `database.migrate_on_start` says so, adds the configured `[[meetings]]`,
-//! arms the test-only fault hook ([`crate::fault`]), starts the webhook sinks and spawns the
-//! scheduler. What the daemon can do is recorded in its [`Health`] as it happens. What
-//! differs between callers is passed in, never re-implemented: the roster client (the AWS
-//! credential chain, or one pointed at a simulator), an event sink, a poll observer.
+//! unreachable one, see `database.startup_timeout`), takes the writer lock (unless
+//! [`DaemonOptions::single_writer`] is off), applies migrations when
+//! `database.migrate_on_start` says so, adds the configured `[[meetings]]`, arms the test-only
+//! fault hook ([`crate::fault`]), starts the webhook sinks and spawns the scheduler. What the
+//! daemon can do is recorded in its [`Health`] as it happens; a monitor task turns that into
+//! the `roster_sync_ready` / `_database_up` / `_scheduler_last_tick_timestamp_seconds` gauges
+//! and systemd notifications ([`crate::systemd`]: `READY=1` once ready, `WATCHDOG=1` while
+//! live, `STOPPING=1`). Stopping closes the pool once the scheduler has drained. What differs
+//! between callers is passed in, never re-implemented: the roster client (the AWS credential
+//! chain, or one pointed at a simulator), an event sink, a poll observer.
 //!
 //! It must never parse arguments or print to stdout (that is the commands' job), and never
 //! decide when to stop: the caller's [`CancellationToken`] does.
@@ -29,16 +33,22 @@ use crate::http::Ops;
 use crate::redact::redact_url;
 use crate::scheduler::{PollReport, Scheduler, SchedulerOptions};
 use crate::store::{AddOutcome, Store, StoredEvent};
+use crate::systemd::Notifier;
 
 /// How often the metrics recorder's upkeep (histogram maintenance) runs.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the monitor turns [`Health`] into gauges, readiness and watchdog pings.
+const MONITOR_EVERY: Duration = Duration::from_millis(250);
+
+/// How long closing the pool may take at the end of a stop.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 /// Called with every finished poll, on the scheduler's task: quick work only.
 pub type PollObserver = Box<dyn Fn(&PollReport<'_>) + Send + Sync>;
 
 /// What a caller adds to the daemon the configuration describes. The default is what
 /// `roster-sync run` uses.
-#[derive(Default)]
 pub struct DaemonOptions {
     /// The roster client to poll with. `None`: one built from the configuration with the
     /// standard AWS credential chain. The demo, the benchmark and the tests pass a client
@@ -48,6 +58,20 @@ pub struct DaemonOptions {
     pub events: Option<broadcast::Sender<StoredEvent>>,
     /// Sees every finished poll (the benchmark's sweep tracking).
     pub poll_observer: Option<PollObserver>,
+    /// Take the store's writer lock, so a second daemon on the same database is refused
+    /// (default). `cluster.enabled` turns it off: there, meeting leases keep replicas apart.
+    pub single_writer: bool,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            client: None,
+            events: None,
+            poll_observer: None,
+            single_writer: true,
+        }
+    }
 }
 
 /// A running daemon. It stops when the token given to [`Daemon::build`] is cancelled;
@@ -56,7 +80,7 @@ pub struct Daemon {
     cancel: CancellationToken,
     client: Arc<ChimeClient>,
     http_addr: Option<SocketAddr>,
-    task: JoinHandle<()>,
+    task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Daemon {
@@ -76,6 +100,8 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let health = Health::new(settings.http.stall_after);
         let ops = Ops::install(health.clone());
+        let notifier = Notifier::from_env();
+        let monitor = tokio::spawn(monitor(health.clone(), notifier.clone(), cancel.clone()));
         let http = if settings.http.listen.is_empty() {
             None
         } else {
@@ -88,6 +114,8 @@ impl Daemon {
         };
         let http_addr = http.as_ref().map(|(addr, _)| *addr);
 
+        // A store the caller gave is the caller's to close; one opened here is closed here.
+        let owns_store = store.is_none();
         let store = match store {
             Some(store) => store,
             None => {
@@ -105,7 +133,9 @@ impl Daemon {
             }
         };
         health.db_answered();
-        store.acquire_writer_lock().await?;
+        if options.single_writer {
+            store.acquire_writer_lock().await?;
+        }
         if settings.database.migrate_on_start {
             store.migrate().await.context("applying migrations")?;
         }
@@ -124,7 +154,7 @@ impl Daemon {
         };
         let mut scheduler = Scheduler::new(
             Arc::clone(&client),
-            store,
+            store.clone(),
             SchedulerOptions::from_settings(settings),
         )
         .with_health(health.clone());
@@ -141,21 +171,55 @@ impl Daemon {
             rate = settings.rate.requests_per_second,
             "roster-sync running"
         );
+        let lost = store.writer_lock_lost();
         let task = {
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 let upkeep = tokio::spawn(upkeep(ops.clone(), cancel.clone()));
-                scheduler.run(cancel.clone()).await;
-                health.set_stopping();
+                let lost_lock = {
+                    let cancel = cancel.clone();
+                    async move {
+                        tokio::select! {
+                            () = lost.cancelled() => true,
+                            () = cancel.cancelled() => false,
+                        }
+                    }
+                };
+                let stop = {
+                    let cancel = cancel.clone();
+                    let health = health.clone();
+                    let notifier = notifier.clone();
+                    async move {
+                        cancel.cancelled().await;
+                        health.set_stopping();
+                        notifier.stopping();
+                    }
+                };
+                let (lost_lock, (), ()) =
+                    tokio::join!(lost_lock, stop, scheduler.run(cancel.clone()));
                 // The scheduler stops only when cancelled; this also covers a future early
                 // return, so the endpoint and the upkeep never outlive it.
                 cancel.cancel();
                 let _ = upkeep.await;
                 sinks.wait().await;
+                if owns_store
+                    && tokio::time::timeout(CLOSE_WITHIN, store.close())
+                        .await
+                        .is_err()
+                {
+                    tracing::warn!("the database connections did not close in time");
+                }
                 if let Some((_, served)) = http {
                     let _ = served.await;
                 }
+                let _ = monitor.await;
                 tracing::info!("roster-sync stopped");
+                if lost_lock {
+                    anyhow::bail!(
+                        "stopped: another roster-sync took this database's writer lock while the database was unreachable"
+                    );
+                }
+                Ok(())
             })
         };
         Ok(Daemon {
@@ -186,9 +250,10 @@ impl Daemon {
     /// (up to `shutdown.grace`) and pending bookkeeping written.
     ///
     /// # Errors
-    /// The daemon's task panicked.
+    /// The daemon's task panicked, or the daemon stopped because another process took its
+    /// writer lock.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("the daemon task failed")
+        self.task.await.context("the daemon task failed")?
     }
 
     /// Cancels the token and waits as [`Daemon::wait`].
@@ -235,6 +300,53 @@ async fn add_configured_meetings(settings: &Settings, store: &Store) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// Until `cancel` fires: publishes the health gauges, tells systemd once the daemon is ready
+/// and what it is doing, and pings the watchdog while the daemon is live (so a scheduler loop
+/// that stopped ticking stops the pings, and systemd restarts the process).
+async fn monitor(health: Health, notifier: Notifier, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(MONITOR_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watchdog_every = notifier.watchdog_every();
+    let mut pinged: Option<tokio::time::Instant> = None;
+    let mut ready_sent = false;
+    let mut status = String::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let ready = health.ready();
+        metrics::gauge!("roster_sync_ready").set(if ready.is_ok() { 1.0 } else { 0.0 });
+        metrics::gauge!("roster_sync_database_up").set(if health.db_up() { 1.0 } else { 0.0 });
+        if let Some(since) = health.since_tick() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            metrics::gauge!("roster_sync_scheduler_last_tick_timestamp_seconds")
+                .set(now.saturating_sub(since).as_secs_f64());
+        }
+        let now_status = match &ready {
+            Ok(()) => "ready: polling".to_owned(),
+            Err(why) => format!("not ready: {}", why.join("; ")),
+        };
+        if ready.is_ok() && !ready_sent {
+            notifier.ready(&now_status);
+            ready_sent = true;
+        } else if now_status != status {
+            notifier.status(&now_status);
+        }
+        status = now_status;
+        if let Some(ping_every) = watchdog_every {
+            let now = tokio::time::Instant::now();
+            let due = pinged.is_none_or(|t| now.duration_since(t) >= ping_every);
+            if due && health.live().is_ok() {
+                notifier.watchdog();
+                pinged = Some(now);
+            }
+        }
+    }
 }
 
 /// Runs the metrics recorder's upkeep until `cancel` fires.

@@ -211,8 +211,15 @@ async fn run_daemon(mut settings: Settings, args: RunArgs) -> anyhow::Result<()>
         settings.database.migrate_on_start = false;
     }
     let cancel = crate::shutdown::on_signals();
-    let daemon = Daemon::build(&settings, None, cancel, DaemonOptions::default()).await?;
-    daemon.wait().await
+    match Daemon::build(&settings, None, cancel.clone(), DaemonOptions::default()).await {
+        Ok(daemon) => daemon.wait().await,
+        // Asked to stop while it waited for the database: a clean stop, not a failure.
+        Err(e) if cancel.is_cancelled() => {
+            tracing::info!(reason = %format!("{e:#}"), "stopped before the daemon was running");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<()> {

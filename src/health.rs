@@ -1,9 +1,11 @@
 //! What `/healthz` and `/readyz` report: facts the daemon's parts record as they happen, read
 //! by the operations endpoint.
 //!
-//! - **Live** (`/healthz`): the scheduler loop has ticked within `stall_after`, or the daemon
-//!   is waiting for its database (waiting is not a stall). A loop stuck on a database call that
-//!   hangs stops ticking, and liveness fails so the supervisor restarts the process.
+//! - **Live** (`/healthz`, and systemd's watchdog pings): the scheduler loop has ticked within
+//!   `stall_after`, or the daemon is still waiting for its database at start (waiting is not a
+//!   stall), or it is stopping. Once running, a loop that waits for a database that went away
+//!   keeps ticking (each attempt is bounded by the pool's acquire timeout), while a loop stuck
+//!   on a call that hangs stops ticking: liveness fails so the supervisor restarts the process.
 //! - **Ready** (`/readyz`): the database answered within [`DB_FRESH`], migrations are applied,
 //!   the meeting list is loaded, and no region's credentials are refused.
 //!
@@ -99,15 +101,30 @@ impl Health {
         self.0.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// How long ago the scheduler loop last ticked; `None` before its first tick.
+    pub fn since_tick(&self) -> Option<Duration> {
+        self.age(&self.0.ticked_at)
+    }
+
+    /// The database answered within [`DB_FRESH`] and is not being waited for.
+    pub fn db_up(&self) -> bool {
+        !self.0.waiting_for_db.load(Ordering::Relaxed)
+            && self
+                .age(&self.0.db_answered_at)
+                .is_some_and(|a| a <= DB_FRESH)
+    }
+
     /// `Ok` while alive; otherwise why not.
     pub fn live(&self) -> Result<(), String> {
-        if self.0.waiting_for_db.load(Ordering::Relaxed) || self.0.stopping.load(Ordering::Relaxed)
-        {
+        let since = self.age(&self.0.ticked_at);
+        let starting = since.is_none() && self.0.waiting_for_db.load(Ordering::Relaxed);
+        if starting || self.0.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
         let stall_after = self.0.stall_after;
-        let since = self
-            .age(&self.0.ticked_at)
+        // Before the first tick, the clock runs from the end of the wait for the database.
+        let since = since
+            .or_else(|| self.age(&self.0.db_answered_at))
             .unwrap_or_else(|| self.0.epoch.elapsed());
         if since > stall_after {
             return Err(format!(
@@ -174,7 +191,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_loop_that_stops_ticking_is_not_live_unless_it_waits_for_its_database() {
+    async fn waiting_for_the_database_at_start_is_not_a_stall() {
+        let h = Health::new(Duration::from_secs(60));
+        h.waiting_for_db();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(h.live().is_ok(), "waiting for the database is not a stall");
+        h.db_answered();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(h.live().is_err(), "the loop never started");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_loop_that_stops_ticking_is_not_live_even_while_the_database_is_away() {
         let h = Health::new(Duration::from_secs(60));
         h.ticked();
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -182,9 +210,14 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(h.live().is_err());
         h.waiting_for_db();
-        assert!(h.live().is_ok(), "waiting for the database is not a stall");
-        h.db_answered();
+        assert!(
+            h.live().is_err(),
+            "a loop that waits for its database keeps ticking; one that does not is stuck"
+        );
         h.ticked();
         assert!(h.live().is_ok());
+        h.set_stopping();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(h.live().is_ok(), "stopping is not a stall");
     }
 }

@@ -25,4 +25,5 @@ pub mod signing;
 pub mod sim;
 pub mod sinks;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;

@@ -52,6 +52,10 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// While the database does not answer, it is asked again this often.
 const DB_RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// At shutdown the pending bookkeeping gets at least this long, even when stuck writes used up
+/// the grace period.
+const FLUSH_AT_STOP_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// Scheduling knobs, from `[poll]` and `[shutdown]`.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
@@ -158,6 +162,9 @@ pub struct Scheduler<S: RosterSource> {
     /// The last read of the meeting list failed: no poll is launched (its result could not be
     /// recorded) and the list is re-read every [`DB_RETRY_EVERY`] until the database answers.
     db_down: bool,
+    /// Each poll task gets a child of this token; [`Scheduler::run`] makes it a child of the
+    /// token it stops by, so shutdown cancels every poll's fetch at once.
+    polls_cancel: CancellationToken,
 }
 
 impl<S: RosterSource> Scheduler<S> {
@@ -181,6 +188,7 @@ impl<S: RosterSource> Scheduler<S> {
             observer: None,
             health: None,
             db_down: false,
+            polls_cancel: CancellationToken::new(),
         }
     }
 
@@ -206,9 +214,11 @@ impl<S: RosterSource> Scheduler<S> {
         self
     }
 
-    /// Runs until `cancel` fires, then stops launching polls, waits up to the grace period
-    /// for in-flight polls to finish their transaction, and writes the pending bookkeeping.
+    /// Runs until `cancel` fires, then launches nothing new: every poll's fetch, rate-budget
+    /// wait and confirmation is cancelled with it (see [`poll`]), the polls already writing
+    /// get up to the grace period to commit, and the pending bookkeeping is written.
     pub async fn run(mut self, cancel: CancellationToken) {
+        self.polls_cancel = cancel.child_token();
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -219,7 +229,13 @@ impl<S: RosterSource> Scheduler<S> {
                 }
                 _ = ticker.tick() => {}
             }
-            self.tick().await;
+            // A tick only reads the meeting list and writes unchanged polls' bookkeeping, which
+            // may be dropped half-way (it only widens the next change window): a database call
+            // that hangs must not hold up the stop.
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                () = self.tick() => {}
+            }
         }
         self.drain().await;
     }
@@ -274,12 +290,15 @@ impl<S: RosterSource> Scheduler<S> {
         }
     }
 
-    /// Waits for every in-flight poll to finish (or the grace period to pass), then writes
-    /// the bookkeeping of the unchanged polls.
+    /// Waits for every in-flight poll to end (those still fetching end at once, cancelled; those
+    /// writing commit or roll back) or the grace period to pass, then writes the bookkeeping of
+    /// the unchanged polls, bounded by what is left of the grace period (at least
+    /// [`FLUSH_AT_STOP_AT_LEAST`]).
     async fn drain(&mut self) {
+        self.polls_cancel.cancel();
         let in_flight = self.running.len();
         if in_flight > 0 {
-            tracing::info!(in_flight, grace = ?self.opts.shutdown_grace, "draining in-flight polls");
+            tracing::info!(in_flight, grace = ?self.opts.shutdown_grace, "stopping in-flight polls: fetches are cancelled, writes may finish");
         }
         let deadline = Instant::now() + self.opts.shutdown_grace;
         while !self.running.is_empty() {
@@ -302,7 +321,15 @@ impl<S: RosterSource> Scheduler<S> {
                 }
             }
         }
-        self.flush_bookkeeping().await;
+        let flush_by = deadline.max(Instant::now() + FLUSH_AT_STOP_AT_LEAST);
+        if tokio::time::timeout_at(flush_by, self.flush_bookkeeping())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the database did not take the pending bookkeeping in time; the next start re-reads those snapshots"
+            );
+        }
     }
 
     /// Re-reads the meeting list if it changed (a one-row probe says so) or a full read is
@@ -423,6 +450,7 @@ impl<S: RosterSource> Scheduler<S> {
         let region = Arc::clone(&self.queue.regions[r].region);
         let source = Arc::clone(&self.source);
         let store = self.store.clone();
+        let cancel = self.polls_cancel.child_token();
         // Debug level: at the default info level the span costs nothing per poll; the
         // warnings of a failed poll name the meeting themselves.
         let span = tracing::debug_span!("poll", meeting_id = %id, region = %region);
@@ -437,6 +465,7 @@ impl<S: RosterSource> Scheduler<S> {
                     known,
                     Bookkeeping::Deferred,
                     &claim,
+                    &cancel,
                 )
                 .await;
                 drop(claim);
@@ -521,7 +550,9 @@ impl<S: RosterSource> Scheduler<S> {
             PollOutcome::Failed(f) if f.denied => {
                 Evidence::Denied(f.code.as_deref().unwrap_or_default())
             }
-            PollOutcome::Conflict | PollOutcome::Failed(_) => Evidence::Neither,
+            PollOutcome::Conflict | PollOutcome::Failed(_) | PollOutcome::Cancelled => {
+                Evidence::Neither
+            }
         };
         let meetings = self.queue.regions[region].meetings;
         let transition = self.queue.regions[region].breaker.observe(
@@ -556,6 +587,7 @@ impl<S: RosterSource> Scheduler<S> {
                 state.removed = true;
                 (None, events)
             }
+            PollOutcome::Cancelled => (Some(now), Vec::new()),
             PollOutcome::Conflict => {
                 tracing::info!(meeting_id = %id, "snapshot changed elsewhere; re-reading it next poll");
                 self.refreshed_at = None;

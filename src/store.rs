@@ -267,10 +267,12 @@ pub struct AttendanceRow {
 }
 
 /// A pool of connections to the roster-sync database. Cheap to clone: clones share the pool
-/// (and, on SQLite, the writer lock, released when the last clone is dropped).
+/// and the writer lock, released when the last clone is dropped or the store is closed.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// On Postgres, once taken: the connection that holds the writer lock. Unused on SQLite.
+    pg_writer: std::sync::Arc<postgres::WriterLock>,
 }
 
 #[derive(Clone, Debug)]
@@ -309,7 +311,10 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            pg_writer: Default::default(),
+        })
     }
 
     /// [`Store::connect`], retried while the database is unreachable: with capped exponential
@@ -356,8 +361,10 @@ impl Store {
     }
 
     /// Closes the pool: waits for the connections in use to come back, then closes every
-    /// connection, so the database sees clean disconnects at shutdown. Queries after this fail.
+    /// connection (the writer lock's too), so the database sees clean disconnects at shutdown.
+    /// Queries after this fail.
     pub async fn close(&self) {
+        self.pg_writer.release().await;
         match &self.db {
             Db::Postgres(pool) => pool.close().await,
             Db::Sqlite(db) => db.pool.close().await,
@@ -378,21 +385,34 @@ impl Store {
     }
 
     /// Makes this the only process writing polls to the database, for as long as the store
-    /// (or a clone of it) lives. Idempotent.
+    /// (or a clone of it) lives or until [`Store::close`]. Idempotent. Two daemons on one
+    /// database would poll every meeting twice and their snapshots would fight (the
+    /// `poll_seq` fence keeps each poll whole, not the pair sensible). Several replicas share
+    /// a Postgres database only with `cluster.enabled`, whose meeting leases replace this lock:
+    /// the daemon then does not take it.
     ///
-    /// SQLite: an exclusive OS lock on `<database>.lock`, so two daemons on one file (whose
-    /// snapshots would fight) refuse to start. Postgres: nothing; one replica per database is
-    /// the deployment's job (several would poll every meeting twice, though the `poll_seq`
-    /// fence still keeps each poll whole).
+    /// SQLite: an exclusive OS lock on `<database>.lock`. Postgres: a session-level advisory
+    /// lock (`pg_try_advisory_lock`) on a dedicated connection held for the store's life. When
+    /// that connection drops (the server restarted), the lock is taken again as soon as the
+    /// database answers; if another process took it meanwhile, [`Store::writer_lock_lost`]
+    /// fires and the holder must stop writing.
     ///
     /// # Errors
-    /// [`StoreError::Locked`] when another process holds the lock; [`StoreError::File`] when the
-    /// lock file cannot be opened.
+    /// [`StoreError::Locked`] when another process holds the lock (the message names the
+    /// database); [`StoreError::File`] when the SQLite lock file cannot be opened;
+    /// [`StoreError::Connect`] / [`StoreError::Sqlx`] when Postgres cannot be asked.
     pub async fn acquire_writer_lock(&self) -> Result<()> {
         match &self.db {
-            Db::Postgres(_) => Ok(()),
+            Db::Postgres(pool) => self.pg_writer.acquire(pool).await,
             Db::Sqlite(db) => db.acquire_writer_lock(),
         }
+    }
+
+    /// Cancelled when the writer lock was lost to another process (Postgres only, after the
+    /// lock's connection dropped and someone else took the lock before it was back). A fresh,
+    /// never-cancelled token when no lock was taken.
+    pub fn writer_lock_lost(&self) -> tokio_util::sync::CancellationToken {
+        self.pg_writer.lost()
     }
 
     /// Starts tracking a meeting. Idempotent: an active meeting in the same region stays as it

@@ -98,4 +98,17 @@ pub fn describe_metrics() {
         "Active meetings the scheduler polls."
     );
     describe_gauge!("roster_sync_polls_in_flight", "Polls running now.");
+    describe_gauge!(
+        "roster_sync_ready",
+        "1 while /readyz answers 200 (database answered recently, migrations applied, meeting list loaded, no region refusing credentials), else 0."
+    );
+    describe_gauge!(
+        "roster_sync_database_up",
+        "1 while the database answered within the last 15 s and is not being waited for, else 0."
+    );
+    describe_gauge!(
+        "roster_sync_scheduler_last_tick_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the scheduler loop's last tick; a stuck loop stops advancing it."
+    );
 }

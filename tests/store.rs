@@ -1072,13 +1072,33 @@ async fn a_url_of_another_database_is_refused_without_its_password() {
 }
 
 #[tokio::test]
-async fn a_store_on_postgres_says_so() {
+async fn a_second_writer_on_the_same_postgres_database_is_refused_until_the_first_closes() {
     if let Some(db) = common::postgres_db().await {
         assert_eq!(db.store.backend(), Backend::Postgres);
+        let first = Store::connect(&db.url, 1).await.unwrap();
+        first.acquire_writer_lock().await.unwrap();
+        first
+            .acquire_writer_lock()
+            .await
+            .expect("taking it twice is fine");
+
+        let err = db.store.acquire_writer_lock().await.unwrap_err();
+
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("another roster-sync"), "{message}");
+        let name = db.url.rsplit('/').next().unwrap();
+        assert!(message.contains(name), "names the database: {message}");
+        db.store
+            .list_meetings()
+            .await
+            .expect("reading needs no writer lock");
+
+        first.close().await;
         db.store
             .acquire_writer_lock()
             .await
-            .expect("a no-op on Postgres");
+            .expect("free once the first store is closed");
         db.finish().await;
     }
 }

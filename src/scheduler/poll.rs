@@ -13,11 +13,23 @@
 //!   requests. `NotFoundException` confirms the departure; a 200 puts the attendee back into
 //!   the roster; anything else fails the poll.
 //!
+//! **Shutdown cancels everything but the write.** A poll is all or nothing, so a poll whose
+//! fetch is interrupted has nothing to save: the snapshot reads, the fetch (its rate-budget
+//! waits, its retries and their backoff included) and the `GetMeeting` / `GetAttendee`
+//! confirmations are each raced against the poll's cancellation token (a child of the
+//! scheduler's), and the poll ends as [`PollOutcome::Cancelled`] having written nothing. The
+//! store writes (`apply`, `end_meeting`, `record_failure`) are never raced: once a transaction
+//! has begun it is left to commit or roll back, and the scheduler bounds how long it waits for
+//! that by `shutdown.grace`.
+//!
 //! It never writes outside `store.apply`, `store.end_meeting` and `store.record_failure`,
 //! never diffs a partial roster, and knows nothing of queues or timers.
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::chime::{ChimeError, NoPause, Operation, Pause, RosterSource};
 use crate::diff;
@@ -40,6 +52,8 @@ pub enum PollOutcome {
     /// The roster could not be fetched or confirmed, or the database refused: nothing was
     /// recorded but the failure itself.
     Failed(PollFailure),
+    /// Shutdown interrupted the poll before it began writing: nothing was recorded.
+    Cancelled,
 }
 
 /// [`PollOutcome`] without its payload: what metrics, logs and observers need.
@@ -50,6 +64,7 @@ pub enum PollKind {
     Ended,
     Conflict,
     Failed,
+    Cancelled,
 }
 
 impl PollKind {
@@ -61,6 +76,7 @@ impl PollKind {
             Self::Ended => "ended",
             Self::Conflict => "conflict",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -78,6 +94,7 @@ impl PollOutcome {
             Self::Ended(_) => PollKind::Ended,
             Self::Conflict => PollKind::Conflict,
             Self::Failed(_) => PollKind::Failed,
+            Self::Cancelled => PollKind::Cancelled,
         }
     }
 }
@@ -166,6 +183,7 @@ pub async fn poll_once<S: RosterSource>(
         known,
         Bookkeeping::Now,
         &NoPause,
+        &CancellationToken::new(),
     )
     .await;
     (polled.outcome, polled.known)
@@ -200,8 +218,31 @@ impl Polled {
             deferred: None,
         }
     }
+
+    /// Shutdown interrupted the poll; what it knew still holds, since nothing was written.
+    fn cancelled(known: Option<Known>) -> Self {
+        Self::plain(PollOutcome::Cancelled, known)
+    }
 }
 
+/// `work`, unless `cancel` fires first (then `None`, and `work` is dropped where it stood:
+/// a rate-budget wait, a request in flight, a retry's backoff). Only for steps that write
+/// nothing.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => None,
+        done = work => Some(done),
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one poll's inputs, each from a different owner (queue, store, claim, shutdown)"
+)]
 pub(super) async fn poll<S: RosterSource>(
     source: &S,
     store: &Store,
@@ -210,28 +251,40 @@ pub(super) async fn poll<S: RosterSource>(
     known: Option<Known>,
     bookkeeping: Bookkeeping,
     pause: &dyn Pause,
+    cancel: &CancellationToken,
 ) -> Polled {
     let (known, mut snapshot) = match known {
         Some(k) => (k, None),
-        None => match store.snapshot(meeting).await {
-            Ok(s) => (Known::of(&s), Some(s)),
-            Err(e) => {
+        None => match unless_cancelled(cancel, store.snapshot(meeting)).await {
+            None => return Polled::cancelled(None),
+            Some(Ok(s)) => (Known::of(&s), Some(s)),
+            Some(Err(e)) => {
                 let failed = PollFailure::store(format!("cannot read snapshot: {e}"));
                 return Polled::plain(PollOutcome::Failed(failed), None);
             }
         },
     };
     let started_at = domain::now();
-    let fetched = match source.fetch_roster(meeting, region, pause).await {
+    let Some(fetched) = unless_cancelled(cancel, source.fetch_roster(meeting, region, pause)).await
+    else {
+        return Polled::cancelled(Some(known));
+    };
+    let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
             let answered_before = known.last_polled_at.is_some();
-            return match confirm_end(source, meeting, region, &e, answered_before).await {
-                Ok(()) => {
+            let confirmed = unless_cancelled(
+                cancel,
+                confirm_end(source, meeting, region, &e, answered_before),
+            )
+            .await;
+            return match confirmed {
+                None => Polled::cancelled(Some(known)),
+                Some(Ok(())) => {
                     let (outcome, known) = end(store, meeting, known).await;
                     Polled::plain(outcome, known)
                 }
-                Err(failure) => failed(store, meeting, failure, known).await,
+                Some(Err(failure)) => failed(store, meeting, failure, known).await,
             };
         }
     };
@@ -242,10 +295,11 @@ pub(super) async fn poll<S: RosterSource>(
         Vec::new()
     } else {
         if snapshot.is_none() {
-            match store.snapshot(meeting).await {
-                Ok(s) if s.poll_seq == known.poll_seq => snapshot = Some(s),
-                Ok(_) => return Polled::plain(PollOutcome::Conflict, None),
-                Err(e) => {
+            match unless_cancelled(cancel, store.snapshot(meeting)).await {
+                None => return Polled::cancelled(Some(known)),
+                Some(Ok(s)) if s.poll_seq == known.poll_seq => snapshot = Some(s),
+                Some(Ok(_)) => return Polled::plain(PollOutcome::Conflict, None),
+                Some(Err(e)) => {
                     let failed = PollFailure::store(format!("cannot read snapshot: {e}"));
                     return Polled::plain(PollOutcome::Failed(failed), None);
                 }
@@ -259,11 +313,16 @@ pub(super) async fn poll<S: RosterSource>(
         if pages > 1 && changes.iter().any(|c| c.kind == EventKind::Left) {
             // Confirmations spend other operations' budgets: the page window is free meanwhile.
             pause.paused(true);
-            let confirmed = confirm_departures(source, meeting, region, &changes).await;
+            let confirmed = unless_cancelled(
+                cancel,
+                confirm_departures(source, meeting, region, &changes),
+            )
+            .await;
             pause.paused(false);
             match confirmed {
-                Ok(present) if present.is_empty() => changes,
-                Ok(present) => {
+                None => return Polled::cancelled(Some(known)),
+                Some(Ok(present)) if present.is_empty() => changes,
+                Some(Ok(present)) => {
                     let skipped = present.len();
                     metrics::counter!("roster_sync_paging_skips_total").increment(skipped as u64);
                     tracing::info!(
@@ -277,7 +336,7 @@ pub(super) async fn poll<S: RosterSource>(
                     fingerprint = roster.fingerprint();
                     diff::diff(previous, &roster)
                 }
-                Err(failure) => return failed(store, meeting, failure, known).await,
+                Some(Err(failure)) => return failed(store, meeting, failure, known).await,
             }
         } else {
             changes

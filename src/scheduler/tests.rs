@@ -410,6 +410,7 @@ async fn bookkeeping_of_a_meeting_removed_meanwhile_is_refused() {
         known,
         Bookkeeping::Deferred,
         &crate::chime::NoPause,
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await;
     assert!(matches!(second.outcome, PollOutcome::Unchanged));

@@ -1,6 +1,6 @@
-//! The Postgres backend: connecting, and the statements whose SQL only Postgres speaks (the
-//! `UNNEST` bulk insert, the advisory lock that orders event commits). Everything else is in
-//! `store/shared.rs`.
+//! The Postgres backend: connecting, the statements whose SQL only Postgres speaks (the
+//! `UNNEST` bulk insert, the advisory lock that orders event commits) and the writer lock that
+//! keeps a second daemon off the database. Everything else is in `store/shared.rs`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +23,18 @@ super::alerting::alerting_queries!();
 /// How long to wait for a connection before reporting the database unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Every session's `lock_timeout`: a statement that waits this long for a lock another session
+/// holds fails instead of hanging, so the scheduler loop (which treats the failure like a
+/// database that does not answer) keeps ticking, and a stuck stop stays bounded.
+const LOCK_TIMEOUT: &str = "10s";
+
+/// Key of the session-level advisory lock that makes one daemon the database's only writer;
+/// see [`WriterLock`]. The bytes spell "rstrwrtr".
+const WRITER_LOCK: i64 = 0x7273_7472_7772_7472;
+
+/// How often the writer lock's connection is checked.
+const WRITER_LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Key of the transaction-scoped advisory lock every event writer takes; see
 /// [`serialize_event_writers`]. The bytes spell "rstrevnt".
 const EVENT_WRITERS_LOCK: i64 = 0x7273_7472_6576_6e74;
@@ -34,7 +46,8 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     };
     let options = PgConnectOptions::from_str(url)
         .map_err(failed)?
-        .application_name("roster-sync");
+        .application_name("roster-sync")
+        .options([("lock_timeout", LOCK_TIMEOUT)]);
     // One plain connection first: the pool retries a refused connection until its acquire
     // timeout and then reports only that it timed out, while this says why (refused, unknown
     // host, bad password).
@@ -156,4 +169,134 @@ pub(super) async fn record_unchanged_polls(
     .fetch_all(pool)
     .await?;
     Ok(recorded.into_iter().collect())
+}
+
+/// The writer lock of one database: `pg_try_advisory_lock` on a connection of its own, kept
+/// open (and checked every [`WRITER_LOCK_CHECK_EVERY`]) by a task for the store's life. When
+/// the connection drops the server has released the lock; the task takes it again as soon as
+/// the database answers, or, if another process got it first, cancels [`WriterLock::lost`].
+#[derive(Debug, Default)]
+pub(crate) struct WriterLock {
+    held: tokio::sync::Mutex<Option<Keeper>>,
+    lost: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Debug)]
+struct Keeper {
+    /// Cancelling it (or dropping it with the last store clone) closes the lock's connection.
+    _stop: tokio_util::sync::DropGuard,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WriterLock {
+    pub(crate) async fn acquire(&self, pool: &PgPool) -> Result<()> {
+        let mut held = self.held.lock().await;
+        if held.is_some() {
+            return Ok(());
+        }
+        let options = pool.connect_options();
+        let conn = match try_lock(&options).await? {
+            Some(conn) => conn,
+            None => return Err(StoreError::Locked(refusal(&options))),
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(keep(conn, options, stop.clone(), self.lost.clone()));
+        *held = Some(Keeper {
+            _stop: stop.clone().drop_guard(),
+            stop,
+            task,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn lost(&self) -> tokio_util::sync::CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Closes the lock's connection, which releases the lock.
+    pub(crate) async fn release(&self) {
+        if let Some(keeper) = self.held.lock().await.take() {
+            keeper.stop.cancel();
+            let _ = keeper.task.await;
+        }
+    }
+}
+
+/// A new connection holding the writer lock, or `None` when another session holds it.
+async fn try_lock(options: &PgConnectOptions) -> Result<Option<PgConnection>> {
+    let mut conn = PgConnection::connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect {
+            url: describe(options),
+            source,
+        })?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(WRITER_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    if locked {
+        Ok(Some(conn))
+    } else {
+        let _ = conn.close().await;
+        Ok(None)
+    }
+}
+
+/// Keeps the lock's connection open until `stop`; retakes the lock after the connection drops.
+async fn keep(
+    mut conn: PgConnection,
+    options: std::sync::Arc<PgConnectOptions>,
+    stop: tokio_util::sync::CancellationToken,
+    lost: tokio_util::sync::CancellationToken,
+) {
+    let database = describe(&options);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => {
+                let _ = conn.close().await;
+                return;
+            }
+            () = tokio::time::sleep(WRITER_LOCK_CHECK_EVERY) => {}
+        }
+        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+            continue;
+        }
+        tracing::warn!(%database, "the writer lock's connection dropped; taking the lock again when the database answers");
+        conn = loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(WRITER_LOCK_CHECK_EVERY) => {}
+            }
+            match try_lock(&options).await {
+                Ok(Some(conn)) => {
+                    tracing::info!(%database, "writer lock held again");
+                    break conn;
+                }
+                Ok(None) => {
+                    tracing::error!(%database, "another roster-sync took the writer lock while the database was unreachable; this one must stop writing");
+                    lost.cancel();
+                    return;
+                }
+                Err(_) => {}
+            }
+        };
+    }
+}
+
+/// `host:port/database` of a connection's options (never a password).
+fn describe(options: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    )
+}
+
+fn refusal(options: &PgConnectOptions) -> String {
+    format!(
+        "database {} is already in use: another roster-sync holds its writer lock (one daemon per database; several replicas need cluster.enabled)",
+        describe(options)
+    )
 }

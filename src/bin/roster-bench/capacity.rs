@@ -159,6 +159,7 @@ pub async fn measure(
             client: Some(Arc::clone(&client)),
             events: Some(tx),
             poll_observer: Some(Box::new(observer)),
+            ..DaemonOptions::default()
         },
     )
     .await?;
