@@ -5,7 +5,8 @@
 //! while the rest starts), connects to the database when no store is given (waiting for an
 //! unreachable one, see `database.startup_timeout`), takes the writer lock, applies
 //! migrations when `database.migrate_on_start` says so, adds the configured `[[meetings]]`,
-//! arms the test-only fault hook ([`crate::fault`]), starts the webhook sinks and spawns the
+//! arms the test-only fault hook ([`crate::fault`]), starts the webhook sinks and the
+//! retention task ([`crate::retention`], when `retention.events` is set) and spawns the
 //! scheduler. What the daemon can do is recorded in its [`Health`] as it happens. What
 //! differs between callers is passed in, never re-implemented: the roster client (the AWS
 //! credential chain, or one pointed at a simulator), an event sink, a poll observer.
@@ -116,6 +117,7 @@ impl Daemon {
         }
         let sinks = tokio_util::task::TaskTracker::new();
         crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &sinks)?;
+        crate::retention::spawn(settings, store.clone(), cancel.clone(), &sinks);
         sinks.close();
 
         let client = match options.client {
