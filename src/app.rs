@@ -6,7 +6,8 @@
 //! unreachable one, see `database.startup_timeout`), takes the writer lock (unless
 //! [`DaemonOptions::single_writer`] is off), applies migrations when
 //! `database.migrate_on_start` says so, adds the configured `[[meetings]]`, arms the test-only
-//! fault hook ([`crate::fault`]), starts the webhook sinks and spawns the scheduler. What the
+//! fault hook ([`crate::fault`]), starts the webhook sinks and the retention task
+//! ([`crate::retention`], when `retention.events` is set) and spawns the scheduler. What the
 //! daemon can do is recorded in its [`Health`] as it happens; a monitor task turns that into
 //! the `roster_sync_ready` / `_database_up` / `_scheduler_last_tick_timestamp_seconds` gauges
 //! and systemd notifications ([`crate::systemd`]: `READY=1` once ready, `WATCHDOG=1` while
@@ -146,6 +147,7 @@ impl Daemon {
         }
         let sinks = tokio_util::task::TaskTracker::new();
         crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &sinks)?;
+        crate::retention::spawn(settings, store.clone(), cancel.clone(), &sinks);
         sinks.close();
 
         let client = match options.client {

@@ -44,6 +44,8 @@ pub enum Command {
     Events(crate::events::EventsArgs),
     /// Run the Chime-compatible simulator (for tests and trials; never a real endpoint).
     Sim(crate::sim::SimArgs),
+    /// Erase one person: their events and current-roster rows (asks first; see --yes).
+    Forget(crate::forget::ForgetArgs),
     /// Simulator + daemon + live events, zero setup.
     Demo(crate::demo::DemoArgs),
     /// Print the effective configuration with secrets redacted; exit non-zero if invalid.
@@ -192,6 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Meetings(cmd) => meetings(&settings, cmd).await,
         Command::Report(args) => report(&settings, args).await,
         Command::Events(args) => crate::events::run(&settings, args).await,
+        Command::Forget(args) => crate::forget::run(&settings, args).await,
         Command::Demo(args) => {
             crate::demo::run(&settings, args, crate::shutdown::on_signals()).await
         }

@@ -53,6 +53,7 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     #[serde(default)]
     pub webhooks: Vec<WebhookEntry>,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -168,6 +169,16 @@ pub struct WebhookSettings {
     pub backoff_base: Duration,
     #[serde(with = "human_duration")]
     pub backoff_cap: Duration,
+}
+
+/// `[retention]`: how long recorded data is kept.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Events older than this are deleted by the daemon (see `crate::retention` for which
+    /// ones are kept longer); `None` (empty): kept forever.
+    #[serde(with = "optional_duration")]
+    pub events: Option<Duration>,
 }
 
 /// A `[[webhooks]]` entry: one receiver, with its own durable cursor and filters.
@@ -399,6 +410,12 @@ impl Settings {
             if !seen.insert(&m.id) {
                 return Err(bad("meetings", format!("lists meeting {} twice", m.id)));
             }
+        }
+        if self.retention.events.is_some_and(|d| d.is_zero()) {
+            return Err(bad(
+                "retention.events",
+                "must be longer than zero (empty keeps events forever)",
+            ));
         }
         self.validate_webhooks()
     }

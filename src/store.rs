@@ -23,11 +23,13 @@ use crate::redact::redact_url;
 
 mod alerting;
 mod postgres;
+mod retention;
 mod shared;
 mod sqlite;
 mod stats;
 
 pub use alerting::{EVENTS_CHANNEL, EventWakeups, LabeledEvent};
+pub use retention::{Erased, WebhookCursor};
 pub use stats::WriteCounts;
 
 /// Errors from the store.

@@ -314,7 +314,8 @@ impl Sink {
                 }
             };
             if let (Some(cursor), Ok(last)) = (self.cursor, self.store.last_event_id().await) {
-                record_lag(&self.name, last.saturating_sub(cursor));
+                // Never below 0: erasing the newest events (`forget`) lowers the last id.
+                record_lag(&self.name, last.saturating_sub(cursor).max(0));
             }
             if !wait.is_zero() {
                 tokio::select! {

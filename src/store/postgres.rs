@@ -19,6 +19,7 @@ shared_queries!(database = sqlx::Postgres, for_update = " FOR UPDATE");
 pub(super) use queries::*;
 type Database = sqlx::Postgres;
 super::alerting::alerting_queries!();
+super::retention::retention_queries!();
 
 /// How long to wait for a connection before reporting the database unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -26,6 +26,7 @@ shared_queries!(database = sqlx::Sqlite, for_update = "");
 pub(super) use queries::*;
 type Database = sqlx::Sqlite;
 super::alerting::alerting_queries!();
+super::retention::retention_queries!();
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

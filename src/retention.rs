@@ -1,0 +1,142 @@
+//! Retention: the daemon's periodic deletion of events older than `retention.events`.
+//!
+//! A pass ([`Retention::pass`]) deletes in batches of [`BATCH`] events, each its own short
+//! transaction so polls are never held up for long, until a batch comes back short. What is
+//! kept longer than `retention.events`, and why, is the rule of
+//! [`Store::delete_expired_events`]: an attendee's events in a meeting go all at once, only
+//! once the newest is old enough, every webhook cursor has passed it and the attendee is no
+//! longer present. The first pass runs when the daemon starts, then one every [`EVERY`].
+//!
+//! It never deletes the current roster (`roster_attendees`) and never moves a webhook cursor.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::store::{Result, Store};
+
+/// Events deleted per transaction.
+pub const BATCH: i64 = 1000;
+
+/// Time between two passes.
+pub const EVERY: Duration = Duration::from_secs(3600);
+
+/// Pause between two batches of one pass, so the daemon's own writes get the database.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(50);
+
+const DELETED: &str = "roster_sync_retention_deleted_events_total";
+
+/// The retention of one daemon: its store, what it keeps, and the configured sink names.
+pub struct Retention {
+    store: Store,
+    keep: Duration,
+    configured_sinks: Vec<String>,
+}
+
+impl Retention {
+    /// Retention as `settings` describe it; `None` when `retention.events` is empty.
+    pub fn from_settings(settings: &Settings, store: Store) -> Option<Self> {
+        let keep = settings.retention.events?;
+        Some(Self {
+            store,
+            keep,
+            configured_sinks: settings.webhooks.iter().map(|w| w.name.clone()).collect(),
+        })
+    }
+
+    /// Events observed before this are past retention; `None` when `retention.events` reaches
+    /// back before the calendar does (nothing is that old).
+    pub fn cutoff(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        TimeDelta::from_std(self.keep)
+            .ok()
+            .and_then(|keep| now.checked_sub_signed(keep))
+    }
+
+    /// One pass: deletes expired events batch by batch until none is left (or `cancel`
+    /// fires between batches). Returns how many were deleted.
+    ///
+    /// # Errors
+    /// [`crate::store::StoreError`] when the database fails; batches committed before stay
+    /// deleted.
+    pub async fn pass(&self, now: DateTime<Utc>, cancel: &CancellationToken) -> Result<u64> {
+        let Some(cutoff) = self.cutoff(now) else {
+            return Ok(0);
+        };
+        let cursors = self.store.webhook_cursors().await?;
+        for c in &cursors {
+            if !self.configured_sinks.contains(&c.name) {
+                tracing::warn!(
+                    sink = %c.name,
+                    last_event_id = c.last_event_id,
+                    "a webhook cursor of a sink that is not configured holds retention back; \
+                     delete its webhook_cursors row if the sink is gone for good"
+                );
+            }
+        }
+        // Cursors only move forward, so this stays a safe bound for the whole pass.
+        let delivered_through = cursors
+            .iter()
+            .map(|c| c.last_event_id)
+            .min()
+            .unwrap_or(i64::MAX);
+        let mut deleted = 0;
+        loop {
+            let batch = self
+                .store
+                .delete_expired_events(cutoff, delivered_through, BATCH)
+                .await?;
+            deleted += batch;
+            metrics::counter!(DELETED).increment(batch);
+            if batch < BATCH.unsigned_abs() || cancel.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(BETWEEN_BATCHES) => {}
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Runs a pass now and then every [`EVERY`] until `cancel` fires. A failed pass is logged
+    /// and tried again at the next.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut every = tokio::time::interval(EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            match self.pass(crate::domain::now(), &cancel).await {
+                Ok(0) => tracing::debug!("retention: no event to delete"),
+                Ok(deleted) => tracing::info!(deleted, "retention deleted expired events"),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; next pass retries"),
+            }
+        }
+    }
+}
+
+/// Starts the retention task on `tracker` when `retention.events` is set; it stops when
+/// `cancel` fires. Returns whether it was started.
+pub fn spawn(
+    settings: &Settings,
+    store: Store,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> bool {
+    let Some(retention) = Retention::from_settings(settings, store) else {
+        return false;
+    };
+    metrics::describe_counter!(
+        DELETED,
+        "Events deleted because they were older than retention.events."
+    );
+    metrics::counter!(DELETED).increment(0);
+    tracing::info!(keep = %humantime::format_duration(retention.keep), "retention enabled");
+    tracker.spawn(retention.run(cancel));
+    true
+}
