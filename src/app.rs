@@ -3,7 +3,8 @@
 //!
 //! Building starts the operations endpoint first when `http.listen` is set (so probes answer
 //! while the rest starts), connects to the database when no store is given (waiting for an
-//! unreachable one, see `database.startup_timeout`), takes the writer lock, applies
+//! unreachable one, see `database.startup_timeout`), takes the writer lock (or, with
+//! `cluster.enabled`, joins the cluster of replicas instead, see [`crate::cluster`]), applies
 //! migrations when `database.migrate_on_start` says so, adds the configured `[[meetings]]`,
 //! arms the test-only fault hook ([`crate::fault`]), starts the webhook sinks and spawns the
 //! scheduler. What the daemon can do is recorded in its [`Health`] as it happens. What
@@ -105,7 +106,10 @@ impl Daemon {
             }
         };
         health.db_answered();
-        store.acquire_writer_lock().await?;
+        // Cluster mode: replicas share the database through leases instead of one writer.
+        if !settings.cluster.enabled {
+            store.acquire_writer_lock().await?;
+        }
         if settings.database.migrate_on_start {
             store.migrate().await.context("applying migrations")?;
         }
@@ -122,12 +126,24 @@ impl Daemon {
             Some(client) => client,
             None => Arc::new(ChimeClient::from_settings(settings).await),
         };
+        let cluster = if settings.cluster.enabled {
+            Some(
+                crate::cluster::Cluster::join(settings, store.clone(), Arc::clone(&client))
+                    .await
+                    .context("joining the cluster (cluster.enabled)")?,
+            )
+        } else {
+            None
+        };
         let mut scheduler = Scheduler::new(
             Arc::clone(&client),
             store,
             SchedulerOptions::from_settings(settings),
         )
         .with_health(health.clone());
+        if let Some(cluster) = &cluster {
+            scheduler = scheduler.with_cluster(cluster.replica_id().clone());
+        }
         if let Some(tx) = options.events {
             scheduler = scheduler.with_event_sink(tx);
         }
@@ -146,6 +162,10 @@ impl Daemon {
             tokio::spawn(async move {
                 let upkeep = tokio::spawn(upkeep(ops.clone(), cancel.clone()));
                 scheduler.run(cancel.clone()).await;
+                // After the drain: no poll of ours is writing, so the leases can go.
+                if let Some(cluster) = cluster {
+                    cluster.leave().await;
+                }
                 health.set_stopping();
                 // The scheduler stops only when cancelled; this also covers a future early
                 // return, so the endpoint and the upkeep never outlive it.

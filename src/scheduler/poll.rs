@@ -13,6 +13,9 @@
 //!   requests. `NotFoundException` confirms the departure; a 200 puts the attendee back into
 //!   the roster; anything else fails the poll.
 //!
+//! In cluster mode every write carries the lease token the poll was launched with, so a
+//! replica that lost the meeting's lease meanwhile writes nothing (see `store/leases.rs`).
+//!
 //! It never writes outside `store.apply`, `store.end_meeting` and `store.record_failure`,
 //! never diffs a partial roster, and knows nothing of queues or timers.
 
@@ -22,7 +25,9 @@ use std::time::Duration;
 use crate::chime::{ChimeError, NoPause, Operation, Pause, RosterSource};
 use crate::diff;
 use crate::domain::{self, Attendee, Change, EventKind, Fingerprint, MeetingId, Region, Roster};
-use crate::store::{ApplyOutcome, PollRecord, Snapshot, Store, StoredEvent, UnchangedPoll};
+use crate::store::{
+    ApplyOutcome, LeaseToken, PollRecord, Snapshot, Store, StoredEvent, UnchangedPoll,
+};
 
 /// What one poll did. Returned by [`poll_once`]; the loop only schedules around it.
 #[derive(Debug)]
@@ -165,6 +170,7 @@ pub async fn poll_once<S: RosterSource>(
         region,
         known,
         Bookkeeping::Now,
+        None,
         &NoPause,
     )
     .await;
@@ -209,6 +215,7 @@ pub(super) async fn poll<S: RosterSource>(
     region: &Region,
     known: Option<Known>,
     bookkeeping: Bookkeeping,
+    fence: Option<LeaseToken>,
     pause: &dyn Pause,
 ) -> Polled {
     let (known, mut snapshot) = match known {
@@ -228,7 +235,7 @@ pub(super) async fn poll<S: RosterSource>(
             let answered_before = known.last_polled_at.is_some();
             return match confirm_end(source, meeting, region, &e, answered_before).await {
                 Ok(()) => {
-                    let (outcome, known) = end(store, meeting, known).await;
+                    let (outcome, known) = end(store, meeting, known, fence).await;
                     Polled::plain(outcome, known)
                 }
                 Err(failure) => failed(store, meeting, failure, known).await,
@@ -297,6 +304,7 @@ pub(super) async fn poll<S: RosterSource>(
                 meeting_id: meeting.clone(),
                 expected_seq: known.poll_seq,
                 started_at,
+                fence,
             }),
         };
     }
@@ -308,7 +316,7 @@ pub(super) async fn poll<S: RosterSource>(
         previous_poll_at: known.last_polled_at,
         changes: &changes,
     };
-    let (outcome, known) = match store.apply(record).await {
+    let (outcome, known) = match store.apply_fenced(record, fence).await {
         Ok(ApplyOutcome::Applied { events, poll_seq }) => {
             let outcome = if events.is_empty() {
                 PollOutcome::Unchanged
@@ -422,9 +430,20 @@ async fn confirm_departures<S: RosterSource>(
 
 /// The service confirmed the meeting is gone: the store closes everyone still in the snapshot
 /// with `meeting_ended` and marks the meeting ended, in one transaction.
-async fn end(store: &Store, meeting: &MeetingId, known: Known) -> (PollOutcome, Option<Known>) {
+async fn end(
+    store: &Store,
+    meeting: &MeetingId,
+    known: Known,
+    fence: Option<LeaseToken>,
+) -> (PollOutcome, Option<Known>) {
     match store
-        .end_meeting(meeting, known.poll_seq, domain::now(), known.last_polled_at)
+        .end_meeting_fenced(
+            meeting,
+            known.poll_seq,
+            domain::now(),
+            known.last_polled_at,
+            fence,
+        )
         .await
     {
         Ok(ApplyOutcome::Applied { events, .. }) => (PollOutcome::Ended(events), None),

@@ -377,6 +377,7 @@ async fn the_batch_waits_until_it_is_due_then_writes_every_poll_at_once() {
                 meeting_id: id.clone(),
                 expected_seq: 1,
                 started_at: domain::now(),
+                fence: None,
             },
             now,
         );
