@@ -18,9 +18,7 @@ use roster_sync::domain::{
 };
 use roster_sync::sim::control::Driver;
 use roster_sync::sim::{self, SimConfig};
-use roster_sync::store::{
-    ApplyOutcome, LeaseToken, PollRecord, ReplicaId, ReplicaInfo, UnchangedPoll,
-};
+use roster_sync::store::{ApplyOutcome, PollRecord, ReplicaId, ReplicaInfo, UnchangedPoll};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");

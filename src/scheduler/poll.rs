@@ -208,6 +208,8 @@ impl Polled {
     }
 }
 
+/// `fence`: in cluster mode, the lease token every write of this poll is fenced by.
+#[allow(clippy::too_many_arguments)] // One poll's inputs; a struct would only rename them.
 pub(super) async fn poll<S: RosterSource>(
     source: &S,
     store: &Store,

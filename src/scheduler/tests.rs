@@ -407,6 +407,7 @@ async fn bookkeeping_of_a_meeting_removed_meanwhile_is_refused() {
         &region(),
         known,
         Bookkeeping::Deferred,
+        None,
         &crate::chime::NoPause,
     )
     .await;
