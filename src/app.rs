@@ -4,7 +4,8 @@
 //! Building starts the operations endpoint first when `http.listen` is set (so probes answer
 //! while the rest starts), connects to the database when no store is given (waiting for an
 //! unreachable one, see `database.startup_timeout`), takes the writer lock (unless
-//! [`DaemonOptions::single_writer`] is off), applies migrations when
+//! [`DaemonOptions::single_writer`] is off, or, with `cluster.enabled`, joins the cluster of
+//! replicas instead, see [`crate::cluster`]), applies migrations when
 //! `database.migrate_on_start` says so, adds the configured `[[meetings]]`, arms the test-only
 //! fault hook ([`crate::fault`]), starts the webhook sinks and the retention task
 //! ([`crate::retention`], when `retention.events` is set) and spawns the scheduler. What the
@@ -134,7 +135,8 @@ impl Daemon {
             }
         };
         health.db_answered();
-        if options.single_writer {
+        // Cluster mode: replicas share the database through leases instead of one writer.
+        if options.single_writer && !settings.cluster.enabled {
             store.acquire_writer_lock().await?;
         }
         if settings.database.migrate_on_start {
@@ -154,12 +156,24 @@ impl Daemon {
             Some(client) => client,
             None => Arc::new(ChimeClient::from_settings(settings).await),
         };
+        let cluster = if settings.cluster.enabled {
+            Some(
+                crate::cluster::Cluster::join(settings, store.clone(), Arc::clone(&client))
+                    .await
+                    .context("joining the cluster (cluster.enabled)")?,
+            )
+        } else {
+            None
+        };
         let mut scheduler = Scheduler::new(
             Arc::clone(&client),
             store.clone(),
             SchedulerOptions::from_settings(settings),
         )
         .with_health(health.clone());
+        if let Some(cluster) = &cluster {
+            scheduler = scheduler.with_cluster(cluster.replica_id().clone());
+        }
         if let Some(tx) = options.events {
             scheduler = scheduler.with_event_sink(tx);
         }
@@ -199,6 +213,10 @@ impl Daemon {
                 };
                 let (lost_lock, (), ()) =
                     tokio::join!(lost_lock, stop, scheduler.run(cancel.clone()));
+                // After the drain: no poll of ours is writing, so the leases can go.
+                if let Some(cluster) = cluster {
+                    cluster.leave().await;
+                }
                 // The scheduler stops only when cancelled; this also covers a future early
                 // return, so the endpoint and the upkeep never outlive it.
                 cancel.cancel();

@@ -439,6 +439,15 @@ impl ChimeClient {
         self.region(region).list_attendees
     }
 
+    /// Makes every request budget of `region` `share` (0..=1) of the configured one: in
+    /// cluster mode, this replica's part of the account's quota (see `crate::cluster`).
+    pub fn set_share(&self, region: &Region, share: f64) {
+        let r = self.region(region);
+        for budget in [&r.list_attendees, &r.get_meeting, &r.get_attendee] {
+            budget.set_share(share);
+        }
+    }
+
     fn region(&self, region: &Region) -> RegionClient {
         let mut map = self.regions.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(region.clone())

@@ -50,6 +50,12 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Print the effective configuration with secrets redacted; exit non-zero if invalid.
     Config,
+    /// List the replicas of a cluster (cluster.enabled): heartbeat age, meetings held, share
+    /// of the rate budget.
+    Cluster {
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -204,8 +210,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Cluster { format } => cluster(&settings, format).await,
         Command::Sim(_) => Ok(()),
     }
+}
+
+/// `roster-sync cluster`: every replica row, with what it holds.
+async fn cluster(settings: &Settings, format: ListFormat) -> anyhow::Result<()> {
+    let store = crate::app::connect(settings).await?;
+    let replicas = store.replicas(settings.cluster.lease_ttl).await?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        ListFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&replicas)?)?,
+        ListFormat::Table => {
+            writeln!(
+                out,
+                "{:<36}  {:<20}  {:>7}  {:>9}  {:>8}  {:>6}  RATE SHARE",
+                "REPLICA", "HOST", "PID", "HEARTBEAT", "MEETINGS", "PAGES"
+            )?;
+            for r in replicas {
+                let rps = settings.rate.requests_per_second;
+                let share = if r.rate_share.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.rate_share
+                        .iter()
+                        .map(|(region, f)| format!("{region} {:.2}/s ({:.0}%)", rps * f, f * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                writeln!(
+                    out,
+                    "{:<36}  {:<20}  {:>7}  {:>8.1}s  {:>8}  {:>6}  {}",
+                    r.replica_id,
+                    r.host,
+                    r.pid,
+                    r.heartbeat_age_seconds,
+                    r.meetings,
+                    r.pages,
+                    share
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `roster-sync run`: the daemon of [`crate::app`], until SIGTERM or SIGINT.
@@ -281,14 +329,27 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
         MeetingsCommand::List { format } => {
             let store = crate::app::connect(settings).await?;
             let list = store.list_meetings().await?;
+            // Cluster mode: the replica holding each meeting's lease (none on SQLite).
+            let owners = store.meeting_owners().await?;
+            let owner_of = |m: &MeetingId| owners.get(m).map(|o| o.to_string());
             let mut out = std::io::stdout().lock();
             match format {
-                ListFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?,
+                ListFormat::Json => {
+                    let mut rows = Vec::with_capacity(list.len());
+                    for m in &list {
+                        let mut row = serde_json::to_value(m)?;
+                        if let Some(fields) = row.as_object_mut() {
+                            fields.insert("owner".into(), owner_of(&m.meeting_id).into());
+                        }
+                        rows.push(row);
+                    }
+                    writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?
+                }
                 ListFormat::Table => {
                     writeln!(
                         out,
-                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  LAST ERROR",
-                        "MEETING", "REGION", "STATUS", "LAST POLLED", "FAILURES", "LABEL"
+                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  LAST ERROR",
+                        "MEETING", "REGION", "STATUS", "LAST POLLED", "FAILURES", "LABEL", "OWNER"
                     )?;
                     for m in list {
                         let error = match (&m.last_error_code, &m.last_error) {
@@ -296,9 +357,14 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                             (Some(code), Some(e)) => format!("[{code}] {e}"),
                             (None, Some(e)) => e.clone(),
                         };
+                        // The first 8 characters of the replica id, as `roster-sync cluster`
+                        // prints it in full.
+                        let owner = owner_of(&m.meeting_id)
+                            .map(|o| o.chars().take(8).collect::<String>())
+                            .unwrap_or_else(|| "-".into());
                         writeln!(
                             out,
-                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {}",
+                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  {}",
                             m.meeting_id,
                             m.region,
                             m.status.as_str(),
@@ -307,6 +373,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                                 .unwrap_or_else(|| "-".into()),
                             m.consecutive_failures,
                             m.label.as_deref().unwrap_or("-"),
+                            owner,
                             error
                         )?;
                     }

@@ -47,6 +47,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub cluster: ClusterSettings,
     #[serde(default)]
     pub meetings: Vec<MeetingEntry>,
     /// How webhook sinks deliver (`[webhook]`); the sinks themselves are `[[webhooks]]`.
@@ -141,6 +142,20 @@ pub struct LogSettings {
 pub struct ShutdownSettings {
     #[serde(with = "human_duration")]
     pub grace: Duration,
+}
+
+/// `[cluster]`: several replicas on one Postgres database (see `crate::cluster`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Meetings are leased to replicas instead of this process taking the single-writer lock.
+    pub enabled: bool,
+    /// A lease, and a replica's row, expire this long after the last heartbeat.
+    #[serde(with = "human_duration")]
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and rebalanced.
+    #[serde(with = "human_duration")]
+    pub heartbeat: Duration,
 }
 
 /// A `[[meetings]]` entry.
@@ -405,6 +420,7 @@ impl Settings {
                 ),
             ));
         }
+        self.validate_cluster()?;
         let mut seen = std::collections::HashSet::new();
         for m in &self.meetings {
             if !seen.insert(&m.id) {
@@ -418,6 +434,35 @@ impl Settings {
             ));
         }
         self.validate_webhooks()
+    }
+
+    fn validate_cluster(&self) -> Result<()> {
+        let c = &self.cluster;
+        if c.heartbeat.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "cluster.heartbeat",
+                why: "must be longer than zero".into(),
+            });
+        }
+        if c.lease_ttl < c.heartbeat * 2 {
+            return Err(ConfigError::Invalid {
+                key: "cluster.lease_ttl",
+                why: format!(
+                    "is {}, must be at least twice cluster.heartbeat ({}) so one late heartbeat does not lose every lease",
+                    humantime::format_duration(c.lease_ttl),
+                    humantime::format_duration(c.heartbeat)
+                ),
+            });
+        }
+        let url = self.database_url();
+        if c.enabled && !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.enabled",
+                why: "needs a Postgres database.url: several replicas cannot share a SQLite file"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     fn validate_webhooks(&self) -> Result<()> {
@@ -586,6 +631,25 @@ mod tests {
         s.poll.max_results = 101;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("poll.max_results"), "{err}");
+    }
+
+    #[test]
+    fn cluster_mode_on_sqlite_is_refused_naming_the_key() {
+        let mut s = Settings::defaults().unwrap();
+        s.cluster.enabled = true;
+        s.database.url = "sqlite://roster.db".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.enabled"), "{err}");
+        s.database.url = "postgres://db/roster".into();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_lease_ttl_shorter_than_two_heartbeats_is_refused() {
+        let mut s = Settings::defaults().unwrap();
+        s.cluster.lease_ttl = Duration::from_secs(6);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.lease_ttl"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,11 @@
 //!   above it, [`PROBE_PER_SECOND`] (creep up to where the quota is, slowly, so the overshoot
 //!   is small when it is found). Once the rate passes the knee without a throttle the quota has
 //!   grown (the other tool stopped): the knee is forgotten and recovery is fast again.
-//! - **Bounds.** Never above the configured ceiling, never below [`MIN_RATE_FRACTION`] of it.
+//! - **Bounds.** Never above the ceiling, never below [`MIN_RATE_FRACTION`] of it.
+//! - **Share.** In cluster mode the account's budget is split between the replicas polling
+//!   the region: [`RateLimiter::set_share`] scales the ceiling and the burst to this replica's
+//!   fraction of the configured ones, and the current rate with them, so a decrease after a
+//!   throttle applies to the share.
 //!
 //! Why these numbers. The service's own bucket (burst 20) hides an overshoot until the burst
 //! is spent, so the rate at the first 429 is above the quota by about `sqrt(2 × burst × slope)`
@@ -59,14 +63,19 @@ pub const MIN_RATE_FRACTION: f64 = 0.02;
 /// A token bucket whose rate adapts between a floor and the configured ceiling.
 #[derive(Debug)]
 pub struct RateLimiter {
-    ceiling: f64,
-    burst: f64,
+    /// The configured rate and burst: the whole account's budget for the region.
+    configured_rate: f64,
+    configured_burst: f64,
     adaptive: bool,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
+    /// `configured_rate × share`.
+    ceiling: f64,
+    /// `configured_burst × share`, at least 1.
+    burst: f64,
     rate: f64,
     /// May go negative: that many tokens are promised to callers already sleeping.
     tokens: f64,
@@ -88,10 +97,12 @@ impl RateLimiter {
         let rate = rate.max(f64::MIN_POSITIVE);
         let burst = f64::from(burst.max(1));
         Self {
-            ceiling: rate,
-            burst,
+            configured_rate: rate,
+            configured_burst: burst,
             adaptive,
             state: Mutex::new(State {
+                ceiling: rate,
+                burst,
                 rate,
                 tokens: burst,
                 refilled_at: Instant::now(),
@@ -129,7 +140,7 @@ impl RateLimiter {
     /// epoch the promise belongs to.
     fn reserve(&self, now: Instant) -> (Duration, u64) {
         let mut s = self.lock();
-        refill(&mut s, now, self.burst);
+        refill(&mut s, now);
         s.tokens -= 1.0;
         let wait = if s.tokens >= 0.0 {
             Duration::ZERO
@@ -151,9 +162,9 @@ impl RateLimiter {
         {
             return;
         }
-        refill(&mut s, now, self.burst);
+        refill(&mut s, now);
         s.knee = Some(s.rate);
-        s.rate = (s.rate * DECREASE_FACTOR).max(self.ceiling * MIN_RATE_FRACTION);
+        s.rate = (s.rate * DECREASE_FACTOR).max(s.ceiling * MIN_RATE_FRACTION);
         // No burst after a refusal, and the promises made at the refused pace are void: their
         // holders re-reserve when they wake (see `acquire`).
         s.tokens = 0.0;
@@ -171,11 +182,11 @@ impl RateLimiter {
             return;
         }
         let mut s = self.lock();
-        if s.rate >= self.ceiling {
+        if s.rate >= s.ceiling {
             return;
         }
         let now = Instant::now();
-        refill(&mut s, now, self.burst);
+        refill(&mut s, now);
         if s.knee.is_some_and(|k| s.rate > k) {
             s.knee = None;
         }
@@ -185,8 +196,36 @@ impl RateLimiter {
         };
         // At most doubling per success, so a rate near the floor does not leap to the ceiling
         // on one answer.
-        let step = (self.ceiling * slope / s.rate).min(s.rate);
-        s.rate = (s.rate + step).min(self.ceiling);
+        let step = (s.ceiling * slope / s.rate).min(s.rate);
+        s.rate = (s.rate + step).min(s.ceiling);
+    }
+
+    /// Makes this budget `share` (0..=1) of the configured one: the ceiling and burst become
+    /// that fraction of the configured rate and burst, and the current rate (and the knee) are
+    /// scaled by the change, so an adaptive decrease made under the old share still holds.
+    /// Tokens beyond the new burst are dropped.
+    pub fn set_share(&self, share: f64) {
+        let share = if share.is_finite() {
+            share.clamp(f64::MIN_POSITIVE, 1.0)
+        } else {
+            1.0
+        };
+        let mut s = self.lock();
+        refill(&mut s, Instant::now());
+        let ceiling = self.configured_rate * share;
+        let factor = ceiling / s.ceiling;
+        if factor == 1.0 {
+            return;
+        }
+        s.ceiling = ceiling;
+        s.burst = (self.configured_burst * share).max(1.0);
+        s.rate = (s.rate * factor).clamp(ceiling * MIN_RATE_FRACTION, ceiling);
+        s.knee = s.knee.map(|k| k * factor);
+        s.tokens = s.tokens.min(s.burst);
+        if factor < 1.0 {
+            // Promises made at the old pace are void, as after a throttle.
+            s.epoch += 1;
+        }
     }
 
     /// The current rate in requests per second.
@@ -194,9 +233,9 @@ impl RateLimiter {
         self.lock().rate
     }
 
-    /// The configured ceiling.
+    /// The ceiling: the configured rate times this replica's share.
     pub fn ceiling(&self) -> f64 {
-        self.ceiling
+        self.lock().ceiling
     }
 
     /// How many times the rate was decreased since start (throttle episodes, not 429s).
@@ -205,9 +244,9 @@ impl RateLimiter {
     }
 }
 
-fn refill(s: &mut State, now: Instant, burst: f64) {
+fn refill(s: &mut State, now: Instant) {
     let elapsed = now.saturating_duration_since(s.refilled_at).as_secs_f64();
-    s.tokens = (s.tokens + elapsed * s.rate).min(burst);
+    s.tokens = (s.tokens + elapsed * s.rate).min(s.burst);
     s.refilled_at = now;
 }
 
@@ -280,6 +319,36 @@ mod tests {
             l.rate() <= 2.0 * 10.0 * MIN_RATE_FRACTION + 1e-9,
             "at most doubling"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_scales_the_ceiling_and_decreases_apply_to_it() {
+        let l = RateLimiter::new(9.0, 21, true);
+        l.set_share(1.0 / 3.0);
+        assert!((l.ceiling() - 3.0).abs() < 1e-9);
+        assert!((l.rate() - 3.0).abs() < 1e-9);
+        l.on_throttle();
+        assert!(
+            (l.rate() - 2.4).abs() < 1e-9,
+            "the decrease applies to the share"
+        );
+        for _ in 0..10_000 {
+            l.on_success();
+        }
+        assert!((l.rate() - 3.0).abs() < 1e-9, "never above the share");
+        // A replica left: the share grows, and the rate with it.
+        l.set_share(0.5);
+        assert!((l.ceiling() - 4.5).abs() < 1e-9);
+        assert!((l.rate() - 4.5).abs() < 1e-9);
+        // The burst shrank with the share: 10 (of 21 × 0.5) are free, the next waits.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let start = Instant::now();
+        for _ in 0..10 {
+            l.acquire().await;
+        }
+        assert_eq!(Instant::now(), start);
+        l.acquire().await;
+        assert!(Instant::now() > start);
     }
 
     #[tokio::test(start_paused = true)]

@@ -33,7 +33,7 @@ use crate::chime::RosterSource;
 use crate::config::Settings;
 use crate::domain::MeetingId;
 use crate::health::Health;
-use crate::store::{MeetingsVersion, Store, StoredEvent};
+use crate::store::{LeaseToken, MeetingsVersion, ReplicaId, Store, StoredEvent};
 
 pub use bookkeeping::{BOOKKEEPING_BATCH, BOOKKEEPING_EVERY};
 pub use poll::{Known, PollFailure, PollKind, PollOutcome, poll_once};
@@ -165,6 +165,11 @@ pub struct Scheduler<S: RosterSource> {
     /// Each poll task gets a child of this token; [`Scheduler::run`] makes it a child of the
     /// token it stops by, so shutdown cancels every poll's fetch at once.
     polls_cancel: CancellationToken,
+    /// Cluster mode: this replica's id; only meetings it holds the lease of are polled, each
+    /// poll fenced by its lease token (see `crate::cluster`).
+    cluster: Option<ReplicaId>,
+    /// Cluster mode: the lease token of each queued meeting, as of the last list read.
+    fences: HashMap<MeetingId, LeaseToken>,
 }
 
 impl<S: RosterSource> Scheduler<S> {
@@ -189,7 +194,17 @@ impl<S: RosterSource> Scheduler<S> {
             health: None,
             db_down: false,
             polls_cancel: CancellationToken::new(),
+            cluster: None,
+            fences: HashMap::new(),
         }
+    }
+
+    /// Cluster mode: polls only the meetings whose lease replica `id` holds, each write
+    /// fenced by the lease's token. The list is then read in full at every refresh, since
+    /// leases move without the meeting list changing.
+    pub fn with_cluster(mut self, id: ReplicaId) -> Self {
+        self.cluster = Some(id);
+        self
     }
 
     /// Records the loop's ticks, database answers, meeting list and regions in `health`.
@@ -358,9 +373,10 @@ impl<S: RosterSource> Scheduler<S> {
                 return;
             }
         };
-        let full_due = self
-            .full_refresh_at
-            .is_none_or(|t| now.duration_since(t) >= FULL_REFRESH_EVERY);
+        let full_due = self.cluster.is_some()
+            || self
+                .full_refresh_at
+                .is_none_or(|t| now.duration_since(t) >= FULL_REFRESH_EVERY);
         if !full_due && self.version.as_ref() == Some(&version) {
             return;
         }
@@ -376,7 +392,14 @@ impl<S: RosterSource> Scheduler<S> {
     /// Reads the active meetings; new ones are queued, those gone are dropped, those moved to
     /// another region are queued there. Returns false when the store could not be read.
     async fn read_meetings(&mut self, now: Instant) -> bool {
-        let active = match self.store.active_meeting_keys().await {
+        let active = match &self.cluster {
+            None => self.store.active_meeting_keys().await,
+            Some(me) => self.store.leased_meeting_keys(me).await.map(|held| {
+                self.fences = held.iter().map(|(m, _, t)| (m.clone(), *t)).collect();
+                held.into_iter().map(|(m, r, _)| (m, r)).collect()
+            }),
+        };
+        let active = match active {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read tracked meetings; keeping the current list");
@@ -451,6 +474,7 @@ impl<S: RosterSource> Scheduler<S> {
         let source = Arc::clone(&self.source);
         let store = self.store.clone();
         let cancel = self.polls_cancel.child_token();
+        let fence = self.fences.get(&id).copied();
         // Debug level: at the default info level the span costs nothing per poll; the
         // warnings of a failed poll name the meeting themselves.
         let span = tracing::debug_span!("poll", meeting_id = %id, region = %region);
@@ -464,6 +488,7 @@ impl<S: RosterSource> Scheduler<S> {
                     &region,
                     known,
                     Bookkeeping::Deferred,
+                    fence,
                     &claim,
                     &cancel,
                 )

@@ -22,6 +22,7 @@ use crate::domain::{
 use crate::redact::redact_url;
 
 mod alerting;
+mod leases;
 mod postgres;
 mod retention;
 mod shared;
@@ -29,6 +30,7 @@ mod sqlite;
 mod stats;
 
 pub use alerting::{EVENTS_CHANNEL, EventWakeups, LabeledEvent};
+pub use leases::{ClusterView, LeaseToken, ReplicaId, ReplicaInfo, ReplicaRow};
 pub use retention::{Erased, WebhookCursor};
 pub use stats::WriteCounts;
 
@@ -51,6 +53,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Locked(String),
+    /// The backend cannot do what was asked (cluster mode on SQLite).
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A file next to the SQLite database (its directory, its lock file) is unusable.
     #[error("cannot {action} {}: {source}", path.display())]
     File {
@@ -213,6 +218,8 @@ pub struct UnchangedPoll {
     pub expected_seq: i64,
     /// When the poll started fetching: the new `last_polled_at`.
     pub started_at: DateTime<Utc>,
+    /// In cluster mode, the lease token the poll ran under: recorded only while it holds.
+    pub fence: Option<LeaseToken>,
 }
 
 /// See [`Store::meetings_version`]. Compare two for equality; the fields mean nothing alone.
@@ -523,8 +530,27 @@ impl Store {
     /// attendee not in it, a `joined` for one already in it); [`StoreError::Sqlx`] when the
     /// database fails. Nothing is written in either case.
     pub async fn apply(&self, rec: PollRecord<'_>) -> Result<ApplyOutcome> {
+        self.apply_fenced(rec, None).await
+    }
+
+    /// [`Store::apply`], also fenced (with `Some`) by the meeting's lease: in cluster mode a
+    /// poll is recorded only while this replica still holds the lease under the token it
+    /// polled with. A poll whose lease was lost writes nothing, returns
+    /// [`ApplyOutcome::Conflict`] and counts in `roster_sync_lease_lost_total`.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    pub async fn apply_fenced(
+        &self,
+        rec: PollRecord<'_>,
+        fence: Option<LeaseToken>,
+    ) -> Result<ApplyOutcome> {
         check_changes(rec.meeting_id, rec.changes)?;
-        on_backend!(self, apply(&rec))
+        let outcome = on_backend!(self, apply(&rec, fence))?;
+        if let (ApplyOutcome::Conflict, Some(token)) = (&outcome, fence) {
+            self.count_lost_leases(&[token]).await;
+        }
+        Ok(outcome)
     }
 
     /// Records the bookkeeping of many unchanged polls in one statement: for each, exactly what
@@ -557,6 +583,14 @@ impl Store {
             }
         }
         let recorded: HashSet<String> = on_backend!(self, record_unchanged_polls(polls))?;
+        let refused: Vec<LeaseToken> = polls
+            .iter()
+            .filter(|p| !recorded.contains(p.meeting_id.as_str()))
+            .filter_map(|p| p.fence)
+            .collect();
+        if !refused.is_empty() {
+            self.count_lost_leases(&refused).await;
+        }
         Ok(polls
             .iter()
             .map(|p| recorded.contains(p.meeting_id.as_str()))
@@ -577,10 +611,31 @@ impl Store {
         observed_at: DateTime<Utc>,
         previous_poll_at: Option<DateTime<Utc>>,
     ) -> Result<ApplyOutcome> {
-        on_backend!(
+        self.end_meeting_fenced(id, expected_seq, observed_at, previous_poll_at, None)
+            .await
+    }
+
+    /// [`Store::end_meeting`], also fenced (with `Some`) by the meeting's lease, as
+    /// [`Store::apply_fenced`].
+    ///
+    /// # Errors
+    /// As [`Store::end_meeting`].
+    pub async fn end_meeting_fenced(
+        &self,
+        id: &MeetingId,
+        expected_seq: i64,
+        observed_at: DateTime<Utc>,
+        previous_poll_at: Option<DateTime<Utc>>,
+        fence: Option<LeaseToken>,
+    ) -> Result<ApplyOutcome> {
+        let outcome = on_backend!(
             self,
-            end_meeting(id, expected_seq, observed_at, previous_poll_at)
-        )
+            end_meeting(id, expected_seq, observed_at, previous_poll_at, fence)
+        )?;
+        if let (ApplyOutcome::Conflict, Some(token)) = (&outcome, fence) {
+            self.count_lost_leases(&[token]).await;
+        }
+        Ok(outcome)
     }
 
     /// Notes a failed poll: bumps `consecutive_failures` and keeps `error` (cut to

@@ -111,4 +111,16 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Unix time of the scheduler loop's last tick; a stuck loop stops advancing it."
     );
+    describe_gauge!(
+        "roster_sync_leases_held",
+        "Cluster mode: meeting leases this replica holds (the meetings it polls)."
+    );
+    describe_gauge!(
+        "roster_sync_replicas_live",
+        "Cluster mode: replicas whose heartbeat is younger than cluster.lease_ttl."
+    );
+    describe_counter!(
+        "roster_sync_lease_lost_total",
+        "Cluster mode: poll results dropped unwritten because the meeting's lease was lost."
+    );
 }

@@ -22,6 +22,9 @@
 //! has begun it is left to commit or roll back, and the scheduler bounds how long it waits for
 //! that by `shutdown.grace`.
 //!
+//! In cluster mode every write carries the lease token the poll was launched with, so a
+//! replica that lost the meeting's lease meanwhile writes nothing (see `store/leases.rs`).
+//!
 //! It never writes outside `store.apply`, `store.end_meeting` and `store.record_failure`,
 //! never diffs a partial roster, and knows nothing of queues or timers.
 
@@ -34,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::chime::{ChimeError, NoPause, Operation, Pause, RosterSource};
 use crate::diff;
 use crate::domain::{self, Attendee, Change, EventKind, Fingerprint, MeetingId, Region, Roster};
-use crate::store::{ApplyOutcome, PollRecord, Snapshot, Store, StoredEvent, UnchangedPoll};
+use crate::store::{
+    ApplyOutcome, LeaseToken, PollRecord, Snapshot, Store, StoredEvent, UnchangedPoll,
+};
 
 /// What one poll did. Returned by [`poll_once`]; the loop only schedules around it.
 #[derive(Debug)]
@@ -182,6 +187,7 @@ pub async fn poll_once<S: RosterSource>(
         region,
         known,
         Bookkeeping::Now,
+        None,
         &NoPause,
         &CancellationToken::new(),
     )
@@ -250,6 +256,7 @@ pub(super) async fn poll<S: RosterSource>(
     region: &Region,
     known: Option<Known>,
     bookkeeping: Bookkeeping,
+    fence: Option<LeaseToken>,
     pause: &dyn Pause,
     cancel: &CancellationToken,
 ) -> Polled {
@@ -281,7 +288,7 @@ pub(super) async fn poll<S: RosterSource>(
             return match confirmed {
                 None => Polled::cancelled(Some(known)),
                 Some(Ok(())) => {
-                    let (outcome, known) = end(store, meeting, known).await;
+                    let (outcome, known) = end(store, meeting, known, fence).await;
                     Polled::plain(outcome, known)
                 }
                 Some(Err(failure)) => failed(store, meeting, failure, known).await,
@@ -356,6 +363,7 @@ pub(super) async fn poll<S: RosterSource>(
                 meeting_id: meeting.clone(),
                 expected_seq: known.poll_seq,
                 started_at,
+                fence,
             }),
         };
     }
@@ -367,7 +375,7 @@ pub(super) async fn poll<S: RosterSource>(
         previous_poll_at: known.last_polled_at,
         changes: &changes,
     };
-    let (outcome, known) = match store.apply(record).await {
+    let (outcome, known) = match store.apply_fenced(record, fence).await {
         Ok(ApplyOutcome::Applied { events, poll_seq }) => {
             let outcome = if events.is_empty() {
                 PollOutcome::Unchanged
@@ -481,9 +489,20 @@ async fn confirm_departures<S: RosterSource>(
 
 /// The service confirmed the meeting is gone: the store closes everyone still in the snapshot
 /// with `meeting_ended` and marks the meeting ended, in one transaction.
-async fn end(store: &Store, meeting: &MeetingId, known: Known) -> (PollOutcome, Option<Known>) {
+async fn end(
+    store: &Store,
+    meeting: &MeetingId,
+    known: Known,
+    fence: Option<LeaseToken>,
+) -> (PollOutcome, Option<Known>) {
     match store
-        .end_meeting(meeting, known.poll_seq, domain::now(), known.last_polled_at)
+        .end_meeting_fenced(
+            meeting,
+            known.poll_seq,
+            domain::now(),
+            known.last_polled_at,
+            fence,
+        )
         .await
     {
         Ok(ApplyOutcome::Applied { events, .. }) => (PollOutcome::Ended(events), None),

@@ -380,6 +380,7 @@ async fn the_batch_waits_until_it_is_due_then_writes_every_poll_at_once() {
                 meeting_id: id.clone(),
                 expected_seq: 1,
                 started_at: domain::now(),
+                fence: None,
             },
             now,
         );
@@ -409,6 +410,7 @@ async fn bookkeeping_of_a_meeting_removed_meanwhile_is_refused() {
         &region(),
         known,
         Bookkeeping::Deferred,
+        None,
         &crate::chime::NoPause,
         &tokio_util::sync::CancellationToken::new(),
     )

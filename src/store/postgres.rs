@@ -15,7 +15,13 @@ use super::{
     redact_url,
 };
 
-shared_queries!(database = sqlx::Postgres, for_update = " FOR UPDATE");
+shared_queries!(
+    database = sqlx::Postgres,
+    for_update = " FOR UPDATE",
+    lease_fence = " AND EXISTS (SELECT 1 FROM meeting_leases AS l \
+                    WHERE l.meeting_id = tracked_meetings.meeting_id AND l.token = $4 \
+                      AND l.expires_at > now() FOR SHARE)"
+);
 pub(super) use queries::*;
 type Database = sqlx::Postgres;
 super::alerting::alerting_queries!();
@@ -146,7 +152,9 @@ async fn announce_events(conn: &mut PgConnection, events: &[StoredEvent]) -> Res
 }
 
 /// The bookkeeping of unchanged polls in one statement, whatever their number: the batch
-/// travels as three arrays. Returns the meetings whose row matched the fence.
+/// travels as three arrays (four with lease tokens, in cluster mode: then a poll is recorded
+/// only while its lease holds, see `store/leases.rs`). Returns the meetings whose row matched
+/// the fence.
 pub(super) async fn record_unchanged_polls(
     pool: &PgPool,
     polls: &[UnchangedPoll],
@@ -154,21 +162,46 @@ pub(super) async fn record_unchanged_polls(
     let ids: Vec<&str> = polls.iter().map(|p| p.meeting_id.as_str()).collect();
     let seqs: Vec<i64> = polls.iter().map(|p| p.expected_seq).collect();
     let started: Vec<DateTime<Utc>> = polls.iter().map(|p| p.started_at).collect();
-    let recorded: Vec<String> = sqlx::query_scalar(
-        "UPDATE tracked_meetings AS m \
-         SET last_polled_at = v.started_at, poll_seq = m.poll_seq + 1, \
-             consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
-         FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[]) \
-              AS v (meeting_id, expected_seq, started_at) \
-         WHERE m.meeting_id = v.meeting_id AND m.poll_seq = v.expected_seq \
-           AND m.status = 'active' \
-         RETURNING m.meeting_id",
-    )
-    .bind(ids)
-    .bind(seqs)
-    .bind(started)
-    .fetch_all(pool)
-    .await?;
+    let fenced = polls.iter().any(|p| p.fence.is_some());
+    let recorded: Vec<String> = if !fenced {
+        sqlx::query_scalar(
+            "UPDATE tracked_meetings AS m \
+             SET last_polled_at = v.started_at, poll_seq = m.poll_seq + 1, \
+                 consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
+             FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[]) \
+                  AS v (meeting_id, expected_seq, started_at) \
+             WHERE m.meeting_id = v.meeting_id AND m.poll_seq = v.expected_seq \
+               AND m.status = 'active' \
+             RETURNING m.meeting_id",
+        )
+        .bind(ids)
+        .bind(seqs)
+        .bind(started)
+        .fetch_all(pool)
+        .await?
+    } else {
+        // A poll without a token in a fenced batch matches no lease: it is not recorded.
+        let tokens: Vec<Option<i64>> = polls.iter().map(|p| p.fence.map(|t| t.0)).collect();
+        sqlx::query_scalar(
+            "UPDATE tracked_meetings AS m \
+             SET last_polled_at = v.started_at, poll_seq = m.poll_seq + 1, \
+                 consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
+             FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::int8[]) \
+                  AS v (meeting_id, expected_seq, started_at, token) \
+             WHERE m.meeting_id = v.meeting_id AND m.poll_seq = v.expected_seq \
+               AND m.status = 'active' \
+               AND EXISTS (SELECT 1 FROM meeting_leases AS l \
+                           WHERE l.meeting_id = m.meeting_id AND l.token = v.token \
+                             AND l.expires_at > now() FOR SHARE) \
+             RETURNING m.meeting_id",
+        )
+        .bind(ids)
+        .bind(seqs)
+        .bind(started)
+        .bind(tokens)
+        .fetch_all(pool)
+        .await?
+    };
     Ok(recorded.into_iter().collect())
 }
 

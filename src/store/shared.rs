@@ -15,7 +15,9 @@
 //!   the transaction that inserted events (Postgres `NOTIFY`, see `store/alerting.rs`);
 //!
 //! and the `for_update` suffix that locks the row a read will update (empty on SQLite, whose
-//! write transactions are exclusive from their start).
+//! write transactions are exclusive from their start), and the `lease_fence` condition that a
+//! fenced write (cluster mode, see `store/leases.rs`) adds to its bookkeeping `UPDATE` of
+//! `tracked_meetings`, with the lease token as `$4`.
 
 /// The columns of `roster_events` in the order [`queries::event_from_row`] reads them.
 macro_rules! event_columns {
@@ -36,7 +38,7 @@ macro_rules! meeting_columns {
 pub(super) use meeting_columns;
 
 macro_rules! shared_queries {
-    (database = $db:ty, for_update = $for_update:literal) => {
+    (database = $db:ty, for_update = $for_update:literal, lease_fence = $lease_fence:literal) => {
         /// The queries whose SQL is the same on every backend (see `store/shared.rs`).
         pub(in crate::store) mod queries {
             use chrono::{DateTime, Utc};
@@ -49,7 +51,8 @@ macro_rules! shared_queries {
             use crate::store::shared::{event_columns, meeting_columns};
             use crate::store::{
                 decode, AddOutcome, ApplyOutcome, AttendanceRow, MeetingStatus, MeetingsVersion,
-                PollRecord, Result, SessionRow, Snapshot, StoreError, StoredEvent, TrackedMeeting,
+                LeaseToken, PollRecord, Result, SessionRow, Snapshot, StoreError, StoredEvent,
+                TrackedMeeting,
             };
 
             type Db = $db;
@@ -320,28 +323,42 @@ macro_rules! shared_queries {
             }
 
             /// The poll bookkeeping, fenced: it matches no row unless the meeting is active and
-            /// still at the `poll_seq` the diff was computed against.
+            /// still at the `poll_seq` the diff was computed against, and (with a lease token)
+            /// unless this replica still holds the meeting's lease under that token.
             fn record_poll(
                 rec: &PollRecord<'_>,
+                fence: Option<LeaseToken>,
             ) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
-                sqlx::query(
-                    "UPDATE tracked_meetings \
-                     SET last_polled_at = $3, poll_seq = poll_seq + 1, \
-                         consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
-                     WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'",
-                )
-                .bind(rec.meeting_id.as_str())
-                .bind(rec.expected_seq)
-                .bind(ts(rec.started_at))
+                macro_rules! record_poll_sql {
+                    () => {
+                        "UPDATE tracked_meetings \
+                         SET last_polled_at = $3, poll_seq = poll_seq + 1, \
+                             consecutive_failures = 0, last_error = NULL, last_error_code = NULL, last_error_at = NULL \
+                         WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'"
+                    };
+                }
+                let query = match fence {
+                    None => sqlx::query(record_poll_sql!()),
+                    Some(_) => sqlx::query(concat!(record_poll_sql!(), $lease_fence)),
+                };
+                let query = query
+                    .bind(rec.meeting_id.as_str())
+                    .bind(rec.expected_seq)
+                    .bind(ts(rec.started_at));
+                match fence {
+                    None => query,
+                    Some(token) => query.bind(token.0),
+                }
             }
 
             pub(in crate::store) async fn apply(
                 pool: &Pool,
                 rec: &PollRecord<'_>,
+                fence: Option<LeaseToken>,
             ) -> Result<ApplyOutcome> {
                 if rec.changes.is_empty() {
                     // An unchanged roster: one statement, no snapshot or event rows.
-                    let done = record_poll(rec).execute(pool).await?;
+                    let done = record_poll(rec, fence).execute(pool).await?;
                     return Ok(if done.rows_affected() == 1 {
                         ApplyOutcome::Applied {
                             events: Vec::new(),
@@ -352,7 +369,7 @@ macro_rules! shared_queries {
                     });
                 }
                 let mut tx = begin_write(pool).await?;
-                if record_poll(rec).execute(&mut *tx).await?.rows_affected() != 1 {
+                if record_poll(rec, fence).execute(&mut *tx).await?.rows_affected() != 1 {
                     // Dropping the transaction rolls it back; nothing was written anyway.
                     return Ok(ApplyOutcome::Conflict);
                 }
@@ -442,20 +459,31 @@ macro_rules! shared_queries {
                 expected_seq: i64,
                 observed_at: DateTime<Utc>,
                 previous_poll_at: Option<DateTime<Utc>>,
+                fence: Option<LeaseToken>,
             ) -> Result<ApplyOutcome> {
                 let mut tx = begin_write(pool).await?;
-                let done = sqlx::query(
-                    "UPDATE tracked_meetings \
-                     SET status = 'ended', ended_at = $3, last_polled_at = $3, \
-                         poll_seq = poll_seq + 1, consecutive_failures = 0, \
-                         last_error = NULL, last_error_code = NULL, last_error_at = NULL \
-                     WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'",
-                )
-                .bind(id.as_str())
-                .bind(expected_seq)
-                .bind(ts(observed_at))
-                .execute(&mut *tx)
-                .await?;
+                macro_rules! end_meeting_sql {
+                    () => {
+                        "UPDATE tracked_meetings \
+                         SET status = 'ended', ended_at = $3, last_polled_at = $3, \
+                             poll_seq = poll_seq + 1, consecutive_failures = 0, \
+                             last_error = NULL, last_error_code = NULL, last_error_at = NULL \
+                         WHERE meeting_id = $1 AND poll_seq = $2 AND status = 'active'"
+                    };
+                }
+                let query = match fence {
+                    None => sqlx::query(end_meeting_sql!()),
+                    Some(_) => sqlx::query(concat!(end_meeting_sql!(), $lease_fence)),
+                };
+                let query = query
+                    .bind(id.as_str())
+                    .bind(expected_seq)
+                    .bind(ts(observed_at));
+                let query = match fence {
+                    None => query,
+                    Some(token) => query.bind(token.0),
+                };
+                let done = query.execute(&mut *tx).await?;
                 if done.rows_affected() != 1 {
                     return Ok(ApplyOutcome::Conflict);
                 }

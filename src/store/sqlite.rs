@@ -22,7 +22,12 @@ use super::{
     redact_url,
 };
 
-shared_queries!(database = sqlx::Sqlite, for_update = "");
+// SQLite holds no leases (cluster mode is refused on it): a fenced write matches nothing.
+shared_queries!(
+    database = sqlx::Sqlite,
+    for_update = "",
+    lease_fence = " AND $4 IS NULL"
+);
 pub(super) use queries::*;
 type Database = sqlx::Sqlite;
 super::alerting::alerting_queries!();
@@ -215,6 +220,10 @@ pub(super) async fn record_unchanged_polls(
     pool: &SqlitePool,
     polls: &[UnchangedPoll],
 ) -> Result<std::collections::HashSet<String>> {
+    if polls.iter().any(|p| p.fence.is_some()) {
+        // SQLite holds no leases (cluster mode is refused on it): a fenced write matches nothing.
+        return Ok(std::collections::HashSet::new());
+    }
     let batch: Vec<(&str, i64, String)> = polls
         .iter()
         .map(|p| (p.meeting_id.as_str(), p.expected_seq, ts(p.started_at)))

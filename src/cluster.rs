@@ -1,0 +1,164 @@
+//! Cluster mode (`cluster.enabled`): several `run` replicas on one Postgres database.
+//!
+//! Each replica registers in `cluster_replicas` and runs a heartbeat every
+//! `cluster.heartbeat`: it renews the leases it holds, claims free ones (never granted,
+//! released, or expired because their owner died) until it holds about its share of all
+//! meetings' pages, and releases the surplus when replicas join (the SQL is in
+//! `store/leases.rs`). After each heartbeat it sets its share of every region's rate budget
+//! to one over the number of live replicas holding meetings there, so the fleet stays inside
+//! the account's quota.
+//!
+//! The scheduler polls only the meetings this replica holds (`Scheduler::with_cluster`), and
+//! every write of a poll is fenced by the lease token it was launched with: a replica that
+//! lost a lease (paused past the TTL, cut off from the database) writes nothing for it. On
+//! shutdown, after the scheduler drained, [`Cluster::leave`] releases every lease so the
+//! others take over at their next heartbeat.
+//!
+//! It never polls, never decides when a meeting is due, and writes only through the store's
+//! lease methods.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::chime::ChimeClient;
+use crate::config::Settings;
+use crate::store::{ClusterView, ReplicaId, ReplicaInfo, Store};
+
+/// This replica's membership: the heartbeat task and what it needs to leave.
+pub struct Cluster {
+    info: ReplicaInfo,
+    store: Store,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What the heartbeat needs, shared by [`Cluster::join`] and its task.
+#[derive(Clone)]
+struct Beat {
+    info: ReplicaInfo,
+    store: Store,
+    client: Arc<ChimeClient>,
+    ttl: Duration,
+    page_size: u32,
+}
+
+impl Cluster {
+    /// Registers this process as a replica, runs its first heartbeat (so it holds its share
+    /// of meetings before the scheduler's first read) and starts the heartbeat task.
+    ///
+    /// # Errors
+    /// The store is not Postgres, or the first heartbeat fails.
+    pub async fn join(
+        settings: &Settings,
+        store: Store,
+        client: Arc<ChimeClient>,
+    ) -> anyhow::Result<Cluster> {
+        let info = ReplicaInfo {
+            id: ReplicaId::random(),
+            host: hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let beat = Beat {
+            info: info.clone(),
+            store: store.clone(),
+            client,
+            ttl: settings.cluster.lease_ttl,
+            page_size: u32::try_from(settings.poll.max_results).unwrap_or(100),
+        };
+        let view = beat.tick().await?;
+        tracing::info!(
+            replica_id = %info.id,
+            live_replicas = view.live_replicas,
+            leases = view.held,
+            "joined the cluster"
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(heartbeats(beat, settings.cluster.heartbeat, stop.clone()));
+        Ok(Cluster {
+            info,
+            store,
+            stop,
+            task,
+        })
+    }
+
+    pub fn replica_id(&self) -> &ReplicaId {
+        &self.info.id
+    }
+
+    /// Stops the heartbeat and releases every lease this replica holds. Call after the
+    /// scheduler has drained, so no poll of this replica is still writing.
+    pub async fn leave(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        match self.store.leave_cluster(&self.info.id).await {
+            Ok(released) => {
+                tracing::info!(replica_id = %self.info.id, released, "left the cluster; leases released");
+            }
+            Err(e) => {
+                tracing::warn!(replica_id = %self.info.id, error = %e, "cannot release leases; they expire after cluster.lease_ttl");
+            }
+        }
+        metrics::gauge!("roster_sync_leases_held").set(0.0);
+    }
+}
+
+impl Beat {
+    /// One heartbeat, then the rate shares and gauges it implies.
+    async fn tick(&self) -> crate::store::Result<ClusterView> {
+        let view = self
+            .store
+            .heartbeat(&self.info, self.ttl, self.page_size)
+            .await?;
+        for (region, holders) in &view.region_holders {
+            self.client
+                .set_share(region, 1.0 / (*holders).max(1) as f64);
+        }
+        metrics::gauge!("roster_sync_leases_held").set(view.held as f64);
+        metrics::gauge!("roster_sync_replicas_live").set(view.live_replicas as f64);
+        if view.claimed > 0 || view.released > 0 {
+            tracing::info!(
+                claimed = view.claimed,
+                released = view.released,
+                leases = view.held,
+                pages = view.held_pages,
+                total_pages = view.total_pages,
+                live_replicas = view.live_replicas,
+                "leases rebalanced"
+            );
+        }
+        Ok(view)
+    }
+}
+
+/// Runs a heartbeat every `every` until `stop` fires. A failed heartbeat is logged and
+/// retried at the next one; leases it could not renew expire on their own.
+async fn heartbeats(beat: Beat, every: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = beat.tick().await {
+            tracing::warn!(error = %e, "cluster heartbeat failed; leases not renewed expire after cluster.lease_ttl");
+        }
+    }
+}
+
+/// The host name for `cluster_replicas.host`: `$HOSTNAME` (the pod name under Kubernetes),
+/// else the kernel's, else `unknown`.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
