@@ -25,7 +25,7 @@ use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+use common::BIN;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 both_backends!(

@@ -21,7 +21,7 @@ use roster_sync::sim::{self, SimConfig};
 use roster_sync::store::{ApplyOutcome, PollRecord, ReplicaId, ReplicaInfo, UnchangedPoll};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+use common::BIN;
 
 /// The process-wide metrics recorder, so a test can read `roster_sync_lease_lost_total`.
 fn metrics() -> &'static PrometheusHandle {
@@ -216,15 +216,7 @@ impl Replica {
         let child = Command::new(BIN)
             .arg("run")
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AWS_ACCESS_KEY_ID", "roster-sync-test")
-            .env("AWS_SECRET_ACCESS_KEY", "roster-sync-test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/aws-credentials",
-            )
+            .envs(common::binary_env())
             .env("ROSTER_SYNC__HTTP__LISTEN", "")
             .env("DATABASE_URL", &db.url)
             .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", endpoint)

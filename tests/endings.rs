@@ -22,7 +22,7 @@ use roster_sync::sim::{self, Operation, Paging, ScriptedFault, SimConfig, SimHan
 use roster_sync::store::MeetingStatus;
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+use common::BIN;
 
 fn region() -> Region {
     Region::parse("us-east-1").unwrap()
@@ -449,15 +449,7 @@ fn roster_sync(endpoint: &str, database_url: &str, args: &[&str]) -> tokio::proc
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", "roster-sync-test")
-        .env("AWS_SECRET_ACCESS_KEY", "roster-sync-test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        )
+        .envs(common::binary_env())
         .env("ROSTER_SYNC__HTTP__LISTEN", "")
         .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", endpoint)
         .env("DATABASE_URL", database_url)

@@ -21,7 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+use common::BIN;
 
 /// The binary with a clean environment: no inherited configuration, placeholder AWS
 /// credentials (the simulator does not check signatures), the endpoint off unless asked.
@@ -29,15 +29,7 @@ fn roster_sync(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", "roster-sync-test")
-        .env("AWS_SECRET_ACCESS_KEY", "roster-sync-test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        )
+        .envs(common::binary_env())
         .env("ROSTER_SYNC__HTTP__LISTEN", "")
         .env("ROSTER_SYNC__POLL__INTERVAL", "300ms")
         .env("ROSTER_SYNC__RETRY__BASE", "20ms")

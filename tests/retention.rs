@@ -22,7 +22,7 @@ use roster_sync::sim::{self, SimConfig};
 use roster_sync::store::{ApplyOutcome, Erased, PollRecord, Store, StoredEvent};
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+use common::BIN;
 
 both_backends!(
     retention_deletes_whole_finished_histories_and_keeps_open_and_recent_sessions,

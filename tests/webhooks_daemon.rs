@@ -20,7 +20,7 @@ use roster_sync::domain::{Capabilities, Capability, Region};
 use roster_sync::sim::control::Driver;
 use roster_sync::sim::{self, SimConfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+use common::BIN;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 both_backends!(
@@ -33,15 +33,7 @@ fn roster_sync(args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", "roster-sync-test")
-        .env("AWS_SECRET_ACCESS_KEY", "roster-sync-test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        )
+        .envs(common::binary_env())
         .env("ROSTER_SYNC__HTTP__LISTEN", "")
         .stdin(Stdio::null())
         .kill_on_drop(true);

@@ -283,3 +283,22 @@ macro_rules! both_backends {
         }
     )+};
 }
+
+/// The `roster-sync` binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
+
+/// What a test gives the binary after `env_clear()`: `PATH`, placeholder AWS credentials (the
+/// simulator does not check signatures), and no shared AWS config or instance-metadata lookup.
+pub fn binary_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![
+        ("PATH", std::env::var_os("PATH").unwrap_or_default()),
+        ("AWS_ACCESS_KEY_ID", "roster-sync-test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "roster-sync-test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_CONFIG_FILE", "/nonexistent/aws-config".into()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials".into(),
+        ),
+    ]
+}
