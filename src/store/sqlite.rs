@@ -66,7 +66,11 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
-        .synchronous(SqliteSynchronous::Normal)
+        // FULL: every commit is on disk before it returns. With NORMAL a power loss can roll
+        // back commits already announced, and their event ids would be handed out again for
+        // other events, which receivers that de-duplicate by event_id would silently drop.
+        // One fsync per commit is negligible at this commit rate.
+        .synchronous(SqliteSynchronous::Full)
         // Statement journals (every multi-row statement inside a transaction keeps one) and
         // RETURNING's temporary rows stay in memory instead of spilling to temporary files
         // past 64 KiB: a first poll of a large meeting otherwise opens and writes a file.
