@@ -42,6 +42,7 @@ impl Outcome {
 
 const DELIVERIES: &str = "roster_sync_webhook_deliveries_total";
 const LAG: &str = "roster_sync_webhook_lag_events";
+const LAST_SUCCESS: &str = "roster_sync_webhook_last_success_timestamp_seconds";
 
 fn describe_metrics() {
     metrics::describe_counter!(
@@ -53,11 +54,20 @@ fn describe_metrics() {
         LAG,
         "Events recorded that a webhook sink has not yet delivered or skipped."
     );
+    metrics::describe_gauge!(
+        LAST_SUCCESS,
+        metrics::Unit::Seconds,
+        "Unix time of the sink's last batch answered 2xx (or skipped by its filters)."
+    );
 }
 
 fn record_delivery(sink: &str, outcome: Outcome) {
     metrics::counter!(DELIVERIES, "sink" => sink.to_owned(), "outcome" => outcome.as_str())
         .increment(1);
+    if matches!(outcome, Outcome::Delivered | Outcome::Skipped) {
+        let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        metrics::gauge!(LAST_SUCCESS, "sink" => sink.to_owned()).set(now);
+    }
 }
 
 fn record_lag(sink: &str, events: i64) {
