@@ -7,10 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestDb;
-use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
-use roster_sync::domain::{Capabilities, Capability, Region};
-use roster_sync::sim::control::Driver;
-use roster_sync::sim::{self, SimConfig};
+use roster_sync::domain::{Capabilities, Capability};
 use roster_sync::store::MeetingStatus;
 
 use common::BIN;
@@ -208,19 +205,7 @@ async fn counts(db: &TestDb) -> [i64; 4] {
 both_backends!(the_daemon_stopped_and_crashed_mid_poll_repeats_and_loses_nothing);
 
 async fn the_daemon_stopped_and_crashed_mid_poll_repeats_and_loses_nothing(db: &TestDb) {
-    let region = Region::parse("us-east-1").unwrap();
-    let sim = sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            exempt_control: true,
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let options = ClientOptions::for_endpoint(&sim.endpoint_url(), 100.0, 100);
-    let driver =
-        Driver::new(ChimeClient::new(simulator_sdk_config(&region), options).sdk_client(&region));
+    let (sim, driver) = common::sim_and_driver(100.0).await;
     let id = driver.create_meeting("restart", "us-east-1").await.unwrap();
     let made = driver
         .add_attendees(&id, (0..120).map(|i| (format!("p{i}"), None)))

@@ -12,12 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::TestDb;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::domain::{
     Attendee, AttendeeId, Capabilities, Change, ExternalUserId, MeetingId, Region,
 };
-use roster_sync::sim::control::Driver;
-use roster_sync::sim::{self, SimConfig};
 use roster_sync::store::{ApplyOutcome, PollRecord, ReplicaId, ReplicaInfo, UnchangedPoll};
 use tokio::process::{Child, Command};
 
@@ -296,18 +293,7 @@ async fn duplicated_joins(db: &TestDb) -> i64 {
 async fn three_replicas_poll_each_meeting_once_and_take_over_from_a_killed_or_stopped_one() {
     let Some(db) = postgres().await else { return };
     let region = Region::parse("us-east-1").unwrap();
-    let sim = sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            exempt_control: true,
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let options = ClientOptions::for_endpoint(&sim.endpoint_url(), 200.0, 200);
-    let driver =
-        Driver::new(ChimeClient::new(simulator_sdk_config(&region), options).sdk_client(&region));
+    let (sim, driver) = common::sim_and_driver(200.0).await;
     let mut meetings = Vec::new();
     for n in 0..30 {
         let id = driver

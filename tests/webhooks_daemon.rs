@@ -15,10 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use common::TestDb;
 use hmac::{KeyInit as _, Mac as _};
-use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
-use roster_sync::domain::{Capabilities, Capability, Region};
-use roster_sync::sim::control::Driver;
-use roster_sync::sim::{self, SimConfig};
+use roster_sync::domain::{Capabilities, Capability};
 
 use common::BIN;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -157,19 +154,7 @@ async fn recorded_event_ids(db: &TestDb) -> Vec<i64> {
 async fn the_daemon_delivers_signed_batches_in_order_and_loses_nothing_while_the_receiver_is_down(
     db: &TestDb,
 ) {
-    let region = Region::parse("us-east-1").unwrap();
-    let sim = sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            exempt_control: true,
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let options = ClientOptions::for_endpoint(&sim.endpoint_url(), 100.0, 100);
-    let driver =
-        Driver::new(ChimeClient::new(simulator_sdk_config(&region), options).sdk_client(&region));
+    let (sim, driver) = common::sim_and_driver(100.0).await;
     let id = driver.create_meeting("hooks", "us-east-1").await.unwrap();
     let (url, receiver) = start_receiver().await;
 

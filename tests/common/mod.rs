@@ -302,3 +302,29 @@ pub fn binary_env() -> Vec<(&'static str, std::ffi::OsString)> {
         ),
     ]
 }
+
+/// The simulator on a free port with the real quota for reads and the control operations
+/// exempt, and a control client (`Driver`) whose own budget is `control_rps`, so making changes
+/// never eats the quota the daemon under test is measured against.
+pub async fn sim_and_driver(
+    control_rps: f64,
+) -> (
+    roster_sync::sim::SimHandle,
+    roster_sync::sim::control::Driver,
+) {
+    use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
+    let region = roster_sync::domain::Region::parse("us-east-1").expect("a region");
+    let sim = roster_sync::sim::start(
+        "127.0.0.1:0".parse().expect("an address"),
+        roster_sync::sim::SimConfig {
+            exempt_control: true,
+            ..roster_sync::sim::SimConfig::default()
+        },
+    )
+    .await
+    .expect("start the simulator");
+    let options = ClientOptions::for_endpoint(&sim.endpoint_url(), control_rps, control_rps as u32);
+    let client = ChimeClient::new(simulator_sdk_config(&region), options);
+    let driver = roster_sync::sim::control::Driver::new(client.sdk_client(&region));
+    (sim, driver)
+}
