@@ -201,7 +201,7 @@ async fn migrator_writer_and_analyst_roles_each_do_their_part_and_no_more() {
     .expect("read the owners");
     assert_eq!(
         owners,
-        [roles.migrator.clone()],
+        std::slice::from_ref(&roles.migrator),
         "owners of tables and views"
     );
 
