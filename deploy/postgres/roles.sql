@@ -6,10 +6,10 @@
 --   roster_analyst   reads the tables and views, read-only by default (SELECT only).
 --
 -- Run it as a superuser (on a managed service, a role that is a member of roster_migrator),
--- connected to roster-sync's database, before the first `migrate`:
+-- connected to roster-sync's database, before the first `migrate` and once after it:
 --   psql -v ON_ERROR_STOP=1 -d roster -f deploy/postgres/roles.sql
 -- then give each role a password (`\password roster_writer` in psql) or another login method.
--- It is idempotent: running it again (say, for a second database) changes nothing else.
+-- It is idempotent: running it again changes nothing else.
 -- It expects the schema `public` and tables created by roster_migrator: a database migrated
 -- earlier by another role needs `REASSIGN OWNED BY that_role TO roster_migrator` first
 -- (tables owned by someone else get none of the default privileges below).
@@ -59,3 +59,13 @@ ALTER DEFAULT PRIVILEGES FOR ROLE roster_migrator IN SCHEMA public
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO roster_writer;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO roster_writer;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO roster_analyst;
+
+-- The record of applied migrations is the migrator's alone. The first `migrate` creates it
+-- (with the default privileges above): run this file once more after that.
+DO $$
+BEGIN
+    IF to_regclass('public._sqlx_migrations') IS NOT NULL THEN
+        REVOKE INSERT, UPDATE, DELETE ON public._sqlx_migrations FROM roster_writer;
+    END IF;
+END
+$$;
