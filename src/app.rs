@@ -141,6 +141,8 @@ impl Daemon {
         }
         if settings.database.migrate_on_start {
             store.migrate().await.context("applying migrations")?;
+        } else {
+            wait_for_migrations(&store, &cancel).await?;
         }
         health.set_migrated();
         add_configured_meetings(settings, &store).await?;
@@ -386,4 +388,39 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
     Store::connect(&url, settings.database.max_connections)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(&url)))
+}
+
+/// How often a daemon that does not migrate (`run --no-migrate`) looks again for the
+/// migrations another role applies.
+const MIGRATIONS_RECHECK: Duration = Duration::from_secs(5);
+
+/// Waits until the database holds every migration this binary embeds, so a daemon started
+/// beside (or before) the migrating job never writes to an older schema. `/readyz` keeps
+/// answering "migrations are not applied yet" meanwhile.
+async fn wait_for_migrations(store: &Store, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let mut logged = false;
+    loop {
+        let pending = store
+            .pending_migrations()
+            .await
+            .context("reading the applied migrations (_sqlx_migrations)")?;
+        if pending.is_empty() {
+            if logged {
+                tracing::info!("migrations are applied; starting");
+            }
+            return Ok(());
+        }
+        if !logged {
+            tracing::warn!(
+                pending = ?pending,
+                "database.migrate_on_start is off and the database lacks migrations; \
+                 waiting for `roster-sync migrate` to apply them"
+            );
+            logged = true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => anyhow::bail!("stopped while waiting for migrations"),
+            () = tokio::time::sleep(MIGRATIONS_RECHECK) => {}
+        }
+    }
 }

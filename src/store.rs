@@ -259,6 +259,53 @@ impl Store {
         Ok(())
     }
 
+    /// Versions of the migrations this binary embeds that the database has not applied, oldest
+    /// first. A `run --no-migrate` daemon waits until this is empty, since the migrations are
+    /// another role's job there.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database cannot be asked.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let (migrator, applied): (sqlx::migrate::Migrator, Vec<i64>) = match &self.db {
+            Db::Postgres(pool) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(pool)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("./migrations/postgres"), applied)
+            }
+            Db::Sqlite(db) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT count(*) > 0 FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(&db.pool)
+                .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&db.pool)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("./migrations/sqlite"), applied)
+            }
+        };
+        let applied: HashSet<i64> = applied.into_iter().collect();
+        Ok(migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .map(|m| m.version)
+            .collect())
+    }
+
     /// Makes this the only process writing polls to the database, for as long as the store
     /// (or a clone of it) lives or until [`Store::close`]. Idempotent. Two daemons on one
     /// database would poll every meeting twice and their snapshots would fight (the

@@ -689,3 +689,44 @@ async fn a_start_while_postgres_is_down_waits_and_an_outage_mid_run_loses_nothin
     sim.shutdown().await.unwrap();
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn run_no_migrate_waits_unready_until_another_role_applies_the_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let port = free_port();
+    let mut daemon = roster_sync(&["run", "--no-migrate"])
+        .env("DATABASE_URL", &url)
+        .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("ROSTER_SYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("/readyz answers", Duration::from_secs(30), || async {
+        status_of(port, "/readyz").await.is_some()
+    })
+    .await;
+    let (code, body) = get(port, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("migrations"), "{body}");
+    assert!(alive(&mut daemon), "it waits instead of failing");
+
+    ok(roster_sync(&["migrate"]).env("DATABASE_URL", &url)).await;
+    eventually(
+        "ready once the migrations are applied",
+        Duration::from_secs(60),
+        || async { status_of(port, "/readyz").await == Some(200) },
+    )
+    .await;
+    assert!(terminate(&mut daemon, "no-migrate").await.success());
+    let mut stderr = String::new();
+    daemon
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("waiting for `roster-sync migrate`"), "{stderr}");
+}
