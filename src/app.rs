@@ -142,7 +142,7 @@ impl Daemon {
         if settings.database.migrate_on_start {
             store.migrate().await.context("applying migrations")?;
         } else {
-            wait_for_migrations(&store, &cancel).await?;
+            wait_for_migrations(&store, &health, &cancel).await?;
         }
         health.set_migrated();
         add_configured_meetings(settings, &store).await?;
@@ -397,13 +397,18 @@ const MIGRATIONS_RECHECK: Duration = Duration::from_secs(5);
 /// Waits until the database holds every migration this binary embeds, so a daemon started
 /// beside (or before) the migrating job never writes to an older schema. `/readyz` keeps
 /// answering "migrations are not applied yet" meanwhile.
-async fn wait_for_migrations(store: &Store, cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn wait_for_migrations(
+    store: &Store,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut logged = false;
     loop {
         let pending = store
             .pending_migrations()
             .await
             .context("reading the applied migrations (_sqlx_migrations)")?;
+        health.db_answered();
         if pending.is_empty() {
             if logged {
                 tracing::info!("migrations are applied; starting");
