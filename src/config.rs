@@ -283,6 +283,10 @@ pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
 /// representable duration.
 pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 
+/// The most connections a pool may have: the pool sets aside room for each up front, and
+/// Postgres itself allows 100 by default.
+pub const MAX_CONNECTIONS: u32 = 1000;
+
 /// The highest `rate.requests_per_second` (the service's quota is 10, adjustable).
 pub const MAX_REQUESTS_PER_SECOND: f64 = 100_000.0;
 
@@ -375,8 +379,14 @@ impl Settings {
                 "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite default)",
             ));
         }
-        if self.database.max_connections == 0 {
-            return Err(bad("database.max_connections", "must be at least 1"));
+        if !(1..=MAX_CONNECTIONS).contains(&self.database.max_connections) {
+            return Err(bad(
+                "database.max_connections",
+                format!(
+                    "is {}, must be within 1..={MAX_CONNECTIONS}",
+                    self.database.max_connections
+                ),
+            ));
         }
         let endpoint = &self.chime.endpoint_url;
         if !(endpoint.is_empty()
@@ -702,6 +712,76 @@ mod tests {
         s.poll.max_results = 101;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("poll.max_results"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_panic_or_spin_are_refused_naming_the_key() {
+        let day = Duration::from_secs(24 * 60 * 60);
+        type Change = Box<dyn Fn(&mut Settings)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "poll.failure_backoff_cap",
+                Box::new(|s| s.poll.failure_backoff_cap = s.poll.interval / 2),
+            ),
+            (
+                "shutdown.grace",
+                Box::new(|s| s.shutdown.grace = Duration::from_secs(11 * 60)),
+            ),
+            (
+                "rate.requests_per_second",
+                Box::new(|s| s.rate.requests_per_second = 1e-300),
+            ),
+            (
+                "rate.requests_per_second",
+                Box::new(|s| s.rate.requests_per_second = f64::NAN),
+            ),
+            (
+                "poll.interval",
+                Box::new(|s| s.poll.interval = Duration::MAX),
+            ),
+            (
+                "retry.cap",
+                Box::new(move |s| s.retry.cap = day + Duration::from_millis(1)),
+            ),
+            (
+                "database.statement_timeout",
+                Box::new(|s| s.database.statement_timeout = Duration::ZERO),
+            ),
+            (
+                "database.startup_timeout",
+                Box::new(|s| s.database.startup_timeout = Some(Duration::MAX)),
+            ),
+            (
+                "retention.events",
+                Box::new(|s| s.retention.events = Some(Duration::MAX)),
+            ),
+            (
+                "database.max_connections",
+                Box::new(|s| s.database.max_connections = u32::MAX),
+            ),
+        ];
+        for (key, change) in cases {
+            let mut s = Settings::defaults().unwrap();
+            change(&mut s);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_bounds_themselves_are_accepted() {
+        let mut s = Settings::defaults().unwrap();
+        s.poll.interval = MAX_DURATION;
+        s.poll.failure_backoff_cap = MAX_DURATION;
+        s.shutdown.grace = MAX_SHUTDOWN_GRACE;
+        s.rate.requests_per_second = MIN_REQUESTS_PER_SECOND;
+        s.database.startup_timeout = Some(MAX_STARTUP_TIMEOUT);
+        s.retention.events = Some(MAX_RETENTION);
+        s.database.max_connections = MAX_CONNECTIONS;
+        s.validate().unwrap();
+        s.shutdown.grace = Duration::ZERO;
+        s.rate.requests_per_second = MAX_REQUESTS_PER_SECOND;
+        s.validate().unwrap();
     }
 
     #[test]
