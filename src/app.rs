@@ -34,7 +34,7 @@ use crate::health::Health;
 use crate::http::Ops;
 use crate::redact::redact_url;
 use crate::scheduler::{PollReport, Scheduler, SchedulerOptions};
-use crate::store::{AddOutcome, Store, StoredEvent};
+use crate::store::{AddOutcome, Backend, PoolOptions, Store, StoredEvent};
 use crate::systemd::Notifier;
 
 /// How often the metrics recorder's upkeep (histogram maintenance) runs.
@@ -125,7 +125,7 @@ impl Daemon {
                 let url = settings.database_url();
                 Store::connect_patiently(
                     &url,
-                    settings.database.max_connections,
+                    daemon_pool(settings),
                     settings.database.startup_timeout,
                     &cancel,
                     |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "waiting for the database"),
@@ -183,10 +183,18 @@ impl Daemon {
             scheduler = scheduler.with_poll_observer(move |r: &PollReport<'_>| observer(r));
         }
 
+        let regions = polled_regions(settings, &store).await;
         tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            database_kind = match store.backend() {
+                Backend::Postgres => "postgres",
+                Backend::Sqlite => "sqlite",
+            },
             database = %redact_url(&settings.database_url()),
-            interval = ?settings.poll.interval,
+            regions = %regions,
             rate = settings.rate.requests_per_second,
+            burst = settings.rate.burst,
+            interval = ?settings.poll.interval,
             "roster-sync running"
         );
         let lost = store.writer_lock_lost();
@@ -379,7 +387,30 @@ async fn upkeep(ops: Ops, cancel: CancellationToken) {
     }
 }
 
-/// Connects to the configured database; the error names it (password redacted).
+/// The pool the daemon polls with: `database.max_connections`, and on Postgres
+/// `database.statement_timeout` on every statement, so no database call can hold the scheduler
+/// for longer than that.
+pub fn daemon_pool(settings: &Settings) -> PoolOptions {
+    PoolOptions {
+        max_connections: settings.database.max_connections,
+        statement_timeout: Some(settings.database.statement_timeout),
+    }
+}
+
+/// The regions the daemon polls at start, for its first log line: those of the active
+/// meetings, and the default region (`chime.region`), comma-separated.
+async fn polled_regions(settings: &Settings, store: &Store) -> String {
+    let mut regions = std::collections::BTreeSet::from([settings.chime.region.to_string()]);
+    match store.active_meeting_keys().await {
+        Ok(keys) => regions.extend(keys.into_iter().map(|(_, r)| r.to_string())),
+        Err(e) => tracing::debug!(error = %e, "cannot list the regions of the tracked meetings"),
+    }
+    regions.into_iter().collect::<Vec<_>>().join(",")
+}
+
+/// Connects to the configured database for a command (`report`, `meetings`, `events`, …):
+/// no statement limit, since a person or script waits for the answer and may stop it. The
+/// error names the database (password redacted).
 ///
 /// # Errors
 /// The database cannot be reached or the URL is not supported.

@@ -114,7 +114,10 @@ impl Retention {
             match self.pass(crate::domain::now(), &cancel).await {
                 Ok(0) => tracing::debug!("retention: no event to delete"),
                 Ok(deleted) => tracing::info!(deleted, "retention deleted expired events"),
-                Err(e) => tracing::warn!(error = %e, "retention pass failed; next pass retries"),
+                Err(e) => {
+                    crate::telemetry::database_error("retention");
+                    tracing::warn!(error = %e, "retention pass failed; next pass retries");
+                }
             }
         }
     }
