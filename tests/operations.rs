@@ -812,5 +812,8 @@ async fn run_no_migrate_waits_unready_until_another_role_applies_the_migrations(
         .read_to_string(&mut stderr)
         .await
         .unwrap();
-    assert!(stderr.contains("waiting for `roster-sync migrate`"), "{stderr}");
+    assert!(
+        stderr.contains("waiting for `roster-sync migrate`"),
+        "{stderr}"
+    );
 }
