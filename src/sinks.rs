@@ -78,10 +78,15 @@ fn record_lag(sink: &str, events: i64) {
 /// fires (a batch in flight is abandoned and sent again on the next start). Returns how many
 /// were started.
 ///
+/// Every sink's cursor is read, or created for a new sink, before this returns: the daemon
+/// calls it before its first poll, so a sink added to the configuration receives every event
+/// recorded from that start on, including the first poll's (a cursor created later, by the
+/// task, would start after them).
+///
 /// # Errors
-/// The platform's root certificates cannot be read, or an entry is invalid (validation at
-/// start rules that out); nothing is started then.
-pub fn spawn_webhooks(
+/// The platform's root certificates cannot be read, an entry is invalid (validation at
+/// start rules that out), or a cursor cannot be read or created; nothing is started then.
+pub async fn spawn_webhooks(
     settings: &Settings,
     store: Store,
     cancel: CancellationToken,
@@ -93,7 +98,7 @@ pub fn spawn_webhooks(
     describe_metrics();
     let client = webhook::http_client()
         .map_err(|e| anyhow::anyhow!("cannot build the webhook HTTPS client: {e}"))?;
-    let sinks = settings
+    let mut sinks = settings
         .webhooks
         .iter()
         .enumerate()
@@ -102,6 +107,15 @@ pub fn spawn_webhooks(
                 .map_err(|why| anyhow::anyhow!("webhooks[{i}] ({}): {why}", entry.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for sink in &mut sinks {
+        let cursor = sink.open_cursor().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the delivery cursor of webhook {:?}: {e}",
+                sink.name()
+            )
+        })?;
+        tracing::debug!(sink = %sink.name(), cursor, "webhook cursor");
+    }
     let started = sinks.len();
     for sink in sinks {
         tracker.spawn(sink.run(settings.webhook.clone(), cancel.clone()));
