@@ -78,6 +78,9 @@ fn record_lag(sink: &str, events: i64) {
 /// fires (a batch in flight is abandoned and sent again on the next start). Returns how many
 /// were started.
 ///
+/// On Postgres one `LISTEN` connection, taken from the pool, wakes idle sinks as soon as
+/// events commit (by any writer); on SQLite they look every `webhook.poll_interval`.
+///
 /// Every sink's cursor is read, or created for a new sink, before this returns: the daemon
 /// calls it before its first poll, so a sink added to the configuration receives every event
 /// recorded from that start on, including the first poll's (a cursor created later, by the
@@ -116,9 +119,46 @@ pub async fn spawn_webhooks(
         })?;
         tracing::debug!(sink = %sink.name(), cursor, "webhook cursor");
     }
+    // One LISTEN connection (taken from the pool) wakes every sink.
+    let (wake, wakeups) = tokio::sync::watch::channel(0u64);
+    match store.event_wakeups().await {
+        Ok(Some(listener)) => {
+            tracker.spawn(forward_wakeups(listener, wake, cancel.clone()));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot LISTEN for new events; webhook sinks look every webhook.poll_interval"
+        ),
+    }
     let started = sinks.len();
     for sink in sinks {
+        let sink = sink.with_wakeups(wakeups.clone());
         tracker.spawn(sink.run(settings.webhook.clone(), cancel.clone()));
     }
     Ok(started)
+}
+
+/// Bumps `wake` at every notification on [`crate::store::EVENTS_CHANNEL`], and once after a
+/// lost connection (notifications sent meanwhile are lost; the listener reconnects by itself),
+/// until `cancel` fires. Without it (SQLite), sinks look every `webhook.poll_interval`.
+async fn forward_wakeups(
+    mut listener: crate::store::EventWakeups,
+    wake: tokio::sync::watch::Sender<u64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let heard = tokio::select! {
+            () = cancel.cancelled() => break,
+            heard = listener.next() => heard,
+        };
+        if let Err(e) = heard {
+            tracing::debug!(error = %e, "webhook wakeups: LISTEN connection lost");
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+        wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }

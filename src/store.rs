@@ -171,7 +171,7 @@ impl Store {
     ///
     /// `postgres://…` and `postgresql://…` open Postgres. `sqlite://path`, `sqlite:path` (the
     /// file and its directory are created if missing) and `sqlite::memory:` open SQLite in WAL
-    /// mode with foreign keys on, `synchronous = NORMAL`, `temp_store = MEMORY` and a 5 s busy
+    /// mode with foreign keys on, `synchronous = FULL`, `temp_store = MEMORY` and a 5 s busy
     /// timeout.
     ///
     /// # Errors

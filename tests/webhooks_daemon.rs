@@ -434,16 +434,15 @@ async fn a_failing_sink_is_logged_once_when_it_fails_and_once_when_it_recovers_n
         lines
     });
 
-    let mut people = 0;
+    // Outage n records the n-th event.
     for (outage, retries) in [(1, 5), (2, 3)] {
         // Receiver down: a change is recorded and its delivery refused again and again.
         receiver.down.store(true, Ordering::SeqCst);
         let refused_before = receiver.seen.lock().unwrap().refused;
         driver
-            .add_attendees(&id, [(format!("p{people}@example.com"), None)])
+            .add_attendees(&id, [(format!("p{outage}@example.com"), None)])
             .await
             .unwrap();
-        people += 1;
         eventually(
             &format!("outage {outage}: {retries} refused attempts"),
             || async { receiver.seen.lock().unwrap().refused >= refused_before + retries },
@@ -452,7 +451,7 @@ async fn a_failing_sink_is_logged_once_when_it_fails_and_once_when_it_recovers_n
         // Back up: delivered.
         receiver.down.store(false, Ordering::SeqCst);
         eventually(&format!("outage {outage}: delivered"), || async {
-            receiver.seen.lock().unwrap().event_ids().len() == people
+            receiver.seen.lock().unwrap().event_ids().len() == outage
         })
         .await;
     }

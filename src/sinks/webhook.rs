@@ -13,6 +13,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, record_delivery, record_lag};
@@ -93,6 +94,8 @@ pub struct Sink {
     /// `None` until read from the database.
     cursor: Option<i64>,
     pending: Option<Batch>,
+    /// Changes when events are committed: ends an idle wait early ([`Sink::with_wakeups`]).
+    wakeups: Option<watch::Receiver<u64>>,
 }
 
 impl Sink {
@@ -120,7 +123,16 @@ impl Sink {
             client,
             cursor: None,
             pending: None,
+            wakeups: None,
         })
+    }
+
+    /// An idle sink also wakes when `wakeups` changes (see [`crate::sinks::spawn_webhooks`]),
+    /// not only every `webhook.poll_interval`.
+    #[must_use]
+    pub fn with_wakeups(mut self, wakeups: watch::Receiver<u64>) -> Self {
+        self.wakeups = Some(wakeups);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -256,9 +268,10 @@ impl Sink {
             .map_err(|_| DeliveryError::Timeout(self.timeout))?
     }
 
-    /// Delivers until `cancel` fires: steps while there is work, waits `poll_interval` when
-    /// idle, and after a failure waits the backoff (or the receiver's `Retry-After`, if
-    /// longer) before retrying the same batch.
+    /// Delivers until `cancel` fires: steps while there is work, waits when idle, and after a
+    /// failure waits the backoff (or the receiver's `Retry-After`, if longer) before retrying
+    /// the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
+    /// were committed, whichever comes first.
     ///
     /// It logs state changes, not attempts: one warning when a healthy sink fails ("webhook
     /// sink failing", with the error), one line when a failing sink succeeds again ("webhook
@@ -287,6 +300,7 @@ impl Sink {
                 tracing::info!(sink = %self.name, failed_attempts, "webhook sink recovered");
                 failed_attempts = 0;
             }
+            let idle = matches!(step, Ok(Step::Idle));
             let wait = match step {
                 Ok(Step::Idle) => {
                     backoff = new_backoff();
@@ -346,11 +360,24 @@ impl Sink {
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(wait) => {}
+                    () = committed(&mut self.wakeups), if idle => {}
                 }
             }
         }
         tracing::info!(sink = %self.name, "webhook sink stopped");
     }
+}
+
+/// Returns when events were committed since the last return ([`Sink::with_wakeups`]);
+/// never without a wakeup channel, or once its sender is gone.
+async fn committed(wakeups: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = wakeups {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+        *wakeups = None;
+    }
+    std::future::pending().await
 }
 
 /// An error and its sources, for a log line ("client error (Connect): connection refused").
