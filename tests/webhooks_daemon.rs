@@ -24,6 +24,7 @@ both_backends!(
     the_daemon_delivers_signed_batches_in_order_and_loses_nothing_while_the_receiver_is_down,
     a_failing_sink_is_logged_once_when_it_fails_and_once_when_it_recovers_not_per_retry,
     a_sink_added_to_the_configuration_gets_every_event_from_the_daemon_start_on_and_no_history,
+    a_receiver_stopped_across_a_daemon_restart_gets_every_event_in_order_without_a_gap,
 );
 
 /// The binary with a clean environment and placeholder AWS credentials (the simulator does
@@ -580,4 +581,120 @@ async fn a_sink_added_to_the_configuration_gets_every_event_from_the_daemon_star
         })
         .collect();
     assert!(kinds.iter().all(|u| u.starts_with("new")), "{kinds:?}");
+}
+
+/// Serves `receiver` on `addr` (port 0: any free port) until the returned sender fires or is
+/// dropped; the task ends once the port is closed.
+async fn serve_on(
+    addr: std::net::SocketAddr,
+    receiver: Receiver,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(receiver);
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}
+
+async fn a_receiver_stopped_across_a_daemon_restart_gets_every_event_in_order_without_a_gap(
+    db: &TestDb,
+) {
+    let (sim, driver) = common::sim_and_driver(100.0).await;
+    let id = driver.create_meeting("restart", "us-east-1").await.unwrap();
+    let receiver = Receiver::default();
+    let (addr, stop, serving) = serve_on("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = webhook_config(dir.path(), "restarted", &format!("http://{addr}/hook"));
+    track(db, &id).await;
+    let start = || {
+        daemon(db, &sim.endpoint_url(), Some(&config))
+            .env("ROSTER_SYNC__WEBHOOK__BATCH", "2")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the daemon")
+    };
+    let mut first = start();
+    driver
+        .add_attendees(&id, (0..3).map(|i| (format!("a{i}@example.com"), None)))
+        .await
+        .unwrap();
+    eventually("three events delivered", || async {
+        receiver.seen.lock().unwrap().event_ids().len() == 3
+    })
+    .await;
+
+    // The receiver stops (connections refused); changes go on being recorded.
+    let _ = stop.send(());
+    serving.await.unwrap();
+    driver
+        .add_attendees(&id, (0..3).map(|i| (format!("b{i}@example.com"), None)))
+        .await
+        .unwrap();
+    eventually("a refused delivery is noted", || async {
+        db.raw
+            .scalar("SELECT count(*) FROM webhook_cursors WHERE last_error IS NOT NULL")
+            .await
+            == 1
+    })
+    .await;
+    // The daemon restarts while the receiver is still down, and records more.
+    terminate(&mut first).await;
+    let mut second = start();
+    driver
+        .add_attendees(&id, (0..2).map(|i| (format!("c{i}@example.com"), None)))
+        .await
+        .unwrap();
+    eventually("eight events recorded", || async {
+        recorded_event_ids(db).await.len() == 8
+    })
+    .await;
+    // The receiver comes back on the same port.
+    let (_, _stop, _serving) = serve_on(addr, receiver.clone()).await;
+    let recorded = recorded_event_ids(db).await;
+    eventually("every event delivered", || async {
+        let seen = receiver.seen.lock().unwrap().event_ids();
+        recorded.iter().all(|e| seen.contains(e))
+    })
+    .await;
+    terminate(&mut second).await;
+    sim.shutdown().await.unwrap();
+
+    let seen = receiver.seen.lock().unwrap();
+    assert_eq!(seen.bad_signatures, 0);
+    // At least once, in order, no gap: each batch starts at most one after the highest id
+    // delivered so far (a batch sent again after the restart starts lower), and ids within a
+    // batch are consecutive recorded ids.
+    let mut highest = 0;
+    for (webhook_id, events) in &seen.batches {
+        let ids: Vec<i64> = events
+            .iter()
+            .map(|e| e["event_id"].as_i64().unwrap())
+            .collect();
+        let at = recorded.iter().position(|e| *e == ids[0]).unwrap();
+        assert_eq!(ids, recorded[at..at + ids.len()], "batch {webhook_id}");
+        let next = recorded
+            .iter()
+            .position(|e| *e > highest)
+            .unwrap_or(recorded.len());
+        assert!(
+            at <= next,
+            "batch {webhook_id} skipped events after {highest}"
+        );
+        highest = highest.max(*ids.last().unwrap());
+    }
+    assert_eq!(highest, *recorded.last().unwrap());
 }
