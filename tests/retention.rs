@@ -29,6 +29,7 @@ both_backends!(
     retention_never_deletes_an_event_a_webhook_sink_has_not_passed,
     retention_deletes_in_batches_of_the_given_size,
     retention_deletes_meetings_that_ended_or_stopped_before_the_cutoff_once_their_events_are_gone,
+    the_daemon_deletes_expired_history_in_batches_while_it_goes_on_polling,
     forget_erases_one_person_everywhere_and_fences_the_meetings_they_are_in,
     a_forgotten_person_still_in_the_meeting_is_recorded_as_joined_at_the_next_poll,
     forget_refuses_without_yes_when_stdin_is_not_a_terminal_and_erases_with_it,
@@ -263,6 +264,96 @@ async fn retention_deletes_in_batches_of_the_given_size(db: &TestDb) {
     }
     assert_eq!(batches, [4, 4, 2]);
     assert_eq!(db.raw.scalar("SELECT count(*) FROM roster_events").await, 0);
+}
+
+async fn the_daemon_deletes_expired_history_in_batches_while_it_goes_on_polling(db: &TestDb) {
+    let (sim, driver) = common::sim_and_driver(100.0).await;
+    let id = driver
+        .create_meeting("retained", "us-east-1")
+        .await
+        .unwrap();
+    // One person has been in the meeting for 40 days: their join is kept.
+    let stayer = driver
+        .add_attendees(&id, [("stayer@example.com".to_owned(), None)])
+        .await
+        .unwrap()
+        .remove(0);
+    track(&db.store, &id).await;
+    let stayer = Attendee {
+        attendee_id: stayer.attendee_id,
+        external_user_id: ExternalUserId::new("stayer@example.com"),
+        capabilities: Capabilities::DEFAULT,
+    };
+    poll_at(&db.store, &id, days_ago(40), &[Change::joined(&stayer)]).await;
+    // 1250 people came and went 40 days ago: 2500 expired events, more than two batches.
+    for chunk in 0..5 {
+        let people: Vec<Attendee> = (0..250)
+            .map(|n| attendee(1000 + chunk * 250 + n, &format!("gone{chunk}-{n}")))
+            .collect();
+        let joins: Vec<Change> = people.iter().map(Change::joined).collect();
+        poll_at(&db.store, &id, days_ago(40), &joins).await;
+        let leaves: Vec<Change> = people
+            .iter()
+            .map(|a| Change::left(a, LeftReason::Removed))
+            .collect();
+        poll_at(&db.store, &id, days_ago(39), &leaves).await;
+    }
+    assert_eq!(db.store.events_since(0, 10_000).await.unwrap().len(), 2501);
+
+    let mut settings = Settings::defaults().unwrap();
+    settings.retention.events = Some(Duration::from_secs(30 * 86_400));
+    settings.poll.interval = Duration::from_millis(200);
+    settings.http.listen.clear();
+    settings.validate().unwrap();
+    let client = ChimeClient::new(
+        simulator_sdk_config(&region()),
+        ClientOptions::for_endpoint(&sim.endpoint_url(), 100.0, 100),
+    );
+    let daemon = roster_sync::app::Daemon::build(
+        &settings,
+        Some(db.store.clone()),
+        CancellationToken::new(),
+        roster_sync::app::DaemonOptions {
+            client: Some(std::sync::Arc::new(client)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Polling goes on: people who join now are recorded, during or after the deletion.
+    for n in 0..3 {
+        driver
+            .add_attendees(&id, [(format!("new{n}@example.com"), None)])
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let users = users_of_events(&db.store, &id).await;
+        let gone = users.iter().filter(|(u, _)| u.starts_with("gone")).count();
+        let new = users.iter().filter(|(u, _)| u.starts_with("new")).count();
+        if gone == 0 && new == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{gone} expired events left, {new} new joins recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await.unwrap();
+    sim.shutdown().await.unwrap();
+    let users = users_of_events(&db.store, &id).await;
+    assert_eq!(
+        users[0],
+        ("stayer@example.com".to_owned(), EventKind::Joined)
+    );
+    assert_eq!(users.len(), 4, "{users:?}");
+    assert!(
+        users[1..]
+            .iter()
+            .all(|(u, kind)| u.starts_with("new") && *kind == EventKind::Joined)
+    );
 }
 
 /// The ids of every tracked meeting, whatever its status, in id order.
