@@ -78,8 +78,9 @@ fn record_lag(sink: &str, events: i64) {
 /// fires (a batch in flight is abandoned and sent again on the next start). Returns how many
 /// were started.
 ///
-/// On Postgres one `LISTEN` connection, taken from the pool, wakes idle sinks as soon as
-/// events commit (by any writer); on SQLite they look every `webhook.poll_interval`.
+/// Idle sinks wake as soon as this daemon commits events ([`Store::committed`]); on Postgres
+/// one `LISTEN` connection, taken from the pool, also wakes them for other writers' commits.
+/// Otherwise they look every `webhook.poll_interval`.
 ///
 /// Every sink's cursor is read, or created for a new sink, before this returns: the daemon
 /// calls it before its first poll, so a sink added to the configuration receives every event
@@ -119,11 +120,12 @@ pub async fn spawn_webhooks(
         })?;
         tracing::debug!(sink = %sink.name(), cursor, "webhook cursor");
     }
-    // One LISTEN connection (taken from the pool) wakes every sink.
-    let (wake, wakeups) = tokio::sync::watch::channel(0u64);
+    // The store wakes the sinks after this daemon's commits; on Postgres one LISTEN
+    // connection (taken from the pool) also passes on other writers' commits.
+    let wakeups = store.committed();
     match store.event_wakeups().await {
         Ok(Some(listener)) => {
-            tracker.spawn(forward_wakeups(listener, wake, cancel.clone()));
+            tracker.spawn(forward_wakeups(listener, store.clone(), cancel.clone()));
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(
@@ -139,12 +141,12 @@ pub async fn spawn_webhooks(
     Ok(started)
 }
 
-/// Bumps `wake` at every notification on [`crate::store::EVENTS_CHANNEL`], and once after a
-/// lost connection (notifications sent meanwhile are lost; the listener reconnects by itself),
-/// until `cancel` fires. Without it (SQLite), sinks look every `webhook.poll_interval`.
+/// Passes every notification on [`crate::store::EVENTS_CHANNEL`] on to the store's
+/// [`Store::committed`] wakeups, and one after a lost connection (notifications sent meanwhile
+/// are lost; the listener reconnects by itself), until `cancel` fires.
 async fn forward_wakeups(
     mut listener: crate::store::EventWakeups,
-    wake: tokio::sync::watch::Sender<u64>,
+    store: Store,
     cancel: CancellationToken,
 ) {
     loop {
@@ -159,6 +161,6 @@ async fn forward_wakeups(
                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
         }
-        wake.send_modify(|n| *n = n.wrapping_add(1));
+        store.note_committed_elsewhere();
     }
 }
