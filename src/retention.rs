@@ -132,7 +132,10 @@ impl Retention {
                 Ok(Deleted { events, meetings }) => {
                     tracing::info!(events, meetings, "retention deleted expired rows");
                 }
-                Err(e) => tracing::warn!(error = %e, "retention pass failed; next pass retries"),
+                Err(e) => {
+                    crate::telemetry::database_error("retention");
+                    tracing::warn!(error = %e, "retention pass failed; next pass retries");
+                }
             }
         }
     }

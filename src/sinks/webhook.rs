@@ -321,7 +321,10 @@ impl Sink {
                         DeliveryError::Rejected { .. } => Outcome::Rejected,
                         DeliveryError::Timeout(_) => Outcome::Timeout,
                         DeliveryError::Transport(_) => Outcome::TransportError,
-                        DeliveryError::Store(_) => Outcome::StoreError,
+                        DeliveryError::Store(_) => {
+                            crate::telemetry::database_error("webhook");
+                            Outcome::StoreError
+                        }
                     };
                     record_delivery(&self.name, outcome);
                     let retry_after = match &e {

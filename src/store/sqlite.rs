@@ -140,9 +140,11 @@ impl SqliteDb {
                 let mut holder = String::new();
                 // Best effort: only for the message.
                 let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim() {
-                    "" => String::new(),
-                    pid => format!(" (pid {pid})"),
+                // "<pid> <host>", as written below (older versions wrote the pid alone).
+                let holder = match holder.trim().split_once(' ') {
+                    _ if holder.trim().is_empty() => String::new(),
+                    Some((pid, host)) => format!(" (pid {pid} on host {host})"),
+                    None => format!(" (pid {})", holder.trim()),
                 };
                 return Err(StoreError::Locked(format!(
                     "another roster-sync process{holder} is already writing to {}: stop it, or \
@@ -157,7 +159,7 @@ impl SqliteDb {
         let _ = file
             .set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()));
+            .and_then(|()| writeln!(file, "{} {}", std::process::id(), super::hostname()));
         *held = Some(file);
         Ok(())
     }

@@ -104,7 +104,7 @@ pub async fn measure(
     let daemon_burst = settings.rate.burst;
     let mut settings = settings.clone();
     settings.database.url = db.url.clone();
-    let store = Store::connect(&db.url, settings.database.max_connections)
+    let store = Store::connect_with(&db.url, roster_sync::app::daemon_pool(&settings))
         .await
         .context("opening the bench database")?;
     // Migrated here, before the setup adds the meetings; the daemon is built after it.
