@@ -150,7 +150,9 @@ impl Daemon {
             tracing::warn!(fault = fault.as_str(), "test-only fault injection is armed");
         }
         let sinks = tokio_util::task::TaskTracker::new();
-        crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &sinks)?;
+        // Before the scheduler starts: a new sink's cursor is placed before this daemon's
+        // first event.
+        crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &sinks).await?;
         crate::retention::spawn(settings, store.clone(), cancel.clone(), &sinks);
         sinks.close();
 

@@ -169,6 +169,9 @@ pub struct Store {
     db: Db,
     /// On Postgres, once taken: the connection that holds the writer lock. Unused on SQLite.
     pg_writer: std::sync::Arc<postgres::WriterLock>,
+    /// Bumped after every commit through this store (and its clones) that recorded events:
+    /// wakes in-process consumers such as the webhook sinks ([`Store::committed`]).
+    committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Clone, Debug)]
@@ -192,7 +195,7 @@ impl Store {
     ///
     /// `postgres://…` and `postgresql://…` open Postgres. `sqlite://path`, `sqlite:path` (the
     /// file and its directory are created if missing) and `sqlite::memory:` open SQLite in WAL
-    /// mode with foreign keys on, `synchronous = NORMAL`, `temp_store = MEMORY` and a 5 s busy
+    /// mode with foreign keys on, `synchronous = FULL`, `temp_store = MEMORY` and a 5 s busy
     /// timeout.
     ///
     /// # Errors
@@ -227,6 +230,7 @@ impl Store {
         Ok(Store {
             db,
             pg_writer: Default::default(),
+            committed: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -417,7 +421,27 @@ impl Store {
         id: &MeetingId,
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<StoredEvent>>> {
-        on_backend!(self, remove_meeting(id, now))
+        let stopped = on_backend!(self, remove_meeting(id, now))?;
+        if stopped.as_ref().is_some_and(|events| !events.is_empty()) {
+            self.note_committed();
+        }
+        Ok(stopped)
+    }
+
+    /// Changes after every commit through this store (or a clone) that recorded events, so an
+    /// in-process consumer can read them at once instead of at its next poll. It says nothing
+    /// of other processes' commits (on Postgres, `LISTEN` hears those: [`Store::event_wakeups`]).
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    fn note_committed(&self) {
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Notes that events were committed elsewhere, for the consumers of [`Store::committed`].
+    pub fn note_committed_elsewhere(&self) {
+        self.note_committed();
     }
 
     /// Every tracked meeting, whatever its status, ordered by `added_at` then id.
@@ -506,10 +530,17 @@ impl Store {
     ) -> Result<ApplyOutcome> {
         check_changes(rec.meeting_id, rec.changes)?;
         let outcome = on_backend!(self, apply(&rec, fence))?;
+        self.note_if_recorded(&outcome);
         if let (ApplyOutcome::Conflict, Some(token)) = (&outcome, fence) {
             self.count_lost_leases(&[token]).await;
         }
         Ok(outcome)
+    }
+
+    fn note_if_recorded(&self, outcome: &ApplyOutcome) {
+        if matches!(outcome, ApplyOutcome::Applied { events, .. } if !events.is_empty()) {
+            self.note_committed();
+        }
     }
 
     /// Records the bookkeeping of many unchanged polls in one statement: for each, exactly what
@@ -591,6 +622,7 @@ impl Store {
             self,
             end_meeting(id, expected_seq, observed_at, previous_poll_at, fence)
         )?;
+        self.note_if_recorded(&outcome);
         if let (ApplyOutcome::Conflict, Some(token)) = (&outcome, fence) {
             self.count_lost_leases(&[token]).await;
         }

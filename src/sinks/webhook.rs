@@ -13,6 +13,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, record_delivery, record_lag};
@@ -93,6 +94,8 @@ pub struct Sink {
     /// `None` until read from the database.
     cursor: Option<i64>,
     pending: Option<Batch>,
+    /// Changes when events are committed: ends an idle wait early ([`Sink::with_wakeups`]).
+    wakeups: Option<watch::Receiver<u64>>,
 }
 
 impl Sink {
@@ -120,11 +123,39 @@ impl Sink {
             client,
             cursor: None,
             pending: None,
+            wakeups: None,
         })
+    }
+
+    /// An idle sink also wakes when `wakeups` changes (see [`crate::sinks::spawn_webhooks`]),
+    /// not only every `webhook.poll_interval`.
+    #[must_use]
+    pub fn with_wakeups(mut self, wakeups: watch::Receiver<u64>) -> Self {
+        self.wakeups = Some(wakeups);
+        self
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Reads the sink's durable cursor, creating it if this is the sink's first start (see
+    /// [`Store::webhook_cursor`] for where a new cursor starts). The daemon calls this for
+    /// every sink before its first poll, so a new sink's cursor is placed before any event
+    /// that daemon records and none is missed. [`Sink::step`] does it too, when not done yet.
+    ///
+    /// # Errors
+    /// The database failed; the cursor is read again at the next step.
+    pub async fn open_cursor(&mut self) -> Result<i64, StoreError> {
+        if let Some(cursor) = self.cursor {
+            return Ok(cursor);
+        }
+        let cursor = self
+            .store
+            .webhook_cursor(&self.name, crate::domain::now())
+            .await?;
+        self.cursor = Some(cursor);
+        Ok(cursor)
     }
 
     /// Makes one delivery attempt: the pending batch if a previous attempt failed, else the
@@ -133,17 +164,7 @@ impl Sink {
     /// # Errors
     /// The receiver did not answer 2xx, or the database failed; the batch stays pending.
     pub async fn step(&mut self) -> Result<Step, DeliveryError> {
-        let cursor = match self.cursor {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .store
-                    .webhook_cursor(&self.name, crate::domain::now())
-                    .await?;
-                self.cursor = Some(c);
-                c
-            }
-        };
+        let cursor = self.open_cursor().await?;
         let batch = match self.pending.take() {
             Some(batch) => batch,
             None => {
@@ -247,9 +268,15 @@ impl Sink {
             .map_err(|_| DeliveryError::Timeout(self.timeout))?
     }
 
-    /// Delivers until `cancel` fires: steps while there is work, waits `poll_interval` when
-    /// idle, and after a failure waits the backoff (or the receiver's `Retry-After`, if
-    /// longer) before retrying the same batch.
+    /// Delivers until `cancel` fires: steps while there is work, waits when idle, and after a
+    /// failure waits the backoff (or the receiver's `Retry-After`, if longer) before retrying
+    /// the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
+    /// were committed, whichever comes first.
+    ///
+    /// It logs state changes, not attempts: one warning when a healthy sink fails ("webhook
+    /// sink failing", with the error), one line when a failing sink succeeds again ("webhook
+    /// sink recovered", with the number of failed attempts). The retries in between are
+    /// logged at debug; every attempt is counted in the metrics.
     pub async fn run(mut self, settings: WebhookSettings, cancel: CancellationToken) {
         let new_backoff = || {
             backon::BackoffBuilder::build(
@@ -261,12 +288,19 @@ impl Sink {
             )
         };
         let mut backoff = new_backoff();
+        // Failed attempts since the last success; 0 while healthy.
+        let mut failed_attempts: u64 = 0;
         tracing::info!(sink = %self.name, "webhook sink started");
         loop {
             let step = tokio::select! {
                 () = cancel.cancelled() => break,
                 step = self.step() => step,
             };
+            if step.is_ok() && failed_attempts > 0 {
+                tracing::info!(sink = %self.name, failed_attempts, "webhook sink recovered");
+                failed_attempts = 0;
+            }
+            let idle = matches!(step, Ok(Step::Idle));
             let wait = match step {
                 Ok(Step::Idle) => {
                     backoff = new_backoff();
@@ -301,7 +335,12 @@ impl Sink {
                         .next()
                         .unwrap_or(settings.backoff_cap)
                         .max(retry_after.unwrap_or_default());
-                    tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook delivery failed");
+                    failed_attempts += 1;
+                    if failed_attempts == 1 {
+                        tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook sink failing");
+                    } else {
+                        tracing::debug!(sink = %self.name, error = %e, retry_in = ?wait, failed_attempts, "webhook delivery failed again");
+                    }
                     if !matches!(e, DeliveryError::Store(_)) {
                         // Best effort: the failure is already in the log and the metrics.
                         let _ = self
@@ -324,11 +363,24 @@ impl Sink {
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(wait) => {}
+                    () = committed(&mut self.wakeups), if idle => {}
                 }
             }
         }
         tracing::info!(sink = %self.name, "webhook sink stopped");
     }
+}
+
+/// Returns when events were committed since the last return ([`Sink::with_wakeups`]);
+/// never without a wakeup channel, or once its sender is gone.
+async fn committed(wakeups: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = wakeups {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+        *wakeups = None;
+    }
+    std::future::pending().await
 }
 
 /// An error and its sources, for a log line ("client error (Connect): connection refused").

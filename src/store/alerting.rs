@@ -82,7 +82,11 @@ impl Store {
 
     /// The delivery cursor of the webhook sink `name`. A sink seen for the first time starts
     /// at the newest event recorded then: it receives what happens from then on, not the
-    /// whole history.
+    /// whole history (which may be months of events, and a receiver set up for alerts should
+    /// not be flooded with them; `events --since` replays history, and a cursor row inserted
+    /// before the first start, e.g. at 0, makes a sink deliver it). The daemon creates the
+    /// cursors of its sinks when it starts, before its first poll
+    /// ([`crate::sinks::spawn_webhooks`]), so "then" is before any event it records.
     ///
     /// # Errors
     /// [`StoreError::Sqlx`] when the database fails.

@@ -87,6 +87,9 @@ pub struct Report {
     /// The daemon's rate budget at the end, and how many times it decreased.
     pub rate_final: f64,
     pub rate_decreases: u64,
+    /// The webhook sink of the run: "none", "url" (`--webhook-url`) or "hung"
+    /// (`--webhook-hung`).
+    pub webhook: &'static str,
 }
 
 /// Everything between creating the database and dropping it: setup, the phases, the report.
@@ -229,6 +232,13 @@ pub async fn measure(
             Backend::Sqlite => "sqlite",
         },
         runtime: args.runtime,
+        webhook: if args.webhook_hung {
+            "hung"
+        } else if args.webhook_url.is_some() {
+            "url"
+        } else {
+            "none"
+        },
         duration_s: args.duration.as_secs_f64(),
         polling_s,
         requests,
@@ -364,8 +374,8 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
     let _ = writeln!(s, "\n== roster-bench summary ==");
     let _ = writeln!(
         s,
-        "{} meetings × {} attendees, churn {}/s for {:.0}s, {} database",
-        r.meetings, r.attendees, r.churn_per_s, r.duration_s, r.database
+        "{} meetings × {} attendees, churn {}/s for {:.0}s, {} database, webhook sink: {}",
+        r.meetings, r.attendees, r.churn_per_s, r.duration_s, r.database, r.webhook
     );
     let _ = writeln!(
         s,
