@@ -144,6 +144,8 @@ impl Daemon {
         } else {
             wait_for_migrations(&store, &health, &cancel).await?;
         }
+        // The migrations just answered: the stall clock runs from here until the first tick.
+        health.db_answered();
         health.set_migrated();
         add_configured_meetings(settings, &store).await?;
         if let Some(fault) = crate::fault::arm_from_env()? {

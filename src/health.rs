@@ -200,6 +200,13 @@ mod tests {
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(h.live().is_ok(), "waiting for the database is not a stall");
         h.db_answered();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(
+            h.live().is_ok(),
+            "waiting for migrations (or applying them) is not a stall"
+        );
+        h.db_answered();
+        h.set_migrated();
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(h.live().is_err(), "the loop never started");
     }

@@ -30,7 +30,7 @@ mod shared;
 mod sqlite;
 mod stats;
 
-pub use alerting::{EVENTS_CHANNEL, EventWakeups, LabeledEvent};
+pub use alerting::{CursorClaim, EVENTS_CHANNEL, EventWakeups, LabeledEvent};
 pub use leases::{ClusterView, LeaseToken, ReplicaId, ReplicaInfo, ReplicaRow};
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{

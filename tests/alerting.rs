@@ -196,6 +196,15 @@ fn webhook(name: &str, url: &str) -> WebhookEntry {
 /// Starts the sinks and waits until each has its cursor (so the events recorded next are
 /// after it).
 async fn start_sinks(db: &TestDb, entries: Vec<WebhookEntry>) -> (CancellationToken, TaskTracker) {
+    start_sinks_on(&db.store, &db.raw, entries).await
+}
+
+/// [`start_sinks`] on a given store (several stores on one database act as replicas).
+async fn start_sinks_on(
+    store: &Store,
+    raw: &common::Raw,
+    entries: Vec<WebhookEntry>,
+) -> (CancellationToken, TaskTracker) {
     let mut settings = Settings::defaults().unwrap();
     settings.webhook.batch = 2;
     settings.webhook.poll_interval = Duration::from_millis(20);
@@ -207,13 +216,13 @@ async fn start_sinks(db: &TestDb, entries: Vec<WebhookEntry>) -> (CancellationTo
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let started =
-        roster_sync::sinks::spawn_webhooks(&settings, db.store.clone(), cancel.clone(), &tracker)
+        roster_sync::sinks::spawn_webhooks(&settings, store.clone(), cancel.clone(), &tracker)
             .await
             .unwrap();
     assert_eq!(started as i64, sinks);
     tracker.close();
     eventually("every sink has its cursor", || async {
-        db.raw.scalar("SELECT count(*) FROM webhook_cursors").await == sinks
+        raw.scalar("SELECT count(*) FROM webhook_cursors").await == sinks
     })
     .await;
     (cancel, tracker)
@@ -720,4 +729,45 @@ fn wait_with_deadline(child: &mut std::process::Child) -> std::process::ExitStat
         assert!(Instant::now() < deadline, "the child did not exit");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Replicas on one Postgres database run the same sinks: the cursor's row lock lets one of
+/// them post a batch at a time, so the receiver gets each event once, in order.
+#[tokio::test]
+async fn replicas_running_the_same_sink_deliver_each_batch_once() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let (url, seen) = receiver(0).await;
+    // Three "replicas": three sets of sink tasks over separate pools of the same database.
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let store = Store::connect(&db.url, 4).await.unwrap();
+        replicas.push(start_sinks_on(&store, &db.raw, vec![webhook("security", &url)]).await);
+    }
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let id = meeting(n);
+        track(&db.store, &id, "board").await;
+        ids.extend(five_events(&db.store, &id).await);
+    }
+    let last_id = *ids.last().unwrap();
+    eventually("the cursor reached the last event", || async {
+        db.raw
+            .scalar("SELECT last_event_id FROM webhook_cursors WHERE name = 'security'")
+            .await
+            == last_id
+    })
+    .await;
+    for (cancel, tracker) in replicas {
+        cancel.cancel();
+        tracker.wait().await;
+    }
+    let (bad_signatures, received) = {
+        let seen = seen.lock().unwrap();
+        (seen.bad_signatures, seen.event_ids())
+    };
+    assert_eq!(bad_signatures, 0);
+    assert_eq!(received, ids, "each event once, in order");
+    db.finish().await;
 }

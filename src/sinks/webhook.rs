@@ -21,7 +21,7 @@ use crate::config::{WebhookEntry, WebhookSettings};
 use crate::events::EventFilter;
 use crate::events::EventJson;
 use crate::signing::{check_url, signature, signing_key};
-use crate::store::{Store, StoreError};
+use crate::store::{CursorClaim, Store, StoreError};
 
 /// Errors of one delivery attempt. None is final: the sink retries them all.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,9 @@ struct Batch {
     body: Bytes,
     /// Events in the body.
     events: usize,
+    /// The cursor the batch was read after: it is retried only while the cursor is still
+    /// there (another replica may have delivered it meanwhile).
+    after: i64,
     /// The cursor after this batch: the last event read, delivered or filtered out.
     through: i64,
 }
@@ -75,6 +78,8 @@ struct Batch {
 pub enum Step {
     /// No event after the cursor.
     Idle,
+    /// Another process (a replica on the same database) is delivering this sink right now.
+    Standby,
     /// Every event read was left out by the filters; the cursor moved past them.
     Skipped { through: i64 },
     /// A batch of `events` was taken by the receiver; the cursor is at `through`.
@@ -164,10 +169,21 @@ impl Sink {
     /// # Errors
     /// The receiver did not answer 2xx, or the database failed; the batch stays pending.
     pub async fn step(&mut self) -> Result<Step, DeliveryError> {
-        let cursor = self.open_cursor().await?;
+        self.open_cursor().await?;
+        // The durable cursor, read under a claim that keeps other replicas out until this
+        // attempt ends: two replicas never post the same batch at once.
+        let Some(claim) = self.store.claim_webhook_cursor(&self.name).await? else {
+            // Keep the lag this process reports true to the shared cursor.
+            if let Some(cursor) = self.store.peek_webhook_cursor(&self.name).await? {
+                self.cursor = Some(cursor);
+            }
+            return Ok(Step::Standby);
+        };
+        let cursor = claim.cursor();
+        self.cursor = Some(cursor);
         let batch = match self.pending.take() {
-            Some(batch) => batch,
-            None => {
+            Some(batch) if batch.after == cursor => batch,
+            _ => {
                 let read = self
                     .store
                     .labeled_events_after(cursor, None, self.batch_size)
@@ -182,7 +198,7 @@ impl Sink {
                     .map(EventJson::from)
                     .collect();
                 let (Some(first), Some(last)) = (events.first(), events.last()) else {
-                    self.advance(through).await?;
+                    self.advance(claim, through).await?;
                     return Ok(Step::Skipped { through });
                 };
                 let body = serde_json::json!({
@@ -194,6 +210,7 @@ impl Sink {
                     id: format!("{}-{}-{}", self.name, first.event_id, last.event_id),
                     body: Bytes::from(body.to_string()),
                     events: events.len(),
+                    after: cursor,
                     through,
                 }
             }
@@ -206,7 +223,7 @@ impl Sink {
             events: batch.events,
             through: batch.through,
         };
-        if let Err(e) = self.advance(batch.through).await {
+        if let Err(e) = self.advance(claim, batch.through).await {
             // Delivered but not recorded: the next attempt sends it again (at-least-once),
             // under the same id.
             self.pending = Some(batch);
@@ -215,9 +232,9 @@ impl Sink {
         Ok(step)
     }
 
-    async fn advance(&mut self, through: i64) -> Result<(), StoreError> {
+    async fn advance(&mut self, claim: CursorClaim, through: i64) -> Result<(), StoreError> {
         self.store
-            .advance_webhook_cursor(&self.name, through, crate::domain::now())
+            .advance_claimed_cursor(claim, &self.name, through, crate::domain::now())
             .await?;
         self.cursor = Some(through);
         Ok(())
@@ -296,13 +313,17 @@ impl Sink {
                 () = cancel.cancelled() => break,
                 step = self.step() => step,
             };
-            if step.is_ok() && failed_attempts > 0 {
+            let worked = matches!(
+                step,
+                Ok(Step::Idle | Step::Skipped { .. } | Step::Delivered { .. })
+            );
+            if worked && failed_attempts > 0 {
                 tracing::info!(sink = %self.name, failed_attempts, "webhook sink recovered");
                 failed_attempts = 0;
             }
-            let idle = matches!(step, Ok(Step::Idle));
+            let idle = matches!(step, Ok(Step::Idle | Step::Standby));
             let wait = match step {
-                Ok(Step::Idle) => {
+                Ok(Step::Idle | Step::Standby) => {
                     backoff = new_backoff();
                     settings.poll_interval
                 }
