@@ -28,9 +28,12 @@
 //! it) to the moment the scheduler's event sink delivers the matching event (it is committed),
 //! matched by meeting, attendee and kind.
 
+//! With `--replicas N` the polling runs in N `roster-sync run` processes in cluster mode on
+//! one Postgres database instead of in this process (see [`replicas`]).
+//!
 //! This binary is the only code that reads `/proc` or calls into libc (`malloc_trim`); the
 //! library it measures has neither. Modules: [`capacity`] (the phases and the report),
-//! [`floor`] (`--floor-polls`), [`latency`] (matching changes with events), [`sweeps`],
+//! [`floor`] (`--floor-polls`), [`replicas`] (`--replicas`), [`latency`] (matching changes with events), [`sweeps`],
 //! [`process`] (CPU time and peak RSS of this process), [`sim_process`] (the child simulator)
 //! and [`scratch`] (the run's own database).
 
@@ -38,6 +41,7 @@ mod capacity;
 mod floor;
 mod latency;
 mod process;
+mod replicas;
 mod scratch;
 mod sim_process;
 mod sweeps;
@@ -95,7 +99,8 @@ pub struct BenchArgs {
     /// `poll.max_results`, the page size (default: the configuration's default, 100).
     #[arg(long)]
     pub max_results: Option<i32>,
-    /// The `roster-sync` binary that serves the simulator (default: next to this one).
+    /// The `roster-sync` binary that serves the simulator and runs the replicas (default: next
+    /// to this one).
     #[arg(long)]
     pub sim_binary: Option<PathBuf>,
     /// Keep the scratch Postgres database (or the SQLite file) for inspection.
@@ -111,6 +116,12 @@ pub struct BenchArgs {
     /// share of one core at that rate.
     #[arg(long)]
     pub floor_polls: Option<u64>,
+    /// Instead of polling in this process, run this many `roster-sync run` processes in
+    /// cluster mode (`cluster.enabled`) on one scratch Postgres database (needs
+    /// `--database-url`), each configured with the daemon's rate, and report the fleet's
+    /// requests and throttles at the simulator, the sweeps and each replica's CPU and memory.
+    #[arg(long)]
+    pub replicas: Option<usize>,
 }
 
 /// What a run measured: the capacity run's report, or the floor's.
@@ -119,6 +130,7 @@ pub struct BenchArgs {
 enum Outcome {
     Capacity(capacity::Report),
     Floor(floor::FloorReport),
+    Replicas(replicas::Report),
 }
 
 /// See [`BenchArgs::runtime`].
@@ -206,10 +218,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     );
     let db = scratch::BenchDb::create(&args).await?;
     println!("database: {}", roster_sync::redact::redact_url(&db.url));
-    let report = capacity::measure(&args, &settings, &sim, &db).await;
+    let report = match args.replicas {
+        Some(n) => replicas::measure(&args, &settings, n, &sim, &db)
+            .await
+            .map(Outcome::Replicas),
+        None => capacity::measure(&args, &settings, &sim, &db)
+            .await
+            .map(Outcome::Capacity),
+    };
     drop(sim);
     db.finish(args.keep_database).await;
-    report.map(Outcome::Capacity)
+    report
 }
 
 /// The default configuration with the run's rate, burst, interval, concurrency and page size.
@@ -260,6 +279,9 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.daemon_rps.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--daemon-rps must be a positive number");
     }
+    if let Some(n) = args.replicas {
+        replicas::validate(args, n)?;
+    }
     Ok(())
 }
 
@@ -274,6 +296,21 @@ mod tests {
         assert_eq!(s.rate.requests_per_second, 7.0);
         assert_eq!(s.rate.burst, 14);
         assert!(s.http.listen.is_empty());
+    }
+
+    #[test]
+    fn replicas_need_postgres() {
+        let args = BenchArgs::parse_from(["roster-bench", "--replicas", "2"]);
+        let e = validate(&args).unwrap_err().to_string();
+        assert!(e.contains("--database-url"), "{e}");
+        let args = BenchArgs::parse_from([
+            "roster-bench",
+            "--replicas",
+            "2",
+            "--database-url",
+            "postgres://localhost/postgres",
+        ]);
+        assert!(validate(&args).is_ok());
     }
 
     #[test]
