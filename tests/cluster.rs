@@ -826,9 +826,12 @@ async fn three_replicas_share_200_meetings_under_churn_within_the_quota() {
              {throttled} throttled",
             requests as f64 / window
         );
+        // What the quota lets through in the window (the simulator's bucket starts full),
+        // with room for the 1 % of throttled requests allowed on top.
+        let allowed = (QUOTA_RPS * window + f64::from(BURST)) * 1.01;
         assert!(
-            requests as f64 <= QUOTA_RPS * window + f64::from(BURST),
-            "{op}: {requests} requests in {window:.1}s exceed the quota"
+            requests as f64 <= allowed,
+            "{op}: {requests} requests in {window:.1}s exceed the quota ({allowed:.0})"
         );
         assert!(
             throttled as f64 <= 0.01 * requests as f64,
