@@ -68,7 +68,8 @@ pub struct SchedulerOptions {
     /// The longest wait before retrying a meeting whose polls keep failing.
     pub failure_backoff_cap: Duration,
     /// How often the tracked-meeting list is re-read, so meetings added or removed by
-    /// `roster-sync meetings` are noticed without a restart.
+    /// `roster-sync meetings` (and, in cluster mode, leases gained or lost) are noticed
+    /// without a restart.
     pub refresh_every: Duration,
     /// How long in-flight polls may take to finish after shutdown was asked for.
     pub shutdown_grace: Duration,
@@ -82,7 +83,14 @@ impl SchedulerOptions {
             jitter: s.poll.jitter,
             concurrency: s.poll.concurrency,
             failure_backoff_cap: s.poll.failure_backoff_cap,
-            refresh_every: s.poll.interval.min(Duration::from_secs(5)),
+            refresh_every: {
+                let every = s.poll.interval.min(Duration::from_secs(5));
+                if s.cluster.enabled {
+                    every.min(s.cluster.heartbeat)
+                } else {
+                    every
+                }
+            },
             shutdown_grace: s.shutdown.grace,
         }
     }
@@ -395,11 +403,24 @@ impl<S: RosterSource> Scheduler<S> {
     /// Reads the active meetings; new ones are queued, those gone are dropped, those moved to
     /// another region are queued there. Returns false when the store could not be read.
     async fn read_meetings(&mut self, now: Instant) -> bool {
+        // Cluster mode: when each held meeting was last polled (by any replica), so one taken
+        // over is due an interval after that poll instead of an interval after the takeover.
+        let mut last_polled = HashMap::new();
         let active = match &self.cluster {
             None => self.store.active_meeting_keys().await,
-            Some(me) => self.store.leased_meeting_keys(me).await.map(|held| {
-                self.fences = held.iter().map(|(m, _, t)| (m.clone(), *t)).collect();
-                held.into_iter().map(|(m, r, _)| (m, r)).collect()
+            Some(me) => self.store.leased_meetings(me).await.map(|held| {
+                self.fences = held
+                    .iter()
+                    .map(|l| (l.meeting_id.clone(), l.token))
+                    .collect();
+                held.into_iter()
+                    .map(|l| {
+                        if let Some(at) = l.last_polled_at {
+                            last_polled.insert(l.meeting_id.clone(), at);
+                        }
+                        (l.meeting_id, l.region)
+                    })
+                    .collect()
             }),
         };
         let active = match active {
@@ -433,12 +454,21 @@ impl<S: RosterSource> Scheduler<S> {
                     continue;
                 }
             }
-            // New meetings spread over the first interval instead of all firing at once.
-            let due = now
-                + self
-                    .opts
-                    .interval
-                    .mul_f64(rand::rng().random_range(0.0..1.0));
+            let due = match last_polled.get(&meeting_id) {
+                // Taken over from another replica: due when its last poll says, at once if
+                // that is past.
+                Some(at) => {
+                    let since = (crate::domain::now() - *at).to_std().unwrap_or_default();
+                    now + self.opts.interval.saturating_sub(since)
+                }
+                // New meetings spread over the first interval instead of all firing at once.
+                None => {
+                    now + self
+                        .opts
+                        .interval
+                        .mul_f64(rand::rng().random_range(0.0..1.0))
+                }
+            };
             self.queue.insert(meeting_id, region, now, due, generation);
         }
         // Meetings no longer active (removed, or ended by another process) stop here; an

@@ -31,7 +31,7 @@ mod sqlite;
 mod stats;
 
 pub use alerting::{CursorClaim, EVENTS_CHANNEL, EventWakeups, LabeledEvent};
-pub use leases::{ClusterView, LeaseToken, ReplicaId, ReplicaInfo, ReplicaRow};
+pub use leases::{ClusterView, LeaseToken, LeasedMeeting, ReplicaId, ReplicaInfo, ReplicaRow};
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{
     AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, SessionRow, Snapshot,

@@ -269,7 +269,7 @@ pub async fn measure(
 }
 
 /// Creates the meetings and their attendees over HTTP (8 at once) and tracks them.
-async fn setup(
+pub(crate) async fn setup(
     args: &BenchArgs,
     driver: &Driver,
     store: &Store,
@@ -328,14 +328,14 @@ async fn setup(
 }
 
 /// `ListAttendees` pages of a meeting of `attendees` at `max_results` a page.
-fn pages(attendees: usize, max_results: i32) -> u64 {
+pub(crate) fn pages(attendees: usize, max_results: i32) -> u64 {
     let per_page = u64::try_from(max_results.max(1)).unwrap_or(1);
     (attendees as u64).div_ceil(per_page).max(1)
 }
 
 /// The longest a phase may wait for a sweep: three ideal sweeps at the slower of the quota
 /// and the daemon's rate, plus the poll interval and a minute.
-fn settle_limit(ideal_sweep_s: f64, effective_rps: f64, args: &BenchArgs) -> Duration {
+pub(crate) fn settle_limit(ideal_sweep_s: f64, effective_rps: f64, args: &BenchArgs) -> Duration {
     let slow = ideal_sweep_s * args.quota_rps / effective_rps.max(f64::MIN_POSITIVE);
     let interval = args.interval.unwrap_or(Duration::from_secs(10));
     Duration::from_secs_f64(3.0 * slow + 60.0) + interval
@@ -356,12 +356,12 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
 
 /// Nearest-rank percentile of sorted values; NaN when there are none.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -28,9 +28,12 @@
 //! it) to the moment the scheduler's event sink delivers the matching event (it is committed),
 //! matched by meeting, attendee and kind.
 
+//! With `--replicas N` the polling runs in N `roster-sync run` processes in cluster mode on
+//! one Postgres database instead of in this process (see [`replicas`]).
+//!
 //! This binary is the only code that reads `/proc` or calls into libc (`malloc_trim`); the
 //! library it measures has neither. Modules: [`capacity`] (the phases and the report),
-//! [`floor`] (`--floor-polls`), [`latency`] (matching changes with events), [`sweeps`],
+//! [`floor`] (`--floor-polls`), [`replicas`] (`--replicas`), [`latency`] (matching changes with events), [`sweeps`],
 //! [`process`] (CPU time and peak RSS of this process), [`sim_process`] (the child simulator)
 //! and [`scratch`] (the run's own database).
 
@@ -38,6 +41,7 @@ mod capacity;
 mod floor;
 mod latency;
 mod process;
+mod replicas;
 mod scratch;
 mod sim_process;
 mod sweeps;
@@ -95,7 +99,8 @@ pub struct BenchArgs {
     /// `poll.max_results`, the page size (default: the configuration's default, 100).
     #[arg(long)]
     pub max_results: Option<i32>,
-    /// The `roster-sync` binary that serves the simulator (default: next to this one).
+    /// The `roster-sync` binary that serves the simulator and runs the replicas (default: next
+    /// to this one).
     #[arg(long)]
     pub sim_binary: Option<PathBuf>,
     /// Keep the scratch Postgres database (or the SQLite file) for inspection.
@@ -120,6 +125,12 @@ pub struct BenchArgs {
     /// backoff, for the whole run. A hung receiver must not slow polling.
     #[arg(long)]
     pub webhook_hung: bool,
+    /// Instead of polling in this process, run this many `roster-sync run` processes in
+    /// cluster mode (`cluster.enabled`) on one scratch Postgres database (needs
+    /// `--database-url`), each configured with the daemon's rate, and report the fleet's
+    /// requests and throttles at the simulator, the sweeps and each replica's CPU and memory.
+    #[arg(long, conflicts_with_all = ["webhook_url", "webhook_hung"])]
+    pub replicas: Option<usize>,
 }
 
 /// The secret of the benchmark's webhook sink (the example from the Standard Webhooks
@@ -159,6 +170,7 @@ impl Drop for HungReceiver {
 enum Outcome {
     Capacity(capacity::Report),
     Floor(floor::FloorReport),
+    Replicas(replicas::Report),
 }
 
 /// See [`BenchArgs::runtime`].
@@ -257,11 +269,18 @@ async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     );
     let db = scratch::BenchDb::create(&args).await?;
     println!("database: {}", roster_sync::redact::redact_url(&db.url));
-    let report = capacity::measure(&args, &settings, &sim, &db).await;
+    let report = match args.replicas {
+        Some(n) => replicas::measure(&args, &settings, n, &sim, &db)
+            .await
+            .map(Outcome::Replicas),
+        None => capacity::measure(&args, &settings, &sim, &db)
+            .await
+            .map(Outcome::Capacity),
+    };
     drop(sim);
     drop(hung);
     db.finish(args.keep_database).await;
-    report.map(Outcome::Capacity)
+    report
 }
 
 /// The default configuration with the run's rate, burst, interval, concurrency and page size,
@@ -324,6 +343,9 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.daemon_rps.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--daemon-rps must be a positive number");
     }
+    if let Some(n) = args.replicas {
+        replicas::validate(args, n)?;
+    }
     Ok(())
 }
 
@@ -348,6 +370,21 @@ mod tests {
         assert_eq!(s.webhooks[0].url, "http://127.0.0.1:9/h");
         assert!(s.webhooks[0].kinds.is_empty());
         assert!(daemon_settings(&args, None).unwrap().webhooks.is_empty());
+    }
+
+    #[test]
+    fn replicas_need_postgres() {
+        let args = BenchArgs::parse_from(["roster-bench", "--replicas", "2"]);
+        let e = validate(&args).unwrap_err().to_string();
+        assert!(e.contains("--database-url"), "{e}");
+        let args = BenchArgs::parse_from([
+            "roster-bench",
+            "--replicas",
+            "2",
+            "--database-url",
+            "postgres://localhost/postgres",
+        ]);
+        assert!(validate(&args).is_ok());
     }
 
     #[test]

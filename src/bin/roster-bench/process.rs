@@ -1,5 +1,5 @@
-//! What this process costs: CPU time and peak resident memory, read from `/proc/self`, and
-//! handing freed heap back to the OS before measuring. Linux only; the one place in the
+//! What this process (or a child replica) costs: CPU time and peak resident memory, read from
+//! `/proc`, and handing freed heap back to the OS before measuring. Linux only; the one place in the
 //! project that reads `/proc` or calls into libc.
 
 use anyhow::Context;
@@ -8,6 +8,13 @@ use anyhow::Context;
 /// `USER_HZ`, which Linux fixes at 100 for user space.
 pub fn cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    parse_cpu_seconds(&stat)
+}
+
+/// utime + stime of process `pid` (a child: `--replicas`), in seconds.
+pub fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_cpu_seconds(&stat)
 }
 
@@ -31,14 +38,22 @@ fn parse_cpu_seconds(stat: &str) -> anyhow::Result<f64> {
 
 /// VmHWM of this process, MiB.
 pub fn peak_rss_mb() -> anyhow::Result<f64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    peak_rss_mb_at("/proc/self/status")
+}
+
+/// VmHWM of process `pid` (a child: `--replicas`), MiB.
+pub fn peak_rss_mb_of(pid: u32) -> anyhow::Result<f64> {
+    peak_rss_mb_at(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_mb_at(path: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
-        .context("no VmHWM in /proc/self/status")?;
+        .with_context(|| format!("no VmHWM in {path}"))?;
     Ok(kb / 1024.0)
 }
 
