@@ -554,6 +554,17 @@ async fn forget_erases_one_person_everywhere_and_fences_the_meetings_they_are_in
         !db.raw.dump_all_tables().await.contains("forget.example"),
         "no row anywhere names her"
     );
+    if !db.raw.is_postgres() {
+        // Not in the file's free space, nor in the write-ahead log either.
+        let path = db.url.trim_start_matches("sqlite://").to_owned();
+        for file in [path.clone(), format!("{path}-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(14).any(|w| w == b"forget.example"),
+                "{file} still holds her bytes"
+            );
+        }
+    }
     assert_eq!(
         users_of_events(&db.store, &here).await,
         [("ian".to_owned(), EventKind::Joined)]

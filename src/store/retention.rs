@@ -106,7 +106,17 @@ impl Store {
     /// [`StoreError::Sqlx`](super::StoreError::Sqlx) when the database fails; nothing is
     /// erased then.
     pub async fn forget_person(&self, person: &ExternalUserId) -> Result<Erased> {
-        on_backend!(self, forget_person(person.as_str()))
+        let erased = on_backend!(self, forget_person(person.as_str()))?;
+        if let Db::Sqlite(db) = &self.db {
+            // `secure_delete` zeroed the rows in the pages this transaction wrote, but the
+            // write-ahead log still holds earlier copies of those pages: fold it into the
+            // database and truncate it. Best effort: a reader open elsewhere (the daemon
+            // mid-query) can keep part of it until the next automatic checkpoint.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&db.pool)
+                .await?;
+        }
+        Ok(erased)
     }
 }
 

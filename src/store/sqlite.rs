@@ -74,7 +74,10 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
         // Statement journals (every multi-row statement inside a transaction keeps one) and
         // RETURNING's temporary rows stay in memory instead of spilling to temporary files
         // past 64 KiB: a first poll of a large meeting otherwise opens and writes a file.
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        // Deleted rows are overwritten with zeros, so what retention and `forget` delete does
+        // not linger in free space inside the file.
+        .pragma("secure_delete", "on");
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     let path = (!in_memory).then(|| options.get_filename().to_path_buf());
     if let Some(dir) = path.as_deref().and_then(Path::parent)
