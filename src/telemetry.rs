@@ -51,6 +51,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Always 1; the version label says which roster-sync is running.",
     ),
     (
+        "roster_sync_poll_interval_seconds",
+        Kind::Gauge,
+        "The configured poll.interval: how often each meeting is polled when the rate allows.",
+    ),
+    (
         "roster_sync_chime_requests_total",
         Kind::Counter,
         "Requests sent to the Chime SDK Meetings API, by region, operation and outcome.",
