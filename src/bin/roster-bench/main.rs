@@ -36,6 +36,7 @@
 
 mod capacity;
 mod floor;
+mod gaps;
 mod latency;
 mod process;
 mod scratch;
@@ -49,7 +50,8 @@ use anyhow::bail;
 use clap::Parser;
 use serde::Serialize;
 
-use roster_sync::config::Settings;
+use roster_sync::config::{PollStrategy, Settings};
+use roster_sync::sim::churn::Skew;
 
 /// `roster-bench` arguments.
 #[derive(Debug, Clone, clap::Parser)]
@@ -111,13 +113,31 @@ pub struct BenchArgs {
     /// share of one core at that rate.
     #[arg(long)]
     pub floor_polls: Option<u64>,
+    /// `poll.strategy`: `uniform` or `change_aware` (default: the configuration's default).
+    #[arg(long, value_parser = parse_strategy)]
+    pub strategy: Option<PollStrategy>,
+    /// `poll.max_interval` (default: the configuration's default, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_interval: Option<Duration>,
+    /// How the churn's changes are spread over the meetings: `uniform`, or `zipf:S` (the
+    /// n-th meeting gets changes in proportion to 1 / n^S; same total rate).
+    #[arg(long, default_value = "uniform")]
+    pub churn_skew: Skew,
+}
+
+fn parse_strategy(s: &str) -> Result<PollStrategy, String> {
+    match s {
+        "uniform" => Ok(PollStrategy::Uniform),
+        "change_aware" | "change-aware" => Ok(PollStrategy::ChangeAware),
+        _ => Err(format!("{s:?} is not uniform or change_aware")),
+    }
 }
 
 /// What a run measured: the capacity run's report, or the floor's.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 enum Outcome {
-    Capacity(capacity::Report),
+    Capacity(Box<capacity::Report>),
     Floor(floor::FloorReport),
 }
 
@@ -209,7 +229,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     let report = capacity::measure(&args, &settings, &sim, &db).await;
     drop(sim);
     db.finish(args.keep_database).await;
-    report.map(Outcome::Capacity)
+    report.map(|r| Outcome::Capacity(Box::new(r)))
 }
 
 /// The default configuration with the run's rate, burst, interval, concurrency and page size.
@@ -228,6 +248,12 @@ fn daemon_settings(args: &BenchArgs) -> anyhow::Result<Settings> {
     }
     if let Some(m) = args.max_results {
         settings.poll.max_results = m;
+    }
+    if let Some(s) = args.strategy {
+        settings.poll.strategy = s;
+    }
+    if let Some(m) = args.max_interval {
+        settings.poll.max_interval = m;
     }
     // Nothing serves the metrics here (the recorder still counts them, as in `run`).
     settings.http.listen.clear();
@@ -274,6 +300,24 @@ mod tests {
         assert_eq!(s.rate.requests_per_second, 7.0);
         assert_eq!(s.rate.burst, 14);
         assert!(s.http.listen.is_empty());
+    }
+
+    #[test]
+    fn the_strategy_max_interval_and_churn_skew_reach_the_run() {
+        let args = BenchArgs::parse_from([
+            "roster-bench",
+            "--strategy",
+            "change_aware",
+            "--max-interval",
+            "90s",
+            "--churn-skew",
+            "zipf:1.0",
+        ]);
+        let s = daemon_settings(&args).unwrap();
+        assert_eq!(s.poll.strategy, PollStrategy::ChangeAware);
+        assert_eq!(s.poll.max_interval, Duration::from_secs(90));
+        assert_eq!(args.churn_skew, Skew::Zipf(1.0));
+        assert!(BenchArgs::try_parse_from(["roster-bench", "--strategy", "busiest"]).is_err());
     }
 
     #[test]
