@@ -11,11 +11,11 @@
 //!   Σ λᵢ·Tᵢ / 2 under Σ cᵢ / Tᵢ = budget gives Tᵢ ∝ √(cᵢ / λᵢ).
 //!
 //! A meeting's change rate is estimated from its own polls ([`ChangeRate`]): exponentially
-//! weighted averages of the changes each poll found and of the seconds each poll covered,
-//! their ratio being changes per second. It lives in memory only: after a restart every
-//! meeting starts from the region's average again, which the first few polls correct. A
-//! meeting with no estimate yet counts as average; every meeting keeps a small floor of the
-//! average rate, so a quiet meeting is never starved below `poll.max_interval`.
+//! weighted sums of the changes each poll found and of the seconds each poll covered (older
+//! polls weigh exp(−age / 10 min)), their ratio being changes per second, pulled toward the
+//! region's average by half a change's worth of evidence so that a meeting with little
+//! history counts as about average. It lives in memory only: after a restart every meeting
+//! starts from the average again. Every meeting keeps a small floor of the average rate.
 //!
 //! A meeting whose last poll found a change is due again after `poll.interval` (rosters
 //! change in bursts), as long as the budget can pay for these follow-ups on top of every
@@ -44,14 +44,23 @@ pub const UTILISATION: f64 = 0.97;
 /// are at most `max_interval × (1 − MAX_INTERVAL_SLACK)`.
 pub const MAX_INTERVAL_SLACK: f64 = 0.1;
 
-/// A meeting's change history: exponentially weighted averages per poll.
+/// How far back a meeting's change history reaches: a poll weighs exp(−age / MEMORY).
+pub const MEMORY: Duration = Duration::from_secs(600);
+
+/// Evidence of the region's average rate credited to every meeting's estimate, in changes:
+/// a meeting with little history of its own counts as about average.
+pub const PRIOR_CHANGES: f64 = 0.5;
+
+/// A meeting's change history: per poll, the changes it found and the seconds it covered,
+/// each an exponentially weighted sum in which older polls weigh exp(−age / [`MEMORY`]), and
+/// the exponentially weighted share of polls that found a change.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ChangeRate {
-    /// Changes (events) a poll found.
+    /// Changes (events) the polls found.
     events: f64,
-    /// Seconds a poll covered (since the previous successful poll started).
+    /// Seconds the polls covered (each since the previous successful poll started).
     seconds: f64,
-    /// Share of polls that found a change.
+    /// Share of polls that found a change ([`EWMA_WEIGHT`] per poll).
     changed: f64,
     /// Whether any poll has been averaged in yet.
     known: bool,
@@ -64,10 +73,10 @@ impl ChangeRate {
         let seconds = window.as_secs_f64();
         let changed = if events > 0.0 { 1.0 } else { 0.0 };
         if self.known {
-            let w = EWMA_WEIGHT;
-            self.events += w * (events - self.events);
-            self.seconds += w * (seconds - self.seconds);
-            self.changed += w * (changed - self.changed);
+            let keep = (-seconds / MEMORY.as_secs_f64()).exp();
+            self.events = keep * self.events + events;
+            self.seconds = keep * self.seconds + seconds;
+            self.changed += EWMA_WEIGHT * (changed - self.changed);
         } else {
             *self = Self {
                 events,
@@ -78,9 +87,16 @@ impl ChangeRate {
         }
     }
 
-    /// Changes per second, once a poll has been averaged in.
-    pub fn per_second(&self) -> Option<f64> {
-        (self.known && self.seconds > 0.0).then(|| self.events / self.seconds)
+    /// Changes per second, pulled toward the region's average `mean` by [`PRIOR_CHANGES`];
+    /// `mean` itself with no history.
+    pub fn per_second(&self, mean: f64) -> f64 {
+        if !self.known || self.seconds <= 0.0 {
+            return mean;
+        }
+        if mean <= 0.0 {
+            return self.events / self.seconds;
+        }
+        (self.events + PRIOR_CHANGES) / (self.seconds + PRIOR_CHANGES / mean)
     }
 
     /// Share of polls that found a change (and so brought a follow-up poll).
@@ -162,7 +178,7 @@ impl Bounds {
 /// The weight √(λ / c) of a meeting, with no estimate counted as `mean` and a floor of
 /// [`FLOOR_SHARE`] × `mean` (all alike when nothing has changed anywhere).
 fn weight(d: &Demand, mean: f64, follow_up: bool) -> f64 {
-    let rate = d.rate.per_second().unwrap_or(mean) + FLOOR_SHARE * mean;
+    let rate = d.rate.per_second(mean) + FLOOR_SHARE * mean;
     let rate = if mean > 0.0 { rate } else { 1.0 };
     (rate / d.cost(follow_up)).sqrt()
 }
@@ -182,6 +198,21 @@ pub fn allocate(demands: &[Demand], budget: Option<f64>, b: Bounds) -> Level {
         return Level::Ample;
     };
     let budget = budget * UTILISATION;
+    // A meeting not polled yet counts as many pages as the average polled one.
+    let polled: Vec<u32> = demands.iter().map(|d| d.pages).filter(|&p| p > 0).collect();
+    let typical = if polled.is_empty() {
+        1
+    } else {
+        polled.iter().sum::<u32>().div_ceil(polled.len() as u32)
+    };
+    let demands: Vec<Demand> = demands
+        .iter()
+        .map(|d| Demand {
+            pages: if d.pages == 0 { typical } else { d.pages },
+            ..*d
+        })
+        .collect();
+    let demands = demands.as_slice();
     let (shortest, longest) = (b.shortest.as_secs_f64(), b.longest.as_secs_f64());
     let pages: f64 = demands.iter().map(|d| f64::from(d.pages.max(1))).sum();
     if pages / shortest <= budget {
@@ -197,12 +228,14 @@ pub fn allocate(demands: &[Demand], budget: Option<f64>, b: Bounds) -> Level {
         return Level::Saturated;
     }
     let follow_up = at_longest(true) < budget;
-    let known: Vec<f64> = demands.iter().filter_map(|d| d.rate.per_second()).collect();
-    let mean = if known.is_empty() {
-        0.0
-    } else {
-        known.iter().sum::<f64>() / known.len() as f64
-    };
+    // The region's average: every meeting's changes over every meeting's seconds.
+    let (events, seconds) = demands
+        .iter()
+        .filter(|d| d.rate.known)
+        .fold((0.0, 0.0), |(e, s), d| {
+            (e + d.rate.events, s + d.rate.seconds)
+        });
+    let mean = if seconds > 0.0 { events / seconds } else { 0.0 };
     let weights: Vec<f64> = demands.iter().map(|d| weight(d, mean, follow_up)).collect();
     let spend = |scale: f64| -> f64 {
         demands
@@ -299,14 +332,21 @@ mod tests {
     #[test]
     fn the_average_weighs_recent_polls_most() {
         let mut r = ChangeRate::default();
-        assert_eq!(r.per_second(), None);
+        assert_eq!(r.per_second(0.3), 0.3, "no history: the average");
         r.observe(2, Duration::from_secs(10));
-        assert_eq!(r.per_second(), Some(0.2));
+        assert_eq!(r.per_second(0.0), 0.2);
         assert_eq!(r.changed_share(), 1.0);
-        for _ in 0..30 {
+        // Little history is pulled toward the average; more of it speaks for itself.
+        assert!((r.per_second(0.01) - 2.5 / 60.0).abs() < 1e-9);
+        for _ in 0..300 {
+            r.observe(1, Duration::from_secs(10));
+        }
+        assert!((r.per_second(0.01) - 0.1).abs() < 0.01, "{r:?}");
+        // An hour of quiet: the old changes are forgotten.
+        for _ in 0..360 {
             r.observe(0, Duration::from_secs(10));
         }
-        assert!(r.per_second().unwrap() < 0.001, "{r:?}");
+        assert!(r.per_second(0.0) < 0.001, "{r:?}");
         assert!(r.changed_share() < 0.01, "{r:?}");
     }
 
@@ -332,9 +372,18 @@ mod tests {
     #[test]
     fn a_tight_budget_goes_as_the_square_root_of_change_rate_over_pages() {
         // 250 meetings of 3 pages at 10 requests/s: a sweep takes 75 s, more than 10.
-        // Zipf(1) churn: the meeting of rank i changes once every 5·i seconds.
+        // Zipf(1) churn: the meeting of rank i changes once every 5·i seconds, seen over a
+        // long history.
         let demands: Vec<Demand> = (1..=250)
-            .map(|i| demand(3, 1, 5.0 * f64::from(i)))
+            .map(|i| Demand {
+                pages: 3,
+                rate: ChangeRate {
+                    events: 2000.0 / f64::from(i),
+                    seconds: 10_000.0,
+                    changed: 0.5,
+                    known: true,
+                },
+            })
             .collect();
         let level = allocate(&demands, Some(10.0), bounds());
         let Level::Shared { .. } = level else {
@@ -403,6 +452,29 @@ mod tests {
             wait(PollStrategy::ChangeAware, level, d, true, bounds()),
             bounds().shortest
         );
+    }
+
+    #[test]
+    fn a_meeting_not_polled_yet_counts_as_many_pages_as_the_others() {
+        let mut demands: Vec<Demand> = (0..300).map(|_| demand(3, 0, 60.0)).collect();
+        let level = allocate(&demands, Some(10.0), bounds());
+        demands.push(Demand {
+            pages: 0,
+            rate: ChangeRate::default(),
+        });
+        // One meeting more of 3 pages, not of 1: the others wait a 301st longer.
+        let with_new = allocate(&demands, Some(10.0), bounds());
+        let w = |level| {
+            wait(
+                PollStrategy::ChangeAware,
+                level,
+                &demands[0],
+                false,
+                bounds(),
+            )
+        };
+        let ratio = w(with_new).as_secs_f64() / w(level).as_secs_f64();
+        assert!((ratio - 301.0 / 300.0).abs() < 1e-3, "{ratio}");
     }
 
     #[test]
