@@ -201,7 +201,8 @@ impl Daemon {
             interval = ?settings.poll.interval,
             "roster-sync running"
         );
-        metrics::gauge!("roster_sync_poll_interval_seconds").set(settings.poll.interval.as_secs_f64());
+        metrics::gauge!("roster_sync_poll_interval_seconds")
+            .set(settings.poll.interval.as_secs_f64());
         let lost = store.writer_lock_lost();
         let task = {
             let cancel = cancel.clone();

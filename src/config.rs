@@ -97,6 +97,26 @@ pub struct PollSettings {
     pub jitter: f64,
     #[serde(with = "human_duration")]
     pub failure_backoff_cap: Duration,
+    /// How the request budget is shared between meetings when it cannot poll every one of
+    /// them each `interval`.
+    pub strategy: PollStrategy,
+    /// `change_aware`: the longest a meeting waits between two polls (failures aside).
+    #[serde(with = "human_duration")]
+    pub max_interval: Duration,
+}
+
+/// `poll.strategy`: how the scheduler spends a request budget too small for every meeting
+/// to be polled each `poll.interval` (see `crate::scheduler`). With an ample budget both
+/// poll every meeting every `poll.interval`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PollStrategy {
+    /// Every meeting is due each `poll.interval` and due meetings go stalest first: all
+    /// meetings are equally stale.
+    Uniform,
+    /// Each meeting is polled at a rate that goes as √(its change rate ÷ its pages), between
+    /// once per `poll.interval` and once per `poll.max_interval`.
+    ChangeAware,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -428,6 +448,16 @@ impl Settings {
             return Err(bad(
                 "poll.jitter",
                 format!("is {}, must be within 0.0..=0.5", self.poll.jitter),
+            ));
+        }
+        if self.poll.max_interval < self.poll.interval {
+            return Err(bad(
+                "poll.max_interval",
+                format!(
+                    "is {}, must not be shorter than poll.interval ({})",
+                    humantime::format_duration(self.poll.max_interval),
+                    humantime::format_duration(self.poll.interval)
+                ),
             ));
         }
         let rps = self.rate.requests_per_second;
@@ -782,6 +812,38 @@ mod tests {
         s.shutdown.grace = Duration::ZERO;
         s.rate.requests_per_second = MAX_REQUESTS_PER_SECOND;
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_poll_strategy_defaults_to_uniform_and_max_interval_is_checked() {
+        let mut s = Settings::defaults().unwrap();
+        assert_eq!(s.poll.strategy, PollStrategy::Uniform);
+        assert_eq!(s.poll.max_interval, Duration::from_secs(120));
+        s.poll.max_interval = Duration::from_secs(5);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("poll.max_interval"), "{err}");
+        let shown = toml::to_string(&Settings::defaults().unwrap().redacted()).unwrap();
+        assert!(shown.contains("strategy = \"uniform\""), "{shown}");
+        assert!(shown.contains("max_interval = \"2m\""), "{shown}");
+    }
+
+    #[test]
+    fn an_unknown_poll_strategy_is_refused_naming_it() {
+        let err = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(
+                "[poll]\nstrategy = \"busiest_first\"\n",
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("busiest_first"), "{err}");
+        assert!(err.contains("strategy"), "{err}");
     }
 
     #[test]

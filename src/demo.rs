@@ -20,7 +20,7 @@ use crate::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use crate::config::Settings;
 use crate::domain::{Capability, EventKind, MeetingId};
 use crate::redact::redact_url;
-use crate::sim::churn::{ChurnPlan, Fleet, churn};
+use crate::sim::churn::{ChurnPlan, Fleet, Skew, churn};
 use crate::sim::control::Driver;
 use crate::sim::{self, SimConfig};
 use crate::store::{Store, StoredEvent};
@@ -177,6 +177,7 @@ pub async fn run(
         one_of_each_first: true,
         end_a_meeting_after: Some(args.duration.mul_f64(2.0 / 3.0)),
         name: person,
+        skew: Skew::Uniform,
     };
     let churn = {
         let cancel = cancel.clone();

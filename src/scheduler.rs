@@ -5,6 +5,7 @@
 //! - [`poll`]: one poll, fetch → diff → `store.apply`, and the rules for endings and
 //!   departures;
 //! - [`queue`]: due order (stalest first), each region's page window, the credential breaker;
+//! - [`cadence`]: how long each meeting waits between polls (`poll.strategy`);
 //! - [`bookkeeping`]: the batch of unchanged polls' bookkeeping;
 //! - [`gauges`]: what the loop publishes about itself.
 //!
@@ -14,6 +15,7 @@
 //! through the bookkeeping batch; it never diffs and never touches the SDK.
 
 mod bookkeeping;
+mod cadence;
 mod gauges;
 mod poll;
 mod queue;
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::chime::RosterSource;
-use crate::config::Settings;
+use crate::config::{PollStrategy, Settings};
 use crate::domain::{MeetingId, Region};
 use crate::health::Health;
 use crate::store::{LeaseToken, MeetingsVersion, ReplicaId, Store, StoredEvent};
@@ -45,6 +47,9 @@ use queue::{Evidence, PageClaim, Queue, Transition};
 /// The meeting list is read in full at least this often, even when the probe says nothing
 /// changed.
 const FULL_REFRESH_EVERY: Duration = Duration::from_secs(60);
+
+/// How often `change_aware` re-shares each region's budget between its meetings.
+const CADENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the gauges are published.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
@@ -73,6 +78,10 @@ pub struct SchedulerOptions {
     pub refresh_every: Duration,
     /// How long in-flight polls may take to finish after shutdown was asked for.
     pub shutdown_grace: Duration,
+    /// How the budget is shared when it cannot poll every meeting each `interval`.
+    pub strategy: PollStrategy,
+    /// `change_aware`: the longest a meeting waits between polls.
+    pub max_interval: Duration,
 }
 
 impl SchedulerOptions {
@@ -92,6 +101,8 @@ impl SchedulerOptions {
                 }
             },
             shutdown_grace: s.shutdown.grace,
+            strategy: s.poll.strategy,
+            max_interval: s.poll.max_interval,
         }
     }
 }
@@ -166,6 +177,8 @@ pub struct Scheduler<S: RosterSource> {
     batch: bookkeeping::Batch,
     gauges_at: Option<Instant>,
     gauges: gauges::Gauges,
+    /// When `change_aware` last shared the budgets out.
+    cadence_at: Option<Instant>,
     events: Option<broadcast::Sender<StoredEvent>>,
     observer: Option<PollObserver>,
     health: Option<Health>,
@@ -188,8 +201,8 @@ impl<S: RosterSource> Scheduler<S> {
         Self {
             source,
             store,
+            queue: Queue::by_due(opts.strategy == PollStrategy::ChangeAware),
             opts,
-            queue: Queue::default(),
             running: JoinSet::new(),
             tasks: HashMap::new(),
             refreshed_at: None,
@@ -199,6 +212,7 @@ impl<S: RosterSource> Scheduler<S> {
             batch: bookkeeping::Batch::default(),
             gauges_at: None,
             gauges: gauges::Gauges::default(),
+            cadence_at: None,
             events: None,
             observer: None,
             health: None,
@@ -303,6 +317,14 @@ impl<S: RosterSource> Scheduler<S> {
                 );
             }
         }
+        if self.opts.strategy == PollStrategy::ChangeAware
+            && self
+                .cadence_at
+                .is_none_or(|t| now.duration_since(t) >= CADENCE_EVERY)
+        {
+            self.cadence_at = Some(now);
+            self.share_budgets();
+        }
         if self.db_down {
             // A poll now could not be recorded: keep the quota for when the database is back.
             return;
@@ -312,6 +334,56 @@ impl<S: RosterSource> Scheduler<S> {
             // A due meeting still has bookkeeping in the batch: write it, then poll.
             self.flush_bookkeeping().await;
             self.launch_due(now);
+        }
+    }
+
+    /// `change_aware`: shares each region's current rate between its meetings (see
+    /// [`cadence::allocate`]); the shares apply to the waits planned from now on.
+    fn share_budgets(&mut self) {
+        let bounds = cadence::Bounds::new(self.opts.interval, self.opts.max_interval);
+        for r in 0..self.queue.regions.len() {
+            let demands: Vec<cadence::Demand> = self
+                .queue
+                .slots_in(r)
+                .into_iter()
+                .filter_map(|s| self.queue.get(s))
+                .map(|m| cadence::Demand {
+                    pages: m.pages,
+                    rate: m.change,
+                })
+                .collect();
+            let region = &self.queue.regions[r];
+            let rate = self.source.current_rate(&region.region);
+            let level = cadence::allocate(&demands, rate, bounds);
+            let was_saturated = region.level == cadence::Level::Saturated;
+            if (level == cadence::Level::Saturated) != was_saturated {
+                if was_saturated {
+                    tracing::info!(region = %region.region, "the rate budget can poll every meeting within poll.max_interval again");
+                } else {
+                    tracing::warn!(
+                        region = %region.region,
+                        meetings = demands.len(),
+                        pages = region.pages_total,
+                        rate = rate.unwrap_or(f64::INFINITY),
+                        max_interval = ?self.opts.max_interval,
+                        "the rate budget cannot poll every meeting within poll.max_interval; polling each as often as it allows, stalest first"
+                    );
+                }
+            }
+            let previous = region.level;
+            if level == cadence::Level::Ample && previous != cadence::Level::Ample {
+                // The budget is ample again: no meeting waits longer than `interval` from
+                // its last poll, as under `uniform`.
+                for slot in self.queue.slots_in(r) {
+                    let Some(m) = self.queue.get(slot) else {
+                        continue;
+                    };
+                    if let (false, Some(fresh)) = (m.in_flight, m.fresh_at) {
+                        self.queue.schedule(slot, fresh + self.opts.interval);
+                    }
+                }
+            }
+            self.queue.regions[r].level = level;
         }
     }
 
@@ -630,22 +702,38 @@ impl<S: RosterSource> Scheduler<S> {
         let interval = self.opts.interval;
         let jitter = self.opts.jitter;
         let spread = |d: Duration| d.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter));
+        let strategy = self.opts.strategy;
+        let bounds = cadence::Bounds::new(interval, self.opts.max_interval);
+        let level = self.queue.regions[region].level;
         let Some(state) = self.queue.get_mut(slot) else {
             return;
         };
         let id = state.id.clone();
         let outcome = kind.label();
-        let (next_due, events) = match polled.outcome {
-            PollOutcome::Unchanged | PollOutcome::Changed(_) => {
-                gauges::poll_succeeded(&region_name, now.duration_since(state.staleness_since()));
-                state.failures = 0;
-                state.fresh_at = Some(started);
-                let events = match polled.outcome {
-                    PollOutcome::Changed(events) => events,
-                    _ => Vec::new(),
-                };
-                (Some(started + spread(interval)), events)
+        // The wait until a recorded poll's successor: `interval` (uniform), or as
+        // `change_aware` shares the budget, after averaging in what this poll found.
+        let recorded = |state: &mut queue::MeetingState, changes: usize| {
+            gauges::poll_succeeded(&region_name, now.duration_since(state.staleness_since()));
+            state.failures = 0;
+            if let Some(previous) = state.fresh_at {
+                state
+                    .change
+                    .observe(changes, started.saturating_duration_since(previous));
             }
+            state.fresh_at = Some(started);
+            let demand = cadence::Demand {
+                pages: state.pages,
+                rate: state.change,
+            };
+            let wait = cadence::wait(strategy, level, &demand, changes > 0, bounds);
+            match strategy {
+                PollStrategy::Uniform => started + spread(wait),
+                PollStrategy::ChangeAware => started + spread(wait).min(bounds.longest),
+            }
+        };
+        let (next_due, events) = match polled.outcome {
+            PollOutcome::Unchanged => (Some(recorded(state, 0)), Vec::new()),
+            PollOutcome::Changed(events) => (Some(recorded(state, events.len())), events),
             PollOutcome::Ended(events) => {
                 tracing::info!(meeting_id = %id, region = %region_name, outcome, left = events.len(), "meeting ended");
                 state.removed = true;

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::cadence::{ChangeRate, Level};
 use super::poll::Known;
 use crate::chime::Pause;
 use crate::domain::{MeetingId, Region};
@@ -66,6 +67,8 @@ pub(super) struct MeetingState {
     pub seen_in: u64,
     /// No longer active: dropped when its poll in flight finishes.
     pub removed: bool,
+    /// What its polls found changing: `change_aware` spends the budget by it.
+    pub change: ChangeRate,
 }
 
 impl MeetingState {
@@ -215,7 +218,7 @@ impl Breaker {
 pub(super) struct RegionQueue {
     pub region: Arc<Region>,
     /// Due meetings, stalest first: (last success, slot, version); never polled (`None`)
-    /// sorts first.
+    /// sorts first. With [`Queue::by_due`] the key of a polled meeting is its due time.
     ready: BinaryHeap<Reverse<(Option<Instant>, usize, u32)>>,
     /// Pages held by polls in flight that are sending; shared with their [`PageClaim`]s.
     window: Arc<AtomicU32>,
@@ -224,6 +227,8 @@ pub(super) struct RegionQueue {
     /// Meetings tracked in the region.
     pub meetings: usize,
     pub breaker: Breaker,
+    /// How `change_aware` last shared the region's budget between its meetings.
+    pub level: Level,
 }
 
 /// Every tracked meeting's scheduling state, by slot, with the timer and ready heaps.
@@ -237,6 +242,10 @@ pub(super) struct Queue {
     /// Meetings waiting for their due time: (due, slot, version).
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     next_region: usize,
+    /// Due meetings that have been polled go earliest due first instead of stalest first
+    /// (`change_aware`: waits differ, and the earliest due is the one furthest past its
+    /// planned wait).
+    by_due: bool,
 }
 
 /// What [`Queue::take_due`] chose.
@@ -249,6 +258,15 @@ pub(super) struct Due {
 }
 
 impl Queue {
+    /// An empty queue; `by_due` orders due meetings that have been polled by due time
+    /// rather than by staleness. Meetings never polled go first either way.
+    pub fn by_due(by_due: bool) -> Self {
+        Self {
+            by_due,
+            ..Self::default()
+        }
+    }
+
     pub fn get(&self, slot: usize) -> Option<&MeetingState> {
         self.slots.get(slot).and_then(Option::as_ref)
     }
@@ -304,6 +322,7 @@ impl Queue {
             version: 0,
             seen_in: generation,
             removed: false,
+            change: ChangeRate::default(),
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -333,6 +352,7 @@ impl Queue {
             pages_total: 0,
             meetings: 0,
             breaker: Breaker::default(),
+            level: Level::Ample,
         });
         self.regions.len() - 1
     }
@@ -395,9 +415,13 @@ impl Queue {
             if state.version != version || state.in_flight {
                 continue;
             }
+            let key = match state.fresh_at {
+                Some(_) if self.by_due => Some(due),
+                stalest => stalest,
+            };
             self.regions[state.region]
                 .ready
-                .push(Reverse((state.fresh_at, slot, version)));
+                .push(Reverse((key, slot, version)));
         }
     }
 
@@ -528,6 +552,26 @@ mod tests {
         q.get_mut(2).unwrap().fresh_at = None;
         q.promote(now);
         let due = q.take_due(now, 3, Duration::from_secs(10), |_| None);
+        let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
+        assert_eq!(order, vec![2, 1, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn by_due_polled_meetings_launch_earliest_due_first_after_the_never_polled() {
+        let mut q = Queue::by_due(true);
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        for i in 0..3 {
+            q.insert(id(i), region(), now, now, 1);
+        }
+        // Slot 0 was polled long ago but is due last; slot 1 recently but due first.
+        q.get_mut(0).unwrap().fresh_at = Some(now);
+        q.get_mut(1).unwrap().fresh_at = Some(now + s(50));
+        let later = now + s(100);
+        q.schedule(0, now + s(90));
+        q.schedule(1, now + s(60));
+        q.promote(later);
+        let due = q.take_due(later, 3, s(10), |_| None);
         let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
         assert_eq!(order, vec![2, 1, 0]);
     }

@@ -324,6 +324,8 @@ async fn unchanged_polls_are_recorded_in_one_batch_by_shutdown() {
         failure_backoff_cap: Duration::from_secs(1),
         refresh_every: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(5),
+        strategy: crate::config::PollStrategy::Uniform,
+        max_interval: Duration::from_secs(60),
     };
     let scheduler = Scheduler::new(Arc::clone(&source), store.clone(), opts).with_poll_observer(
         move |r: &PollReport<'_>| {

@@ -95,6 +95,79 @@ pub struct ChurnPlan {
     pub end_a_meeting_after: Option<Duration>,
     /// The ExternalUserId of the n-th attendee the churn adds.
     pub name: fn(u64) -> String,
+    /// How the changes are spread over the meetings.
+    pub skew: Skew,
+}
+
+/// How a churn run picks the meeting of each change.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Skew {
+    /// Every meeting alike.
+    #[default]
+    Uniform,
+    /// Zipf with this exponent over the fleet's order: the n-th meeting (from 1) is picked
+    /// with a weight of 1 / n^s, so a few meetings get most of the changes.
+    Zipf(f64),
+}
+
+impl std::str::FromStr for Skew {
+    type Err = String;
+
+    /// `uniform` or `zipf:S` with S a finite exponent ≥ 0 (`zipf:1.0`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "uniform" {
+            return Ok(Self::Uniform);
+        }
+        let exponent = s
+            .strip_prefix("zipf:")
+            .and_then(|e| e.parse::<f64>().ok())
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .ok_or_else(|| {
+                format!("{s:?} is not `uniform` or `zipf:S` with S ≥ 0, e.g. zipf:1.0")
+            })?;
+        Ok(Self::Zipf(exponent))
+    }
+}
+
+impl std::fmt::Display for Skew {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uniform => f.write_str("uniform"),
+            Self::Zipf(s) => write!(f, "zipf:{s}"),
+        }
+    }
+}
+
+/// Picks meetings by a [`Skew`]: the cumulative weights of a fleet of `len` meetings.
+#[derive(Debug, Clone, Default)]
+struct Picker {
+    cumulative: Vec<f64>,
+}
+
+impl Picker {
+    fn new(skew: Skew, len: usize) -> Self {
+        let cumulative = match skew {
+            Skew::Uniform => Vec::new(),
+            Skew::Zipf(s) => (1..=len)
+                .scan(0.0, |sum, n| {
+                    *sum += (n as f64).powf(-s);
+                    Some(*sum)
+                })
+                .collect(),
+        };
+        Self { cumulative }
+    }
+
+    /// The index of a meeting of a fleet of `len` (the length the picker was made for).
+    fn pick(&self, rng: &mut impl Rng, len: usize) -> usize {
+        match self.cumulative.last() {
+            None => rng.random_range(0..len),
+            Some(&total) => {
+                let x = rng.random_range(0.0..total);
+                self.cumulative.partition_point(|&c| c <= x).min(len - 1)
+            }
+        }
+    }
 }
 
 /// A change the service acknowledged.
@@ -142,6 +215,7 @@ pub async fn churn(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ended = false;
     let mut serial = 0u64;
+    let mut picker = Picker::new(plan.skew, fleet.len());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return churned,
@@ -157,6 +231,7 @@ pub async fn churn(
             && now >= started + after
         {
             ended = true;
+            picker = Picker::new(plan.skew, fleet.len() - 1);
             if let Some(last) = fleet.meetings.pop()
                 && let Err(e) = driver.delete_meeting(&last.id).await
             {
@@ -174,7 +249,11 @@ pub async fn churn(
                 _ if rng.random_bool(2.0 / 3.0) => Step::Membership,
                 _ => Step::Caps,
             };
-            (rng.random_range(0..fleet.len()), step, rng.random::<u64>())
+            (
+                picker.pick(&mut rng, fleet.len()),
+                step,
+                rng.random::<u64>(),
+            )
         };
         match change_one(
             driver,
@@ -284,4 +363,50 @@ fn attendee_id(g: u128) -> anyhow::Result<AttendeeId> {
     Ok(AttendeeId::parse(
         &uuid::Uuid::from_u128(g).hyphenated().to_string(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skew_parses_from_its_name() {
+        assert_eq!("uniform".parse::<Skew>(), Ok(Skew::Uniform));
+        assert_eq!("zipf:1.0".parse::<Skew>(), Ok(Skew::Zipf(1.0)));
+        assert_eq!(Skew::Zipf(1.0).to_string(), "zipf:1");
+        for bad in ["zipf", "zipf:-1", "zipf:nan", "pareto:1"] {
+            let err = bad.parse::<Skew>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn zipf_picks_the_nth_meeting_about_one_nth_as_often_as_the_first() {
+        let picker = Picker::new(Skew::Zipf(1.0), 10);
+        let mut rng = rand::rng();
+        let mut counts = [0u32; 10];
+        for _ in 0..200_000 {
+            counts[picker.pick(&mut rng, 10)] += 1;
+        }
+        // Expected shares 1/n ÷ H(10): 34 % for the first, 3.4 % for the tenth.
+        let share = |i: usize| f64::from(counts[i]) / 200_000.0;
+        let h10: f64 = (1..=10).map(|n| 1.0 / f64::from(n)).sum();
+        for (i, _) in counts.iter().enumerate() {
+            let expected = 1.0 / ((i + 1) as f64 * h10);
+            assert!(
+                (share(i) - expected).abs() < 0.01,
+                "{i}: {} vs {expected}",
+                share(i)
+            );
+        }
+        let uniform = Picker::new(Skew::Uniform, 10);
+        let mut counts = [0u32; 10];
+        for _ in 0..100_000 {
+            counts[uniform.pick(&mut rng, 10)] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{counts:?}"
+        );
+    }
 }

@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use roster_sync::app::{Daemon, DaemonOptions};
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
-use roster_sync::config::Settings;
+use roster_sync::config::{PollStrategy, Settings};
 use roster_sync::domain::Region;
 use roster_sync::scheduler::PollReport;
 use roster_sync::sim::churn::{ChurnPlan, Fleet, churn};
 use roster_sync::sim::control::Driver;
 use roster_sync::store::{Backend, Store, StoredEvent};
 
+use crate::gaps::Gaps;
 use crate::latency::{Changes, receive_events};
 use crate::process::{cpu_seconds, peak_rss_mb, release_free_memory, reset_peak_rss};
 use crate::scratch::BenchDb;
@@ -90,6 +91,16 @@ pub struct Report {
     /// The webhook sink of the run: "none", "url" (`--webhook-url`) or "hung"
     /// (`--webhook-hung`).
     pub webhook: &'static str,
+    /// `poll.strategy`, `poll.max_interval` (s) and how the churn was spread over meetings.
+    pub strategy: PollStrategy,
+    pub max_interval_s: f64,
+    pub churn_skew: String,
+    /// Mean detection latency: every change weighs alike.
+    pub detection_latency_mean_ms: f64,
+    /// The longest gap between the starts of two successive successful polls of one meeting.
+    pub max_poll_gap_s: f64,
+    /// Requests per second of polling.
+    pub requests_per_s: f64,
 }
 
 /// Everything between creating the database and dropping it: setup, the phases, the report.
@@ -141,9 +152,14 @@ pub async fn measure(
     let changes = Arc::new(Mutex::new(Changes::default()));
     let (tx, rx) = broadcast::channel::<StoredEvent>(EVENT_BUFFER);
     let receiver = tokio::spawn(receive_events(rx, Arc::clone(&changes)));
+    let gaps = Arc::new(Mutex::new(Gaps::default()));
     let observer = {
         let sweeps = Arc::clone(&sweeps);
-        move |r: &PollReport<'_>| lock(&sweeps).on_poll(r)
+        let gaps = Arc::clone(&gaps);
+        move |r: &PollReport<'_>| {
+            lock(&sweeps).on_poll(r);
+            lock(&gaps).on_poll(r);
+        }
     };
 
     // Setup is not the daemon's work: what it freed goes back to the OS, and the peak RSS
@@ -185,6 +201,7 @@ pub async fn measure(
         one_of_each_first: false,
         end_a_meeting_after: None,
         name: |serial| format!("churn-{serial}"),
+        skew: args.churn_skew,
     };
     let churned = churn(&driver, &mut fleet, &plan, &cancel, |made| {
         lock(&changes).made(&made);
@@ -263,6 +280,12 @@ pub async fn measure(
         peak_rss_mb,
         rate_final: budget.rate(),
         rate_decreases: budget.decreases(),
+        strategy: settings.poll.strategy,
+        max_interval_s: settings.poll.max_interval.as_secs_f64(),
+        churn_skew: args.churn_skew.to_string(),
+        detection_latency_mean_ms: ratio(latencies.iter().sum(), latencies.len() as f64),
+        max_poll_gap_s: lock(&gaps).longest.as_secs_f64(),
+        requests_per_s: ratio(requests as f64, polling_s),
     };
     print_summary(&report, &sweeps.completed, hwm_reset);
     Ok(report)
@@ -415,6 +438,16 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
         r.detection_latency_p50_ms,
         r.detection_latency_p99_ms,
         r.detection_latency_max_ms
+    );
+    let _ = writeln!(
+        s,
+        "strategy {:?} (max_interval {:.0}s), churn {}: detection latency mean {:.0} ms; longest gap between two polls of a meeting {:.1}s; {:.2} requests/s",
+        r.strategy,
+        r.max_interval_s,
+        r.churn_skew,
+        r.detection_latency_mean_ms,
+        r.max_poll_gap_s,
+        r.requests_per_s
     );
     let _ = writeln!(
         s,

@@ -39,6 +39,7 @@
 
 mod capacity;
 mod floor;
+mod gaps;
 mod latency;
 mod process;
 mod replicas;
@@ -53,7 +54,8 @@ use anyhow::bail;
 use clap::Parser;
 use serde::Serialize;
 
-use roster_sync::config::Settings;
+use roster_sync::config::{PollStrategy, Settings};
+use roster_sync::sim::churn::Skew;
 
 /// `roster-bench` arguments.
 #[derive(Debug, Clone, clap::Parser)]
@@ -131,6 +133,16 @@ pub struct BenchArgs {
     /// requests and throttles at the simulator, the sweeps and each replica's CPU and memory.
     #[arg(long, conflicts_with_all = ["webhook_url", "webhook_hung"])]
     pub replicas: Option<usize>,
+    /// `poll.strategy`: `uniform` or `change_aware` (default: the configuration's default).
+    #[arg(long, value_parser = parse_strategy)]
+    pub strategy: Option<PollStrategy>,
+    /// `poll.max_interval` (default: the configuration's default, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_interval: Option<Duration>,
+    /// How the churn's changes are spread over the meetings: `uniform`, or `zipf:S` (the
+    /// n-th meeting gets changes in proportion to 1 / n^S; same total rate).
+    #[arg(long, default_value = "uniform")]
+    pub churn_skew: Skew,
 }
 
 /// The secret of the benchmark's webhook sink (the example from the Standard Webhooks
@@ -164,13 +176,21 @@ impl Drop for HungReceiver {
     }
 }
 
+fn parse_strategy(s: &str) -> Result<PollStrategy, String> {
+    match s {
+        "uniform" => Ok(PollStrategy::Uniform),
+        "change_aware" | "change-aware" => Ok(PollStrategy::ChangeAware),
+        _ => Err(format!("{s:?} is not uniform or change_aware")),
+    }
+}
+
 /// What a run measured: the capacity run's report, or the floor's.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 enum Outcome {
-    Capacity(capacity::Report),
+    Capacity(Box<capacity::Report>),
     Floor(floor::FloorReport),
-    Replicas(replicas::Report),
+    Replicas(Box<replicas::Report>),
 }
 
 /// See [`BenchArgs::runtime`].
@@ -272,10 +292,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     let report = match args.replicas {
         Some(n) => replicas::measure(&args, &settings, n, &sim, &db)
             .await
-            .map(Outcome::Replicas),
+            .map(|r| Outcome::Replicas(Box::new(r))),
         None => capacity::measure(&args, &settings, &sim, &db)
             .await
-            .map(Outcome::Capacity),
+            .map(|r| Outcome::Capacity(Box::new(r))),
     };
     drop(sim);
     drop(hung);
@@ -300,6 +320,12 @@ fn daemon_settings(args: &BenchArgs, webhook_url: Option<&str>) -> anyhow::Resul
     }
     if let Some(m) = args.max_results {
         settings.poll.max_results = m;
+    }
+    if let Some(s) = args.strategy {
+        settings.poll.strategy = s;
+    }
+    if let Some(m) = args.max_interval {
+        settings.poll.max_interval = m;
     }
     // Nothing serves the metrics here (the recorder still counts them, as in `run`).
     settings.http.listen.clear();
@@ -385,6 +411,24 @@ mod tests {
             "postgres://localhost/postgres",
         ]);
         assert!(validate(&args).is_ok());
+    }
+
+    #[test]
+    fn the_strategy_max_interval_and_churn_skew_reach_the_run() {
+        let args = BenchArgs::parse_from([
+            "roster-bench",
+            "--strategy",
+            "change_aware",
+            "--max-interval",
+            "90s",
+            "--churn-skew",
+            "zipf:1.0",
+        ]);
+        let s = daemon_settings(&args, None).unwrap();
+        assert_eq!(s.poll.strategy, PollStrategy::ChangeAware);
+        assert_eq!(s.poll.max_interval, Duration::from_secs(90));
+        assert_eq!(args.churn_skew, Skew::Zipf(1.0));
+        assert!(BenchArgs::try_parse_from(["roster-bench", "--strategy", "busiest"]).is_err());
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub async fn measure(
         target: args.attendees,
         one_of_each_first: false,
         end_a_meeting_after: None,
+        skew: args.churn_skew,
         name: |serial| format!("churn-{serial}"),
     };
     let churned = churn(

@@ -1,0 +1,199 @@
+//! `poll.strategy` through the daemon as `run` builds it, against the simulator over HTTP:
+//! with a request budget too small to poll every meeting each `poll.interval` and one meeting
+//! changing all the time, `change_aware` spends the polls on that meeting while every quiet
+//! meeting is still polled at least once per `poll.max_interval`; `uniform` polls them alike.
+//! Poll counts are read from the store (`poll_seq` counts recorded polls); no assertion
+//! depends on how long anything took.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use roster_sync::app::{Daemon, DaemonOptions};
+use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
+use roster_sync::config::{PollStrategy, Settings};
+use roster_sync::domain::{self, Capabilities, MeetingId, Region};
+use roster_sync::sim::churn::LISTENER;
+use roster_sync::sim::control::Driver;
+
+use common::TestDb;
+
+const MEETINGS: usize = 8;
+const INTERVAL: Duration = Duration::from_millis(250);
+const MAX_INTERVAL: Duration = Duration::from_secs(3);
+/// The daemon's budget: 8 one-page meetings every 250 ms would need 32 requests/s.
+const RATE: f64 = 6.0;
+
+fn region() -> Region {
+    Region::parse("us-east-1").unwrap()
+}
+
+/// Meetings of one attendee each, tracked; the first is the busy one. Returns them with the
+/// busy meeting's attendee.
+async fn meetings(db: &TestDb, driver: &Driver) -> (Vec<MeetingId>, domain::AttendeeId) {
+    let mut ids = Vec::new();
+    let mut busy_attendee = None;
+    for i in 0..MEETINGS {
+        let id = driver
+            .create_meeting(&format!("cadence-{i}"), "us-east-1")
+            .await
+            .unwrap();
+        let made = driver
+            .add_attendees(&id, [(format!("person-{i}@example.com"), None)])
+            .await
+            .unwrap();
+        busy_attendee.get_or_insert(made[0].attendee_id.clone());
+        db.store
+            .add_meeting(&id, &region(), Some("cadence"), domain::now(), false)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    (ids, busy_attendee.unwrap())
+}
+
+async fn daemon(db: &TestDb, endpoint: &str, strategy: PollStrategy) -> Daemon {
+    let mut settings = Settings::defaults().unwrap();
+    settings.database.url = db.url.clone();
+    settings.http.listen.clear();
+    settings.poll.interval = INTERVAL;
+    settings.poll.jitter = 0.0;
+    settings.poll.strategy = strategy;
+    settings.poll.max_interval = MAX_INTERVAL;
+    settings.rate.requests_per_second = RATE;
+    settings.rate.burst = RATE as u32;
+    settings.shutdown.grace = Duration::from_secs(5);
+    settings.validate().unwrap();
+    let client = ChimeClient::new(
+        simulator_sdk_config(&region()),
+        ClientOptions::for_endpoint(endpoint, RATE, RATE as u32),
+    );
+    Daemon::build(
+        &settings,
+        Some(db.store.clone()),
+        CancellationToken::new(),
+        DaemonOptions {
+            client: Some(Arc::new(client)),
+            ..DaemonOptions::default()
+        },
+    )
+    .await
+    .expect("build the daemon")
+}
+
+/// Toggles the busy meeting's attendee between two capability sets every 100 ms until
+/// cancelled: a change for nearly every poll of it.
+fn churn_busy(
+    driver: Driver,
+    meeting: MeetingId,
+    attendee: domain::AttendeeId,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        let mut listener = false;
+        loop {
+            listener = !listener;
+            let caps = if listener {
+                LISTENER
+            } else {
+                Capabilities::DEFAULT
+            };
+            let _ = driver.set_capabilities(&meeting, &attendee, caps).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    stop
+}
+
+async fn polls(db: &TestDb, id: &MeetingId) -> i64 {
+    db.store.get_meeting(id).await.unwrap().unwrap().poll_seq
+}
+
+/// Polls `check` every 100 ms until it holds; `limit` only keeps a broken build from hanging.
+async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the daemon with `strategy` while the first meeting churns, until `enough` holds of
+/// the busy meeting's and the quiet meetings' poll counts; returns those counts.
+async fn run(strategy: PollStrategy, enough: impl Fn(i64, &[i64]) -> bool) -> (i64, Vec<i64>) {
+    let db = common::sqlite_db().await;
+    let (sim, driver) = common::sim_and_driver(1000.0).await;
+    let (ids, attendee) = meetings(&db, &driver).await;
+    let daemon = daemon(&db, &sim.endpoint_url(), strategy).await;
+    let stop = churn_busy(driver, ids[0].clone(), attendee);
+    eventually(
+        "enough polls of the busy and the quiet meetings",
+        Duration::from_secs(120),
+        async || {
+            let busy = polls(&db, &ids[0]).await;
+            let mut quiet = Vec::new();
+            for id in &ids[1..] {
+                quiet.push(polls(&db, id).await);
+            }
+            enough(busy, &quiet)
+        },
+    )
+    .await;
+    stop.cancel();
+    daemon.stop().await.unwrap();
+    let busy = polls(&db, &ids[0]).await;
+    let mut quiet = Vec::new();
+    for id in &ids[1..] {
+        quiet.push(polls(&db, id).await);
+    }
+    sim.shutdown().await.unwrap();
+    db.finish().await;
+    println!("{strategy:?}: the busy meeting was polled {busy} times, the quiet ones {quiet:?}");
+    (busy, quiet)
+}
+
+#[tokio::test]
+async fn change_aware_polls_the_busy_meeting_most_and_every_quiet_one_within_max_interval() {
+    let (busy, quiet) = run(PollStrategy::ChangeAware, |busy, _| busy >= 50).await;
+    let most_quiet = *quiet.iter().max().unwrap();
+    assert!(
+        busy >= 3 * most_quiet,
+        "the busy meeting was polled {busy} times, a quiet one up to {most_quiet}: {quiet:?}"
+    );
+    // No poll of the busy meeting follows the previous one sooner than poll.interval, so
+    // `busy` polls took at least (busy − 1) intervals. Polled at least once per
+    // max_interval, each quiet meeting had at least that long ÷ max_interval polls, less one
+    // for its first.
+    let lasted = INTERVAL * u32::try_from(busy - 1).unwrap();
+    let at_least = (lasted.as_secs_f64() / MAX_INTERVAL.as_secs_f64()).floor() as i64 - 1;
+    assert!(at_least >= 3, "a run long enough to show it: {lasted:?}");
+    for q in &quiet {
+        assert!(
+            *q >= at_least,
+            "a quiet meeting was polled {q} times in at least {lasted:?} (max_interval {MAX_INTERVAL:?}): {quiet:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn uniform_polls_busy_and_quiet_meetings_alike() {
+    let (busy, quiet) = run(PollStrategy::Uniform, |_, quiet| {
+        quiet.iter().all(|&q| q >= 12)
+    })
+    .await;
+    let least_quiet = *quiet.iter().min().unwrap();
+    assert!(
+        busy <= 2 * least_quiet,
+        "uniform polled the busy meeting {busy} times, a quiet one {least_quiet}: {quiet:?}"
+    );
+}
