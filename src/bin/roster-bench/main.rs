@@ -28,8 +28,13 @@
 //! it) to the moment the scheduler's event sink delivers the matching event (it is committed),
 //! matched by meeting, attendee and kind.
 
-//! This binary is the only code that reads `/proc` or calls into libc (`malloc_trim`); the
-//! library it measures has neither. Modules: [`capacity`] (the phases and the report),
+//! **Overhead over the floor.** After the settle phase the daemon stops and, in the same
+//! process, the bare SDK client pages the same meetings at the request rate the daemon reached
+//! after its warm-up, with the same churn (`--floor-duration`). `cpu_us_per_request_steady`
+//! (the daemon after its warm-up sweep), `floor_us_per_request` and their ratio,
+//! `overhead_ratio`, are in the report.
+//!
+//! This binary reads `/proc` and calls into libc (`malloc_trim`, `clock_gettime`). Modules: [`capacity`] (the phases and the report),
 //! [`floor`] (`--floor-polls`), [`latency`] (matching changes with events), [`sweeps`],
 //! [`process`] (CPU time and peak RSS of this process), [`sim_process`] (the child simulator)
 //! and [`scratch`] (the run's own database).
@@ -111,13 +116,18 @@ pub struct BenchArgs {
     /// share of one core at that rate.
     #[arg(long)]
     pub floor_polls: Option<u64>,
+    /// After the capacity run, the floor is measured in the same process for this long: the
+    /// bare SDK client pages the same meetings at the rate the daemon reached after its
+    /// warm-up, with the same churn. `0s` skips it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub floor_duration: Duration,
 }
 
 /// What a run measured: the capacity run's report, or the floor's.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 enum Outcome {
-    Capacity(capacity::Report),
+    Capacity(Box<capacity::Report>),
     Floor(floor::FloorReport),
 }
 
@@ -209,7 +219,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     let report = capacity::measure(&args, &settings, &sim, &db).await;
     drop(sim);
     db.finish(args.keep_database).await;
-    report.map(Outcome::Capacity)
+    report.map(|r| Outcome::Capacity(Box::new(r)))
 }
 
 /// The default configuration with the run's rate, burst, interval, concurrency and page size.
