@@ -34,7 +34,7 @@ use crate::health::Health;
 use crate::http::Ops;
 use crate::redact::redact_url;
 use crate::scheduler::{PollReport, Scheduler, SchedulerOptions};
-use crate::store::{AddOutcome, Store, StoredEvent};
+use crate::store::{AddOutcome, Backend, PoolOptions, Store, StoredEvent};
 use crate::systemd::Notifier;
 
 /// How often the metrics recorder's upkeep (histogram maintenance) runs.
@@ -126,7 +126,7 @@ impl Daemon {
                 let url = settings.database_url();
                 Store::connect_patiently(
                     &url,
-                    settings.database.max_connections,
+                    daemon_pool(settings),
                     settings.database.startup_timeout,
                     &cancel,
                     |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "waiting for the database"),
@@ -142,14 +142,20 @@ impl Daemon {
         }
         if settings.database.migrate_on_start {
             store.migrate().await.context("applying migrations")?;
+        } else {
+            wait_for_migrations(&store, &health, &cancel).await?;
         }
+        // The migrations just answered: the stall clock runs from here until the first tick.
+        health.db_answered();
         health.set_migrated();
         add_configured_meetings(settings, &store).await?;
         if let Some(fault) = crate::fault::arm_from_env()? {
             tracing::warn!(fault = fault.as_str(), "test-only fault injection is armed");
         }
         let sinks = tokio_util::task::TaskTracker::new();
-        crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &sinks)?;
+        // Before the scheduler starts: a new sink's cursor is placed before this daemon's
+        // first event.
+        crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &sinks).await?;
         crate::retention::spawn(settings, store.clone(), cancel.clone(), &sinks);
         sinks.close();
 
@@ -182,10 +188,18 @@ impl Daemon {
             scheduler = scheduler.with_poll_observer(move |r: &PollReport<'_>| observer(r));
         }
 
+        let regions = polled_regions(settings, &store).await;
         tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            database_kind = match store.backend() {
+                Backend::Postgres => "postgres",
+                Backend::Sqlite => "sqlite",
+            },
             database = %redact_url(&settings.database_url()),
-            interval = ?settings.poll.interval,
+            regions = %regions,
             rate = settings.rate.requests_per_second,
+            burst = settings.rate.burst,
+            interval = ?settings.poll.interval,
             "roster-sync running"
         );
         let lost = store.writer_lock_lost();
@@ -379,7 +393,30 @@ async fn upkeep(ops: Ops, cancel: CancellationToken) {
     }
 }
 
-/// Connects to the configured database; the error names it (password redacted).
+/// The pool the daemon polls with: `database.max_connections`, and on Postgres
+/// `database.statement_timeout` on every statement, so no database call can hold the scheduler
+/// for longer than that.
+pub fn daemon_pool(settings: &Settings) -> PoolOptions {
+    PoolOptions {
+        max_connections: settings.database.max_connections,
+        statement_timeout: Some(settings.database.statement_timeout),
+    }
+}
+
+/// The regions the daemon polls at start, for its first log line: those of the active
+/// meetings, and the default region (`chime.region`), comma-separated.
+async fn polled_regions(settings: &Settings, store: &Store) -> String {
+    let mut regions = std::collections::BTreeSet::from([settings.chime.region.to_string()]);
+    match store.active_meeting_keys().await {
+        Ok(keys) => regions.extend(keys.into_iter().map(|(_, r)| r.to_string())),
+        Err(e) => tracing::debug!(error = %e, "cannot list the regions of the tracked meetings"),
+    }
+    regions.into_iter().collect::<Vec<_>>().join(",")
+}
+
+/// Connects to the configured database for a command (`report`, `meetings`, `events`, …):
+/// no statement limit, since a person or script waits for the answer and may stop it. The
+/// error names the database (password redacted).
 ///
 /// # Errors
 /// The database cannot be reached or the URL is not supported.
@@ -388,4 +425,44 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
     Store::connect(&url, settings.database.max_connections)
         .await
         .with_context(|| format!("cannot open database {}", redact_url(&url)))
+}
+
+/// How often a daemon that does not migrate (`run --no-migrate`) looks again for the
+/// migrations another role applies.
+const MIGRATIONS_RECHECK: Duration = Duration::from_secs(5);
+
+/// Waits until the database holds every migration this binary embeds, so a daemon started
+/// beside (or before) the migrating job never writes to an older schema. `/readyz` keeps
+/// answering "migrations are not applied yet" meanwhile.
+async fn wait_for_migrations(
+    store: &Store,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut logged = false;
+    loop {
+        let pending = store
+            .pending_migrations()
+            .await
+            .context("reading the applied migrations (_sqlx_migrations)")?;
+        health.db_answered();
+        if pending.is_empty() {
+            if logged {
+                tracing::info!("migrations are applied; starting");
+            }
+            return Ok(());
+        }
+        if !logged {
+            tracing::warn!(
+                pending = ?pending,
+                "database.migrate_on_start is off and the database lacks migrations; \
+                 waiting for `roster-sync migrate` to apply them"
+            );
+            logged = true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => anyhow::bail!("stopped while waiting for migrations"),
+            () = tokio::time::sleep(MIGRATIONS_RECHECK) => {}
+        }
+    }
 }

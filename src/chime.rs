@@ -152,6 +152,33 @@ impl ChimeError {
         }
     }
 
+    /// The HTTP status of the answer; `None` when there was no answer (transport) or it
+    /// was a 2xx that could not be read.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Throttled { status, .. }
+            | Self::Unavailable { status, .. }
+            | Self::NotFound { status, .. }
+            | Self::Forbidden { status, .. }
+            | Self::Denied { status, .. }
+            | Self::Refused { status, .. } => Some(*status).filter(|s| *s != 0),
+            Self::Transport { .. } | Self::Malformed { .. } => None,
+        }
+    }
+
+    /// The service's request id (`x-amzn-RequestId`), which AWS support asks for.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Self::Throttled { request_id, .. }
+            | Self::Unavailable { request_id, .. }
+            | Self::NotFound { request_id, .. }
+            | Self::Forbidden { request_id, .. }
+            | Self::Denied { request_id, .. }
+            | Self::Refused { request_id, .. } => request_id.as_deref(),
+            Self::Transport { .. } | Self::Malformed { .. } => None,
+        }
+    }
+
     /// True for the credential and authorization failures that a whole account and region
     /// shares ([`ChimeError::Denied`]).
     pub fn is_denied(&self) -> bool {
@@ -336,6 +363,8 @@ impl Operation {
 /// One control region: its SDK client and one request budget per operation.
 #[derive(Clone)]
 struct RegionClient {
+    /// The control region, the `region` label of the request metrics.
+    name: Region,
     client: chime::Client,
     list_attendees: Arc<RateLimiter>,
     get_meeting: Arc<RateLimiter>,
@@ -483,6 +512,7 @@ impl ChimeClient {
                     ))
                 };
                 RegionClient {
+                    name: region.clone(),
                     client: chime::Client::from_conf(b.build()),
                     list_attendees: limiter(),
                     get_meeting: limiter(),
@@ -510,7 +540,14 @@ impl ChimeClient {
             Err(e) => {
                 let counter = match e {
                     ChimeError::Throttled { .. } => {
-                        budget.on_throttle();
+                        if budget.on_throttle() {
+                            metrics::counter!(
+                                "roster_sync_rate_decreases_total",
+                                "region" => region.name.to_string(),
+                                "operation" => op.as_str()
+                            )
+                            .increment(1);
+                        }
                         &self.counters.throttled
                     }
                     ChimeError::Unavailable { .. } => &self.counters.unavailable,
@@ -523,6 +560,7 @@ impl ChimeClient {
         };
         metrics::counter!(
             "roster_sync_chime_requests_total",
+            "region" => region.name.to_string(),
             "operation" => op.as_str(),
             "outcome" => outcome
         )

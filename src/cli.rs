@@ -292,7 +292,11 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                 verify_meeting(settings, &id, &region).await?;
             }
             let store = crate::app::connect(settings).await?;
-            store.migrate().await.context("applying migrations")?;
+            // A role that may not change the schema (deploy/postgres/roles.sql's writer)
+            // runs with database.migrate_on_start = false.
+            if settings.database.migrate_on_start {
+                store.migrate().await.context("applying migrations")?;
+            }
             let outcome = store
                 .add_meeting(&id, &region, label.as_deref(), crate::domain::now(), force)
                 .await?;

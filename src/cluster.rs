@@ -58,7 +58,7 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let info = ReplicaInfo {
             id: ReplicaId::random(),
-            host: hostname(),
+            host: crate::store::hostname(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
@@ -147,18 +147,8 @@ async fn heartbeats(beat: Beat, every: Duration, stop: CancellationToken) {
             _ = ticker.tick() => {}
         }
         if let Err(e) = beat.tick().await {
+            crate::telemetry::database_error("cluster");
             tracing::warn!(error = %e, "cluster heartbeat failed; leases not renewed expire after cluster.lease_ttl");
         }
     }
-}
-
-/// The host name for `cluster_replicas.host`: `$HOSTNAME` (the pod name under Kubernetes),
-/// else the kernel's, else `unknown`.
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
 }

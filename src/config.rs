@@ -67,6 +67,10 @@ pub struct DatabaseSettings {
     /// How long `run` waits for an unreachable database at start; `None` (empty): forever.
     #[serde(with = "optional_duration")]
     pub startup_timeout: Option<Duration>,
+    /// Postgres `statement_timeout` of the daemon's connections: a statement running longer
+    /// fails instead of holding up the scheduler. Ignored on SQLite.
+    #[serde(with = "human_duration")]
+    pub statement_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -259,6 +263,33 @@ impl std::fmt::Debug for Secret {
 /// What a redacted secret prints as.
 pub const REDACTED: &str = "***";
 
+/// The longest value a timing key accepts (intervals, timeouts, backoffs). Anything longer is
+/// a typo, and bounding it keeps every `Instant + duration` the daemon computes far from
+/// overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The longest `database.startup_timeout` (longer: leave it empty, which waits forever).
+pub const MAX_STARTUP_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// The longest `retention.events`: a century, far inside what timestamps can subtract.
+pub const MAX_RETENTION: Duration = Duration::from_secs(36_525 * 24 * 60 * 60);
+
+/// The longest `shutdown.grace`: a stop must stay within what supervisors wait for
+/// (systemd's default `TimeoutStopSec` is 90 s, Kubernetes' grace period 30 s).
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// The lowest `rate.requests_per_second`: one request per 1000 s. The highest is
+/// [`MAX_REQUESTS_PER_SECOND`]. Between them every wait the budget computes is a finite,
+/// representable duration.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+
+/// The most connections a pool may have: the pool sets aside room for each up front, and
+/// Postgres itself allows 100 by default.
+pub const MAX_CONNECTIONS: u32 = 1000;
+
+/// The highest `rate.requests_per_second` (the service's quota is 10, adjustable).
+pub const MAX_REQUESTS_PER_SECOND: f64 = 100_000.0;
+
 impl Settings {
     /// Loads defaults, then `file` (or the file named by `ROSTER_SYNC_CONFIG`), then the
     /// environment, and validates the result.
@@ -348,8 +379,14 @@ impl Settings {
                 "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite default)",
             ));
         }
-        if self.database.max_connections == 0 {
-            return Err(bad("database.max_connections", "must be at least 1"));
+        if !(1..=MAX_CONNECTIONS).contains(&self.database.max_connections) {
+            return Err(bad(
+                "database.max_connections",
+                format!(
+                    "is {}, must be within 1..={MAX_CONNECTIONS}",
+                    self.database.max_connections
+                ),
+            ));
         }
         let endpoint = &self.chime.endpoint_url;
         if !(endpoint.is_empty()
@@ -361,21 +398,19 @@ impl Settings {
                 format!("{endpoint:?} is not an http:// or https:// URL"),
             ));
         }
-        for (key, d) in [
-            ("chime.connect_timeout", self.chime.connect_timeout),
-            ("chime.attempt_timeout", self.chime.attempt_timeout),
-            ("chime.page_timeout", self.chime.page_timeout),
-            ("poll.interval", self.poll.interval),
-            ("retry.base", self.retry.base),
-            ("retry.cap", self.retry.cap),
-            ("http.stall_after", self.http.stall_after),
-        ] {
-            if d.is_zero() {
-                return Err(bad(key, "must be longer than zero"));
-            }
-        }
+        self.validate_durations()?;
         if self.retry.cap < self.retry.base {
             return Err(bad("retry.cap", "must not be shorter than retry.base"));
+        }
+        if self.poll.failure_backoff_cap < self.poll.interval {
+            return Err(bad(
+                "poll.failure_backoff_cap",
+                format!(
+                    "is {}, must not be shorter than poll.interval ({})",
+                    humantime::format_duration(self.poll.failure_backoff_cap),
+                    humantime::format_duration(self.poll.interval)
+                ),
+            ));
         }
         if !(1..=100).contains(&self.poll.max_results) {
             return Err(bad(
@@ -395,8 +430,14 @@ impl Settings {
                 format!("is {}, must be within 0.0..=0.5", self.poll.jitter),
             ));
         }
-        if !(self.rate.requests_per_second.is_finite() && self.rate.requests_per_second > 0.0) {
-            return Err(bad("rate.requests_per_second", "must be a positive number"));
+        let rps = self.rate.requests_per_second;
+        if !(MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&rps) {
+            return Err(bad(
+                "rate.requests_per_second",
+                format!(
+                    "is {rps}, must be within {MIN_REQUESTS_PER_SECOND}..={MAX_REQUESTS_PER_SECOND}"
+                ),
+            ));
         }
         if self.rate.burst == 0 {
             return Err(bad("rate.burst", "must be at least 1"));
@@ -436,14 +477,67 @@ impl Settings {
         self.validate_webhooks()
     }
 
+    /// Every duration key is within its bounds: above zero where zero cannot work, and never
+    /// so long that adding it to a clock reading could overflow.
+    fn validate_durations(&self) -> Result<()> {
+        let longest = |d: Duration| humantime::format_duration(d).to_string();
+        let positive = [
+            (
+                "database.statement_timeout",
+                self.database.statement_timeout,
+            ),
+            ("chime.connect_timeout", self.chime.connect_timeout),
+            ("chime.attempt_timeout", self.chime.attempt_timeout),
+            ("chime.page_timeout", self.chime.page_timeout),
+            ("poll.interval", self.poll.interval),
+            ("poll.failure_backoff_cap", self.poll.failure_backoff_cap),
+            ("retry.base", self.retry.base),
+            ("retry.cap", self.retry.cap),
+            ("http.stall_after", self.http.stall_after),
+            ("cluster.heartbeat", self.cluster.heartbeat),
+            ("cluster.lease_ttl", self.cluster.lease_ttl),
+            ("webhook.poll_interval", self.webhook.poll_interval),
+            ("webhook.timeout", self.webhook.timeout),
+            ("webhook.backoff_base", self.webhook.backoff_base),
+            ("webhook.backoff_cap", self.webhook.backoff_cap),
+        ];
+        for (key, d) in positive {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    why: "must be longer than zero".into(),
+                });
+            }
+        }
+        let bounded = positive
+            .into_iter()
+            .map(|(k, d)| (k, d, MAX_DURATION))
+            .chain([
+                ("shutdown.grace", self.shutdown.grace, MAX_SHUTDOWN_GRACE),
+                (
+                    "database.startup_timeout",
+                    self.database.startup_timeout.unwrap_or_default(),
+                    MAX_STARTUP_TIMEOUT,
+                ),
+                (
+                    "retention.events",
+                    self.retention.events.unwrap_or_default(),
+                    MAX_RETENTION,
+                ),
+            ]);
+        for (key, d, max) in bounded {
+            if d > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    why: format!("is {}, must be at most {}", longest(d), longest(max)),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate_cluster(&self) -> Result<()> {
         let c = &self.cluster;
-        if c.heartbeat.is_zero() {
-            return Err(ConfigError::Invalid {
-                key: "cluster.heartbeat",
-                why: "must be longer than zero".into(),
-            });
-        }
         if c.lease_ttl < c.heartbeat * 2 {
             return Err(ConfigError::Invalid {
                 key: "cluster.lease_ttl",
@@ -471,19 +565,6 @@ impl Settings {
                 key: "webhook.batch",
                 why: format!("is {}, must be within 1..=10000", self.webhook.batch),
             });
-        }
-        for (key, d) in [
-            ("webhook.poll_interval", self.webhook.poll_interval),
-            ("webhook.timeout", self.webhook.timeout),
-            ("webhook.backoff_base", self.webhook.backoff_base),
-            ("webhook.backoff_cap", self.webhook.backoff_cap),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::Invalid {
-                    key,
-                    why: "must be longer than zero".into(),
-                });
-            }
         }
         if self.webhook.backoff_cap < self.webhook.backoff_base {
             return Err(ConfigError::Invalid {
@@ -631,6 +712,76 @@ mod tests {
         s.poll.max_results = 101;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("poll.max_results"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_panic_or_spin_are_refused_naming_the_key() {
+        let day = Duration::from_secs(24 * 60 * 60);
+        type Change = Box<dyn Fn(&mut Settings)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "poll.failure_backoff_cap",
+                Box::new(|s| s.poll.failure_backoff_cap = s.poll.interval / 2),
+            ),
+            (
+                "shutdown.grace",
+                Box::new(|s| s.shutdown.grace = Duration::from_secs(11 * 60)),
+            ),
+            (
+                "rate.requests_per_second",
+                Box::new(|s| s.rate.requests_per_second = 1e-300),
+            ),
+            (
+                "rate.requests_per_second",
+                Box::new(|s| s.rate.requests_per_second = f64::NAN),
+            ),
+            (
+                "poll.interval",
+                Box::new(|s| s.poll.interval = Duration::MAX),
+            ),
+            (
+                "retry.cap",
+                Box::new(move |s| s.retry.cap = day + Duration::from_millis(1)),
+            ),
+            (
+                "database.statement_timeout",
+                Box::new(|s| s.database.statement_timeout = Duration::ZERO),
+            ),
+            (
+                "database.startup_timeout",
+                Box::new(|s| s.database.startup_timeout = Some(Duration::MAX)),
+            ),
+            (
+                "retention.events",
+                Box::new(|s| s.retention.events = Some(Duration::MAX)),
+            ),
+            (
+                "database.max_connections",
+                Box::new(|s| s.database.max_connections = u32::MAX),
+            ),
+        ];
+        for (key, change) in cases {
+            let mut s = Settings::defaults().unwrap();
+            change(&mut s);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_bounds_themselves_are_accepted() {
+        let mut s = Settings::defaults().unwrap();
+        s.poll.interval = MAX_DURATION;
+        s.poll.failure_backoff_cap = MAX_DURATION;
+        s.shutdown.grace = MAX_SHUTDOWN_GRACE;
+        s.rate.requests_per_second = MIN_REQUESTS_PER_SECOND;
+        s.database.startup_timeout = Some(MAX_STARTUP_TIMEOUT);
+        s.retention.events = Some(MAX_RETENTION);
+        s.database.max_connections = MAX_CONNECTIONS;
+        s.validate().unwrap();
+        s.shutdown.grace = Duration::ZERO;
+        s.rate.requests_per_second = MAX_REQUESTS_PER_SECOND;
+        s.validate().unwrap();
     }
 
     #[test]

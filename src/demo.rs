@@ -85,7 +85,7 @@ pub async fn run(
     settings.poll.interval = args.interval;
     let region = settings.chime.region.clone();
 
-    let store = Store::connect(&url, settings.database.max_connections)
+    let store = Store::connect_with(&url, crate::app::daemon_pool(&settings))
         .await
         .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
     let sim = sim::start(

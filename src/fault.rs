@@ -1,13 +1,19 @@
-//! Test-only fault injection: `ROSTER_SYNC_FAULT=crash_before_commit` makes the process exit
-//! at once, with [`CRASH_EXIT_CODE`], in the middle of recording a poll that changed
-//! something: after its events are inserted and before its transaction commits. The crash tests use it to prove that a poll is recorded
-//! whole or not at all, without hoping that a `kill -9` lands inside a transaction.
+//! Test-only fault injection, named by `ROSTER_SYNC_FAULT`:
+//! - `crash_before_commit` makes the process exit at once, with [`CRASH_EXIT_CODE`], in the
+//!   middle of recording a poll that changed something: after its events are inserted and
+//!   before its transaction commits. The crash tests use it to prove that a poll is recorded
+//!   whole or not at all, without hoping that a `kill -9` lands inside a transaction.
+//! - `stop_before_write` makes the process send itself SIGSTOP once, when the first poll that
+//!   changed something is about to open its write transaction: the poll is in flight, its
+//!   roster fetched and diffed. The cluster tests resume it with SIGCONT after its lease was
+//!   taken over, to prove that a replica paused past its lease cannot write.
 //!
 //! Compiled into every build but inert unless the variable is set: it is read once, when the
 //! daemon starts (in `Daemon::build`), and a process that never armed it never
 //! crashes here. It must never be set in production (see ARCHITECTURE.md, "Test hooks").
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The environment variable naming the fault to inject.
 pub const FAULT_ENV: &str = "ROSTER_SYNC_FAULT";
@@ -21,12 +27,15 @@ pub const CRASH_EXIT_CODE: i32 = 99;
 pub enum Fault {
     /// Abort after a changed poll's events are inserted, before its commit.
     CrashBeforeCommit,
+    /// Stop (SIGSTOP) once, before the first changed poll's write transaction.
+    StopBeforeWrite,
 }
 
 impl Fault {
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::CrashBeforeCommit => "crash_before_commit",
+            Fault::StopBeforeWrite => "stop_before_write",
         }
     }
 }
@@ -46,18 +55,44 @@ pub fn arm_from_env() -> anyhow::Result<Option<Fault>> {
         Err(_) => None,
         Ok(v) if v.is_empty() => None,
         Ok(v) if v == Fault::CrashBeforeCommit.as_str() => Some(Fault::CrashBeforeCommit),
-        Ok(v) => anyhow::bail!("{FAULT_ENV}={v:?} names no fault (known: crash_before_commit)"),
+        Ok(v) if v == Fault::StopBeforeWrite.as_str() => Some(Fault::StopBeforeWrite),
+        Ok(v) => anyhow::bail!(
+            "{FAULT_ENV}={v:?} names no fault (known: crash_before_commit, stop_before_write)"
+        ),
     };
     Ok(*ARMED.get_or_init(|| fault))
 }
 
-/// Ends the process when `fault` is armed: at once, with [`CRASH_EXIT_CODE`], without
+/// Whether `stop_before_write` has fired: it stops the process once.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// Injects `fault` when it is armed.
+///
+/// [`Fault::CrashBeforeCommit`] ends the process at once, with [`CRASH_EXIT_CODE`], without
 /// unwinding, running destructors or finishing anything in flight (an open transaction is
 /// rolled back by the database, as after a `kill -9`). Not `abort`, which could leave a core
 /// file in the working directory.
+///
+/// [`Fault::StopBeforeWrite`] stops the whole process with SIGSTOP (sent by `kill`, so the
+/// library needs no `unsafe`) the first time only, and returns once something sends SIGCONT.
 pub fn inject(fault: Fault) {
-    if ARMED.get().copied().flatten() == Some(fault) {
-        eprintln!("{FAULT_ENV}={}: exiting on purpose", fault.as_str());
-        std::process::exit(CRASH_EXIT_CODE);
+    if ARMED.get().copied().flatten() != Some(fault) {
+        return;
+    }
+    match fault {
+        Fault::CrashBeforeCommit => {
+            eprintln!("{FAULT_ENV}={}: exiting on purpose", fault.as_str());
+            std::process::exit(CRASH_EXIT_CODE);
+        }
+        Fault::StopBeforeWrite => {
+            if STOPPED.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            eprintln!("{FAULT_ENV}={}: stopping on purpose", fault.as_str());
+            let stopped = std::process::Command::new("kill")
+                .args(["-STOP", &std::process::id().to_string()])
+                .status();
+            eprintln!("{FAULT_ENV}={}: resumed ({stopped:?})", fault.as_str());
+        }
     }
 }

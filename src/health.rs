@@ -2,8 +2,9 @@
 //! by the operations endpoint.
 //!
 //! - **Live** (`/healthz`, and systemd's watchdog pings): the scheduler loop has ticked within
-//!   `stall_after`, or the daemon is still waiting for its database at start (waiting is not a
-//!   stall), or it is stopping. Once running, a loop that waits for a database that went away
+//!   `stall_after`, or the daemon is still starting: waiting for its database, or for its
+//!   migrations (applied by it, or by another role under `run --no-migrate`); waiting is not a
+//!   stall. Or it is stopping. Once running, a loop that waits for a database that went away
 //!   keeps ticking (each attempt is bounded by the pool's acquire timeout), while a loop stuck
 //!   on a call that hangs stops ticking: liveness fails so the supervisor restarts the process.
 //! - **Ready** (`/readyz`): the database answered within [`DB_FRESH`], migrations are applied,
@@ -117,7 +118,9 @@ impl Health {
     /// `Ok` while alive; otherwise why not.
     pub fn live(&self) -> Result<(), String> {
         let since = self.age(&self.0.ticked_at);
-        let starting = since.is_none() && self.0.waiting_for_db.load(Ordering::Relaxed);
+        let starting = since.is_none()
+            && (self.0.waiting_for_db.load(Ordering::Relaxed)
+                || !self.0.migrated.load(Ordering::Relaxed));
         if starting || self.0.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -197,6 +200,13 @@ mod tests {
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(h.live().is_ok(), "waiting for the database is not a stall");
         h.db_answered();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(
+            h.live().is_ok(),
+            "waiting for migrations (or applying them) is not a stall"
+        );
+        h.db_answered();
+        h.set_migrated();
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(h.live().is_err(), "the loop never started");
     }

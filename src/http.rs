@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
@@ -28,6 +28,12 @@ impl Ops {
     pub fn install(health: Health) -> Self {
         let metrics = PrometheusBuilder::new()
             .set_buckets(&[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(crate::telemetry::STALENESS.to_owned()),
+                    crate::telemetry::STALENESS_BUCKETS,
+                )
+            })
             .ok()
             .and_then(|b| b.install_recorder().ok());
         if metrics.is_some() {
@@ -40,10 +46,12 @@ impl Ops {
         &self.health
     }
 
-    /// Runs `upkeep` on the recorder (histogram maintenance); call periodically.
+    /// Runs `upkeep` on the recorder (histogram maintenance) and publishes the process's CPU
+    /// time and memory; call periodically.
     pub fn upkeep(&self) {
         if let Some(m) = &self.metrics {
             m.run_upkeep();
+            crate::telemetry::record_process();
         }
     }
 }

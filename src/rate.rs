@@ -145,22 +145,25 @@ impl RateLimiter {
         let wait = if s.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-s.tokens / s.rate)
+            // Finite and positive here; saturating all the same, so no rate, however small,
+            // can make the conversion panic (tokio sleeps a saturated wait as "forever").
+            Duration::try_from_secs_f64(-s.tokens / s.rate).unwrap_or(Duration::MAX)
         };
         (wait, s.epoch)
     }
 
-    /// Reports a `ThrottlingException`: slow down.
-    pub fn on_throttle(&self) {
+    /// Reports a `ThrottlingException`: slow down. Returns whether the rate decreased (not
+    /// when fixed, nor again within [`DECREASE_COOLDOWN`]).
+    pub fn on_throttle(&self) -> bool {
         if !self.adaptive {
-            return;
+            return false;
         }
         let now = Instant::now();
         let mut s = self.lock();
         if s.last_decrease
             .is_some_and(|t| now.duration_since(t) < DECREASE_COOLDOWN)
         {
-            return;
+            return false;
         }
         refill(&mut s, now);
         s.knee = Some(s.rate);
@@ -171,8 +174,7 @@ impl RateLimiter {
         s.epoch += 1;
         s.decreases += 1;
         s.last_decrease = Some(now);
-        drop(s);
-        metrics::counter!("roster_sync_rate_decreases_total").increment(1);
+        true
     }
 
     /// Reports a request the service accepted: speed up again, fast up to near the last

@@ -1,13 +1,17 @@
-//! Retention: the daemon's periodic deletion of events older than `retention.events`.
+//! Retention: the daemon's periodic deletion of events older than `retention.events`, and of
+//! the meetings that ended or were stopped before that.
 //!
-//! A pass ([`Retention::pass`]) deletes in batches of [`BATCH`] events, each its own short
-//! transaction so polls are never held up for long, until a batch comes back short. What is
-//! kept longer than `retention.events`, and why, is the rule of
+//! A pass ([`Retention::pass`]) deletes in batches of [`BATCH`] rows, each its own short
+//! transaction so polls are never held up for long, until a batch comes back short: events
+//! first, then meetings. What is kept longer than `retention.events`, and why, is the rule of
 //! [`Store::delete_expired_events`]: an attendee's events in a meeting go all at once, only
 //! once the newest is old enough, every webhook cursor has passed it and the attendee is no
-//! longer present. The first pass runs when the daemon starts, then one every [`EVERY`].
+//! longer present. A meeting row goes ([`Store::delete_expired_meetings`]) once it ended or
+//! was stopped before the cutoff and none of its events is left. The first pass runs when
+//! the daemon starts, then one every [`EVERY`].
 //!
-//! It never deletes the current roster (`roster_attendees`) and never moves a webhook cursor.
+//! It never deletes the current roster (`roster_attendees`) or an active meeting, and never
+//! moves a webhook cursor.
 
 use std::time::Duration;
 
@@ -28,6 +32,16 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 const BETWEEN_BATCHES: Duration = Duration::from_millis(50);
 
 const DELETED: &str = "roster_sync_retention_deleted_events_total";
+const DELETED_MEETINGS: &str = "roster_sync_retention_deleted_meetings_total";
+
+/// What one [`Retention::pass`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Rows of `roster_events`.
+    pub events: u64,
+    /// Rows of `tracked_meetings` (ended or stopped meetings with no event left).
+    pub meetings: u64,
+}
 
 /// The retention of one daemon: its store, what it keeps, and the configured sink names.
 pub struct Retention {
@@ -55,15 +69,16 @@ impl Retention {
             .and_then(|keep| now.checked_sub_signed(keep))
     }
 
-    /// One pass: deletes expired events batch by batch until none is left (or `cancel`
-    /// fires between batches). Returns how many were deleted.
+    /// One pass: deletes expired events batch by batch until none is left, then the expired
+    /// meetings with nothing left the same way (or until `cancel` fires between batches).
+    /// Returns how many rows of each were deleted.
     ///
     /// # Errors
     /// [`crate::store::StoreError`] when the database fails; batches committed before stay
     /// deleted.
-    pub async fn pass(&self, now: DateTime<Utc>, cancel: &CancellationToken) -> Result<u64> {
+    pub async fn pass(&self, now: DateTime<Utc>, cancel: &CancellationToken) -> Result<Deleted> {
         let Some(cutoff) = self.cutoff(now) else {
-            return Ok(0);
+            return Ok(Deleted::default());
         };
         let cursors = self.store.webhook_cursors().await?;
         for c in &cursors {
@@ -82,23 +97,21 @@ impl Retention {
             .map(|c| c.last_event_id)
             .min()
             .unwrap_or(i64::MAX);
-        let mut deleted = 0;
-        loop {
-            let batch = self
-                .store
+        let events = in_batches(cancel, DELETED, || {
+            self.store
                 .delete_expired_events(cutoff, delivered_through, BATCH)
-                .await?;
-            deleted += batch;
-            metrics::counter!(DELETED).increment(batch);
-            if batch < BATCH.unsigned_abs() || cancel.is_cancelled() {
-                break;
-            }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(BETWEEN_BATCHES) => {}
-            }
-        }
-        Ok(deleted)
+        })
+        .await?;
+        // After the events: a meeting goes only once none of its events is left.
+        let meetings = if cancel.is_cancelled() {
+            0
+        } else {
+            in_batches(cancel, DELETED_MEETINGS, || {
+                self.store.delete_expired_meetings(cutoff, BATCH)
+            })
+            .await?
+        };
+        Ok(Deleted { events, meetings })
     }
 
     /// Runs a pass now and then every [`EVERY`] until `cancel` fires. A failed pass is logged
@@ -112,10 +125,44 @@ impl Retention {
                 _ = every.tick() => {}
             }
             match self.pass(crate::domain::now(), &cancel).await {
-                Ok(0) => tracing::debug!("retention: no event to delete"),
-                Ok(deleted) => tracing::info!(deleted, "retention deleted expired events"),
-                Err(e) => tracing::warn!(error = %e, "retention pass failed; next pass retries"),
+                Ok(Deleted {
+                    events: 0,
+                    meetings: 0,
+                }) => tracing::debug!("retention: nothing to delete"),
+                Ok(Deleted { events, meetings }) => {
+                    tracing::info!(events, meetings, "retention deleted expired rows");
+                }
+                Err(e) => {
+                    crate::telemetry::database_error("retention");
+                    tracing::warn!(error = %e, "retention pass failed; next pass retries");
+                }
             }
+        }
+    }
+}
+
+/// Runs `delete` (one batch of at most [`BATCH`] rows) until a batch comes back short or
+/// `cancel` fires, pausing between batches; counts the rows in the counter `metric`.
+async fn in_batches<F, Fut>(
+    cancel: &CancellationToken,
+    metric: &'static str,
+    delete: F,
+) -> Result<u64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    let mut deleted = 0;
+    loop {
+        let batch = delete().await?;
+        deleted += batch;
+        metrics::counter!(metric).increment(batch);
+        if batch < BATCH.unsigned_abs() || cancel.is_cancelled() {
+            return Ok(deleted);
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(deleted),
+            () = tokio::time::sleep(BETWEEN_BATCHES) => {}
         }
     }
 }
@@ -136,6 +183,12 @@ pub fn spawn(
         "Events deleted because they were older than retention.events."
     );
     metrics::counter!(DELETED).increment(0);
+    metrics::describe_counter!(
+        DELETED_MEETINGS,
+        "Meetings (tracked_meetings rows) deleted because they ended or were stopped before \
+         retention.events and had no event left."
+    );
+    metrics::counter!(DELETED_MEETINGS).increment(0);
     tracing::info!(keep = %humantime::format_duration(retention.keep), "retention enabled");
     tracker.spawn(retention.run(cancel));
     true

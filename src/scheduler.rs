@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::chime::RosterSource;
 use crate::config::Settings;
-use crate::domain::MeetingId;
+use crate::domain::{MeetingId, Region};
 use crate::health::Health;
 use crate::store::{LeaseToken, MeetingsVersion, ReplicaId, Store, StoredEvent};
 
@@ -72,7 +72,8 @@ pub struct SchedulerOptions {
     /// The longest wait before retrying a meeting whose polls keep failing.
     pub failure_backoff_cap: Duration,
     /// How often the tracked-meeting list is re-read, so meetings added or removed by
-    /// `roster-sync meetings` are noticed without a restart.
+    /// `roster-sync meetings` (and, in cluster mode, leases gained or lost) are noticed
+    /// without a restart.
     pub refresh_every: Duration,
     /// How long in-flight polls may take to finish after shutdown was asked for.
     pub shutdown_grace: Duration,
@@ -86,7 +87,14 @@ impl SchedulerOptions {
             jitter: s.poll.jitter,
             concurrency: s.poll.concurrency,
             failure_backoff_cap: s.poll.failure_backoff_cap,
-            refresh_every: s.poll.interval.min(Duration::from_secs(5)),
+            refresh_every: {
+                let every = s.poll.interval.min(Duration::from_secs(5));
+                if s.cluster.enabled {
+                    every.min(s.cluster.heartbeat)
+                } else {
+                    every
+                }
+            },
             shutdown_grace: s.shutdown.grace,
         }
     }
@@ -118,12 +126,14 @@ type PollObserver = Box<dyn Fn(&PollReport<'_>) + Send + Sync>;
 fn publish(
     sink: Option<&broadcast::Sender<StoredEvent>>,
     meeting: &MeetingId,
+    region: &Region,
     events: Vec<StoredEvent>,
 ) {
     for e in events {
         metrics::counter!("roster_sync_events_total", "kind" => e.kind.as_str()).increment(1);
         tracing::info!(
             meeting_id = %meeting,
+            region = %region,
             event_id = e.event_id,
             kind = %e.kind,
             attendee_id = %e.attendee_id,
@@ -413,6 +423,7 @@ impl<S: RosterSource> Scheduler<S> {
                 v
             }
             Err(e) => {
+                crate::telemetry::database_error("meeting_list");
                 if !self.db_down {
                     tracing::warn!(error = %e, "cannot read tracked meetings; polling pauses until the database answers");
                 }
@@ -442,16 +453,30 @@ impl<S: RosterSource> Scheduler<S> {
     /// Reads the active meetings; new ones are queued, those gone are dropped, those moved to
     /// another region are queued there. Returns false when the store could not be read.
     async fn read_meetings(&mut self, now: Instant) -> bool {
+        // Cluster mode: when each held meeting was last polled (by any replica), so one taken
+        // over is due an interval after that poll instead of an interval after the takeover.
+        let mut last_polled = HashMap::new();
         let active = match &self.cluster {
             None => self.store.active_meeting_keys().await,
-            Some(me) => self.store.leased_meeting_keys(me).await.map(|held| {
-                self.fences = held.iter().map(|(m, _, t)| (m.clone(), *t)).collect();
-                held.into_iter().map(|(m, r, _)| (m, r)).collect()
+            Some(me) => self.store.leased_meetings(me).await.map(|held| {
+                self.fences = held
+                    .iter()
+                    .map(|l| (l.meeting_id.clone(), l.token))
+                    .collect();
+                held.into_iter()
+                    .map(|l| {
+                        if let Some(at) = l.last_polled_at {
+                            last_polled.insert(l.meeting_id.clone(), at);
+                        }
+                        (l.meeting_id, l.region)
+                    })
+                    .collect()
             }),
         };
         let active = match active {
             Ok(a) => a,
             Err(e) => {
+                crate::telemetry::database_error("meeting_list");
                 tracing::warn!(error = %e, "cannot read tracked meetings; keeping the current list");
                 return false;
             }
@@ -479,12 +504,21 @@ impl<S: RosterSource> Scheduler<S> {
                     continue;
                 }
             }
-            // New meetings spread over the first interval instead of all firing at once.
-            let due = now
-                + self
-                    .opts
-                    .interval
-                    .mul_f64(rand::rng().random_range(0.0..1.0));
+            let due = match last_polled.get(&meeting_id) {
+                // Taken over from another replica: due when its last poll says, at once if
+                // that is past.
+                Some(at) => {
+                    let since = (crate::domain::now() - *at).to_std().unwrap_or_default();
+                    now + self.opts.interval.saturating_sub(since)
+                }
+                // New meetings spread over the first interval instead of all firing at once.
+                None => {
+                    now + self
+                        .opts
+                        .interval
+                        .mul_f64(rand::rng().random_range(0.0..1.0))
+                }
+            };
             self.queue.insert(meeting_id, region, now, due, generation);
         }
         // Meetings no longer active (removed, or ended by another process) stop here; an
@@ -573,12 +607,7 @@ impl<S: RosterSource> Scheduler<S> {
                 };
                 let meeting = self.queue.get(slot).map(|m| &m.id);
                 tracing::error!(meeting_id = ?meeting, error = %e, "a poll task failed");
-                let failure = PollFailure {
-                    code: None,
-                    message: format!("poll task failed: {e}"),
-                    retry_after: None,
-                    denied: false,
-                };
+                let failure = PollFailure::other(format!("poll task failed: {e}"));
                 Finished {
                     slot,
                     polled: Polled::plain(PollOutcome::Failed(failure), None),
@@ -599,7 +628,17 @@ impl<S: RosterSource> Scheduler<S> {
         let kind = polled.outcome.kind();
         metrics::histogram!("roster_sync_poll_duration_seconds")
             .record(now.duration_since(started).as_secs_f64());
-        metrics::counter!("roster_sync_polls_total", "outcome" => kind.label()).increment(1);
+        let Some(region) = self.queue.get(slot).map(|m| m.region) else {
+            metrics::counter!("roster_sync_polls_total", "outcome" => kind.label()).increment(1);
+            return;
+        };
+        let region_name = Arc::clone(&self.queue.regions[region].region);
+        metrics::counter!(
+            "roster_sync_polls_total",
+            "region" => region_name.to_string(),
+            "outcome" => kind.label()
+        )
+        .increment(1);
         let Some(state) = self.queue.get_mut(slot) else {
             return;
         };
@@ -618,7 +657,6 @@ impl<S: RosterSource> Scheduler<S> {
             state.pending = true;
             self.batch.push(slot, record, now);
         }
-        let region = state.region;
         if polled.pages > 0 {
             self.queue.set_pages(slot, polled.pages);
         }
@@ -650,25 +688,26 @@ impl<S: RosterSource> Scheduler<S> {
             return;
         };
         let id = state.id.clone();
+        let outcome = kind.label();
         let (next_due, events) = match polled.outcome {
-            PollOutcome::Unchanged => {
+            PollOutcome::Unchanged | PollOutcome::Changed(_) => {
+                gauges::poll_succeeded(&region_name, now.duration_since(state.staleness_since()));
                 state.failures = 0;
                 state.fresh_at = Some(started);
-                (Some(started + spread(interval)), Vec::new())
-            }
-            PollOutcome::Changed(events) => {
-                state.failures = 0;
-                state.fresh_at = Some(started);
+                let events = match polled.outcome {
+                    PollOutcome::Changed(events) => events,
+                    _ => Vec::new(),
+                };
                 (Some(started + spread(interval)), events)
             }
             PollOutcome::Ended(events) => {
-                tracing::info!(meeting_id = %id, left = events.len(), "meeting ended");
+                tracing::info!(meeting_id = %id, region = %region_name, outcome, left = events.len(), "meeting ended");
                 state.removed = true;
                 (None, events)
             }
             PollOutcome::Cancelled => (Some(now), Vec::new()),
             PollOutcome::Conflict => {
-                tracing::info!(meeting_id = %id, "snapshot changed elsewhere; re-reading it next poll");
+                tracing::info!(meeting_id = %id, region = %region_name, outcome, "snapshot changed elsewhere; re-reading it next poll");
                 self.refreshed_at = None;
                 self.version = None;
                 (Some(now), Vec::new())
@@ -677,7 +716,7 @@ impl<S: RosterSource> Scheduler<S> {
                 // The database failed, not the meeting: no backoff of its own (that would
                 // leave it stale long after the database is back); the list is re-read at
                 // once, which pauses polling while the database is away.
-                tracing::warn!(meeting_id = %id, error = %failure, "poll not recorded");
+                tracing::warn!(meeting_id = %id, region = %region_name, outcome, error = %failure, "poll not recorded");
                 self.refreshed_at = None;
                 (Some(now + spread(interval)), Vec::new())
             }
@@ -689,8 +728,12 @@ impl<S: RosterSource> Scheduler<S> {
                 let wait = spread(backoff).max(failure.retry_after.unwrap_or_default());
                 tracing::warn!(
                     meeting_id = %id,
-                    failures = state.failures,
+                    region = %region_name,
+                    outcome,
+                    status = failure.status,
                     code = failure.code.as_deref(),
+                    request_id = failure.request_id.as_deref(),
+                    failures = state.failures,
                     retry_in = ?wait,
                     error = %failure,
                     "poll failed"
@@ -699,7 +742,7 @@ impl<S: RosterSource> Scheduler<S> {
             }
         };
         let removed = state.removed;
-        publish(self.events.as_ref(), &id, events);
+        publish(self.events.as_ref(), &id, &region_name, events);
         match next_due {
             Some(due) if !removed => self.queue.schedule(slot, due),
             _ => self.queue.forget(slot),

@@ -231,7 +231,7 @@ impl Operation {
 }
 
 /// Counts for one operation (or all of them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct OpStats {
     /// Every request routed to the operation, whatever the answer.
     pub requests: u64,
@@ -243,8 +243,9 @@ pub struct OpStats {
     pub errors: u64,
 }
 
-/// A snapshot of the request counters, one field per operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A snapshot of the request counters, one field per operation. `GET /_sim/stats` answers it
+/// as JSON, with these field names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SimStats {
     pub create_meeting: OpStats,
     pub get_meeting: OpStats,
@@ -498,6 +499,25 @@ struct Shared {
     clock: Clock,
 }
 
+impl Shared {
+    /// Request counters per operation and in total.
+    fn stats(&self) -> SimStats {
+        let c = |op: Operation| self.counters[op.index()].snapshot();
+        SimStats {
+            create_meeting: c(Operation::CreateMeeting),
+            get_meeting: c(Operation::GetMeeting),
+            delete_meeting: c(Operation::DeleteMeeting),
+            create_attendee: c(Operation::CreateAttendee),
+            batch_create_attendee: c(Operation::BatchCreateAttendee),
+            get_attendee: c(Operation::GetAttendee),
+            list_attendees: c(Operation::ListAttendees),
+            update_attendee_capabilities: c(Operation::UpdateAttendeeCapabilities),
+            delete_attendee: c(Operation::DeleteAttendee),
+            total: self.total.snapshot(),
+        }
+    }
+}
+
 /// A poisoned lock only means another request panicked; the data is still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -593,19 +613,7 @@ impl SimHandle {
 
     /// Request counters per operation and in total.
     pub fn stats(&self) -> SimStats {
-        let c = |op: Operation| self.shared.counters[op.index()].snapshot();
-        SimStats {
-            create_meeting: c(Operation::CreateMeeting),
-            get_meeting: c(Operation::GetMeeting),
-            delete_meeting: c(Operation::DeleteMeeting),
-            create_attendee: c(Operation::CreateAttendee),
-            batch_create_attendee: c(Operation::BatchCreateAttendee),
-            get_attendee: c(Operation::GetAttendee),
-            list_attendees: c(Operation::ListAttendees),
-            update_attendee_capabilities: c(Operation::UpdateAttendeeCapabilities),
-            delete_attendee: c(Operation::DeleteAttendee),
-            total: self.shared.total.snapshot(),
-        }
+        self.shared.stats()
     }
 
     /// Changes every operation's quota live.

@@ -78,10 +78,19 @@ fn record_lag(sink: &str, events: i64) {
 /// fires (a batch in flight is abandoned and sent again on the next start). Returns how many
 /// were started.
 ///
+/// Idle sinks wake as soon as this daemon commits events ([`Store::committed`]); on Postgres
+/// one `LISTEN` connection, taken from the pool, also wakes them for other writers' commits.
+/// Otherwise they look every `webhook.poll_interval`.
+///
+/// Every sink's cursor is read, or created for a new sink, before this returns: the daemon
+/// calls it before its first poll, so a sink added to the configuration receives every event
+/// recorded from that start on, including the first poll's (a cursor created later, by the
+/// task, would start after them).
+///
 /// # Errors
-/// The platform's root certificates cannot be read, or an entry is invalid (validation at
-/// start rules that out); nothing is started then.
-pub fn spawn_webhooks(
+/// The platform's root certificates cannot be read, an entry is invalid (validation at
+/// start rules that out), or a cursor cannot be read or created; nothing is started then.
+pub async fn spawn_webhooks(
     settings: &Settings,
     store: Store,
     cancel: CancellationToken,
@@ -93,7 +102,7 @@ pub fn spawn_webhooks(
     describe_metrics();
     let client = webhook::http_client()
         .map_err(|e| anyhow::anyhow!("cannot build the webhook HTTPS client: {e}"))?;
-    let sinks = settings
+    let mut sinks = settings
         .webhooks
         .iter()
         .enumerate()
@@ -102,9 +111,56 @@ pub fn spawn_webhooks(
                 .map_err(|why| anyhow::anyhow!("webhooks[{i}] ({}): {why}", entry.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for sink in &mut sinks {
+        let cursor = sink.open_cursor().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the delivery cursor of webhook {:?}: {e}",
+                sink.name()
+            )
+        })?;
+        tracing::debug!(sink = %sink.name(), cursor, "webhook cursor");
+    }
+    // The store wakes the sinks after this daemon's commits; on Postgres one LISTEN
+    // connection (taken from the pool) also passes on other writers' commits.
+    let wakeups = store.committed();
+    match store.event_wakeups().await {
+        Ok(Some(listener)) => {
+            tracker.spawn(forward_wakeups(listener, store.clone(), cancel.clone()));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot LISTEN for new events; webhook sinks look every webhook.poll_interval"
+        ),
+    }
     let started = sinks.len();
     for sink in sinks {
+        let sink = sink.with_wakeups(wakeups.clone());
         tracker.spawn(sink.run(settings.webhook.clone(), cancel.clone()));
     }
     Ok(started)
+}
+
+/// Passes every notification on [`crate::store::EVENTS_CHANNEL`] on to the store's
+/// [`Store::committed`] wakeups, and one after a lost connection (notifications sent meanwhile
+/// are lost; the listener reconnects by itself), until `cancel` fires.
+async fn forward_wakeups(
+    mut listener: crate::store::EventWakeups,
+    store: Store,
+    cancel: CancellationToken,
+) {
+    loop {
+        let heard = tokio::select! {
+            () = cancel.cancelled() => break,
+            heard = listener.next() => heard,
+        };
+        if let Err(e) = heard {
+            tracing::debug!(error = %e, "webhook wakeups: LISTEN connection lost");
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+        store.note_committed_elsewhere();
+    }
 }

@@ -30,8 +30,8 @@ mod shared;
 mod sqlite;
 mod stats;
 
-pub use alerting::{EVENTS_CHANNEL, EventWakeups, LabeledEvent};
-pub use leases::{ClusterView, LeaseToken, ReplicaId, ReplicaInfo, ReplicaRow};
+pub use alerting::{CursorClaim, EVENTS_CHANNEL, EventWakeups, LabeledEvent};
+pub use leases::{ClusterView, LeaseToken, LeasedMeeting, ReplicaId, ReplicaInfo, ReplicaRow};
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{
     AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, SessionRow, Snapshot,
@@ -105,6 +105,27 @@ impl StoreError {
     }
 }
 
+/// How [`Store::connect_with`] sets up its pool.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolOptions {
+    /// Connections in the pool, at most.
+    pub max_connections: u32,
+    /// Postgres: every statement fails after this long (`statement_timeout`); `None`: no
+    /// limit. Ignored on SQLite, whose writes wait at most its busy timeout.
+    pub statement_timeout: Option<std::time::Duration>,
+}
+
+/// This machine's name, as the writer lock's holder row and `cluster_replicas.host` show it:
+/// `$HOSTNAME` (the pod name under Kubernetes), else the kernel's host name.
+pub(crate) fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -148,6 +169,9 @@ pub struct Store {
     db: Db,
     /// On Postgres, once taken: the connection that holds the writer lock. Unused on SQLite.
     pg_writer: std::sync::Arc<postgres::WriterLock>,
+    /// Bumped after every commit through this store (and its clones) that recorded events:
+    /// wakes in-process consumers such as the webhook sinks ([`Store::committed`]).
+    committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Clone, Debug)]
@@ -171,7 +195,7 @@ impl Store {
     ///
     /// `postgres://…` and `postgresql://…` open Postgres. `sqlite://path`, `sqlite:path` (the
     /// file and its directory are created if missing) and `sqlite::memory:` open SQLite in WAL
-    /// mode with foreign keys on, `synchronous = NORMAL`, `temp_store = MEMORY` and a 5 s busy
+    /// mode with foreign keys on, `synchronous = FULL`, `temp_store = MEMORY` and a 5 s busy
     /// timeout.
     ///
     /// # Errors
@@ -179,8 +203,25 @@ impl Store {
     /// database, password redacted) when it cannot be reached; [`StoreError::File`] when the
     /// SQLite file's directory cannot be created.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        Store::connect_with(
+            url,
+            PoolOptions {
+                max_connections,
+                statement_timeout: None,
+            },
+        )
+        .await
+    }
+
+    /// [`Store::connect`] with every option: the daemon's pools limit how long a Postgres
+    /// statement may run (`database.statement_timeout`).
+    ///
+    /// # Errors
+    /// As [`Store::connect`].
+    pub async fn connect_with(url: &str, options: PoolOptions) -> Result<Store> {
+        let max_connections = options.max_connections;
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Db::Postgres(postgres::connect(url, max_connections).await?)
+            Db::Postgres(postgres::connect(url, max_connections, options.statement_timeout).await?)
         } else if url.starts_with("sqlite:") {
             Db::Sqlite(sqlite::connect(url, max_connections).await?)
         } else {
@@ -189,6 +230,7 @@ impl Store {
         Ok(Store {
             db,
             pg_writer: Default::default(),
+            committed: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -201,16 +243,17 @@ impl Store {
     /// error when `timeout` passes; [`StoreError::Cancelled`] when `cancel` fires.
     pub async fn connect_patiently(
         url: &str,
-        max_connections: u32,
+        options: PoolOptions,
         timeout: Option<std::time::Duration>,
         cancel: &tokio_util::sync::CancellationToken,
         on_retry: impl Fn(&StoreError, std::time::Duration),
     ) -> Result<Store> {
         use std::time::Duration;
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // A timeout too long to add to the clock is no deadline at all.
+        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let mut wait = Duration::from_millis(500);
         loop {
-            let error = match Store::connect(url, max_connections).await {
+            let error = match Store::connect_with(url, options).await {
                 Ok(store) => return Ok(store),
                 Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
@@ -248,15 +291,69 @@ impl Store {
 
     /// Applies the migrations this binary embeds that the database lacks.
     ///
+    /// On Postgres they run on a session of their own without `statement_timeout`, and a
+    /// writer lock taken before (on a database without the holder table yet) is described in
+    /// `writer_lock_holder` afterwards.
+    ///
     /// # Errors
     /// [`StoreError::Migrate`] when a migration fails or the database holds migrations this
     /// binary does not know (it is older than the schema).
     pub async fn migrate(&self) -> Result<()> {
         match &self.db {
-            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Db::Postgres(pool) => {
+                postgres::migrate(pool).await?;
+                self.pg_writer.describe_holder(pool).await;
+            }
             Db::Sqlite(db) => sqlx::migrate!("./migrations/sqlite").run(&db.pool).await?,
         }
         Ok(())
+    }
+
+    /// Versions of the migrations this binary embeds that the database has not applied, oldest
+    /// first. A `run --no-migrate` daemon waits until this is empty, since the migrations are
+    /// another role's job there.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database cannot be asked.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let (migrator, applied): (sqlx::migrate::Migrator, Vec<i64>) = match &self.db {
+            Db::Postgres(pool) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(pool)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("./migrations/postgres"), applied)
+            }
+            Db::Sqlite(db) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT count(*) > 0 FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(&db.pool)
+                .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&db.pool)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("./migrations/sqlite"), applied)
+            }
+        };
+        let applied: HashSet<i64> = applied.into_iter().collect();
+        Ok(migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .map(|m| m.version)
+            .collect())
     }
 
     /// Makes this the only process writing polls to the database, for as long as the store
@@ -324,7 +421,27 @@ impl Store {
         id: &MeetingId,
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<StoredEvent>>> {
-        on_backend!(self, remove_meeting(id, now))
+        let stopped = on_backend!(self, remove_meeting(id, now))?;
+        if stopped.as_ref().is_some_and(|events| !events.is_empty()) {
+            self.note_committed();
+        }
+        Ok(stopped)
+    }
+
+    /// Changes after every commit through this store (or a clone) that recorded events, so an
+    /// in-process consumer can read them at once instead of at its next poll. It says nothing
+    /// of other processes' commits (on Postgres, `LISTEN` hears those: [`Store::event_wakeups`]).
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    fn note_committed(&self) {
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Notes that events were committed elsewhere, for the consumers of [`Store::committed`].
+    pub fn note_committed_elsewhere(&self) {
+        self.note_committed();
     }
 
     /// Every tracked meeting, whatever its status, ordered by `added_at` then id.
@@ -413,10 +530,17 @@ impl Store {
     ) -> Result<ApplyOutcome> {
         check_changes(rec.meeting_id, rec.changes)?;
         let outcome = on_backend!(self, apply(&rec, fence))?;
+        self.note_if_recorded(&outcome);
         if let (ApplyOutcome::Conflict, Some(token)) = (&outcome, fence) {
             self.count_lost_leases(&[token]).await;
         }
         Ok(outcome)
+    }
+
+    fn note_if_recorded(&self, outcome: &ApplyOutcome) {
+        if matches!(outcome, ApplyOutcome::Applied { events, .. } if !events.is_empty()) {
+            self.note_committed();
+        }
     }
 
     /// Records the bookkeeping of many unchanged polls in one statement: for each, exactly what
@@ -498,6 +622,7 @@ impl Store {
             self,
             end_meeting(id, expected_seq, observed_at, previous_poll_at, fence)
         )?;
+        self.note_if_recorded(&outcome);
         if let (ApplyOutcome::Conflict, Some(token)) = (&outcome, fence) {
             self.count_lost_leases(&[token]).await;
         }

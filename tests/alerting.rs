@@ -196,6 +196,15 @@ fn webhook(name: &str, url: &str) -> WebhookEntry {
 /// Starts the sinks and waits until each has its cursor (so the events recorded next are
 /// after it).
 async fn start_sinks(db: &TestDb, entries: Vec<WebhookEntry>) -> (CancellationToken, TaskTracker) {
+    start_sinks_on(&db.store, &db.raw, entries).await
+}
+
+/// [`start_sinks`] on a given store (several stores on one database act as replicas).
+async fn start_sinks_on(
+    store: &Store,
+    raw: &common::Raw,
+    entries: Vec<WebhookEntry>,
+) -> (CancellationToken, TaskTracker) {
     let mut settings = Settings::defaults().unwrap();
     settings.webhook.batch = 2;
     settings.webhook.poll_interval = Duration::from_millis(20);
@@ -207,12 +216,13 @@ async fn start_sinks(db: &TestDb, entries: Vec<WebhookEntry>) -> (CancellationTo
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let started =
-        roster_sync::sinks::spawn_webhooks(&settings, db.store.clone(), cancel.clone(), &tracker)
+        roster_sync::sinks::spawn_webhooks(&settings, store.clone(), cancel.clone(), &tracker)
+            .await
             .unwrap();
     assert_eq!(started as i64, sinks);
     tracker.close();
     eventually("every sink has its cursor", || async {
-        db.raw.scalar("SELECT count(*) FROM webhook_cursors").await == sinks
+        raw.scalar("SELECT count(*) FROM webhook_cursors").await == sinks
     })
     .await;
     (cancel, tracker)
@@ -443,6 +453,152 @@ async fn notify_payload_is_heard_only_after_the_events_commit() {
     db.finish().await;
 }
 
+/// The next notification on `listener` as JSON, within 20 s.
+async fn next_notification(listener: &mut sqlx::postgres::PgListener) -> serde_json::Value {
+    let heard = tokio::time::timeout(Duration::from_secs(20), listener.recv())
+        .await
+        .expect("a notification within 20 s")
+        .unwrap();
+    serde_json::from_str(heard.payload()).unwrap()
+}
+
+fn payload_of(events: &[StoredEvent]) -> serde_json::Value {
+    serde_json::json!({
+        "meeting_id": events[0].meeting_id.as_str(),
+        "first_event_id": events[0].event_id,
+        "last_event_id": events[events.len() - 1].event_id,
+    })
+}
+
+#[tokio::test]
+async fn notify_is_never_heard_for_an_apply_that_fails_at_commit() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    // A deferred trigger fails the commit of any transaction that inserted an event of
+    // "doomed": after the events, the NOTIFY and the snapshot were written.
+    db.raw
+        .execute(
+            "CREATE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.external_user_id = 'doomed' THEN \
+                 RAISE EXCEPTION 'doomed at commit'; END IF; RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER doom AFTER INSERT ON roster_events \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION doom();",
+        )
+        .await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("roster_events").await.unwrap();
+    let id = meeting(8);
+    track(&db.store, &id, "board").await;
+
+    let first = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
+    assert_eq!(next_notification(&mut listener).await, payload_of(&first));
+
+    let snapshot = db.store.snapshot(&id).await.unwrap();
+    let doomed = [
+        Change::joined(&attendee(2, "doomed")),
+        Change::joined(&attendee(3, "bo")),
+    ];
+    let observed_at = domain::now();
+    let failed = db
+        .store
+        .apply(PollRecord {
+            meeting_id: &id,
+            expected_seq: snapshot.poll_seq,
+            started_at: observed_at - TimeDelta::milliseconds(1),
+            observed_at,
+            previous_poll_at: snapshot.last_polled_at,
+            changes: &doomed,
+        })
+        .await;
+    let err = failed.expect_err("the commit fails");
+    assert!(format!("{err:?}").contains("doomed at commit"), "{err:?}");
+    assert_eq!(db.raw.scalar("SELECT count(*) FROM roster_events").await, 1);
+
+    // A later commit: the next notification heard is its own, so none came for the
+    // rolled-back apply, whose inserts took two event ids.
+    let later = poll(&db.store, &id, &[Change::joined(&attendee(4, "cy"))]).await;
+    assert_eq!(
+        later[0].event_id,
+        first[0].event_id + 3,
+        "the failed apply inserted"
+    );
+    assert_eq!(next_notification(&mut listener).await, payload_of(&later));
+    drop(listener);
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn notify_is_never_heard_for_a_poll_the_daemon_crashed_in_before_commit() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let (sim, driver) = common::sim_and_driver(100.0).await;
+    let id = driver.create_meeting("notify", "us-east-1").await.unwrap();
+    driver
+        .add_attendees(&id, (0..3).map(|i| (format!("p{i}@example.com"), None)))
+        .await
+        .unwrap();
+    track(&db.store, &id, "board").await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("roster_events").await.unwrap();
+    let daemon = |fault: &str| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("run")
+            .env_clear()
+            .envs(common::binary_env())
+            .env("ROSTER_SYNC__HTTP__LISTEN", "")
+            .env("DATABASE_URL", &db.url)
+            .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", sim.endpoint_url())
+            .env("ROSTER_SYNC__POLL__INTERVAL", "200ms")
+            .env("ROSTER_SYNC_FAULT", fault)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+
+    // The first poll inserts three joins, sends its NOTIFY, and the process exits before
+    // the commit.
+    let crashed = tokio::time::timeout(
+        Duration::from_secs(60),
+        daemon("crash_before_commit").status(),
+    )
+    .await
+    .expect("the daemon crashes on purpose")
+    .unwrap();
+    assert_eq!(crashed.code(), Some(99), "{crashed}");
+    assert_eq!(db.raw.scalar("SELECT count(*) FROM roster_events").await, 0);
+
+    // The next daemon records the same joins and commits.
+    let mut next = daemon("").spawn().unwrap();
+    eventually("the joins are committed", || async {
+        db.raw.scalar("SELECT count(*) FROM roster_events").await == 3
+    })
+    .await;
+    let committed = db.store.events_for_meeting(&id).await.unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &next.id().unwrap().to_string()])
+        .status();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), next.wait())
+        .await
+        .expect("the daemon stops after SIGTERM")
+        .unwrap();
+    assert!(stopped.success(), "{stopped}");
+    sim.shutdown().await.unwrap();
+
+    // The crashed transaction took event ids 1 to 3; the first notification heard is the
+    // committed poll's.
+    assert_eq!(committed[0].event_id, 4, "the crashed poll inserted first");
+    assert_eq!(
+        next_notification(&mut listener).await,
+        payload_of(&committed)
+    );
+    drop(listener);
+    db.finish().await;
+}
+
 /// Reads lines of a child's stdout on a thread.
 fn line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -573,4 +729,45 @@ fn wait_with_deadline(child: &mut std::process::Child) -> std::process::ExitStat
         assert!(Instant::now() < deadline, "the child did not exit");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Replicas on one Postgres database run the same sinks: the cursor's row lock lets one of
+/// them post a batch at a time, so the receiver gets each event once, in order.
+#[tokio::test]
+async fn replicas_running_the_same_sink_deliver_each_batch_once() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let (url, seen) = receiver(0).await;
+    // Three "replicas": three sets of sink tasks over separate pools of the same database.
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let store = Store::connect(&db.url, 4).await.unwrap();
+        replicas.push(start_sinks_on(&store, &db.raw, vec![webhook("security", &url)]).await);
+    }
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let id = meeting(n);
+        track(&db.store, &id, "board").await;
+        ids.extend(five_events(&db.store, &id).await);
+    }
+    let last_id = *ids.last().unwrap();
+    eventually("the cursor reached the last event", || async {
+        db.raw
+            .scalar("SELECT last_event_id FROM webhook_cursors WHERE name = 'security'")
+            .await
+            == last_id
+    })
+    .await;
+    for (cancel, tracker) in replicas {
+        cancel.cancel();
+        tracker.wait().await;
+    }
+    let (bad_signatures, received) = {
+        let seen = seen.lock().unwrap();
+        (seen.bad_signatures, seen.event_ids())
+    };
+    assert_eq!(bad_signatures, 0);
+    assert_eq!(received, ids, "each event once, in order");
+    db.finish().await;
 }

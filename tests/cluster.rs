@@ -1,7 +1,9 @@
 //! Cluster mode (`cluster.enabled`) on a real Postgres: a poll whose lease was lost writes
 //! nothing and is counted; three real `run` replicas share meetings, each polled by one of
 //! them, and take over from a killed or stopped replica without repeating or losing an event;
-//! SQLite refuses cluster mode naming the key.
+//! a replica stopped (SIGSTOP) past its lease cannot commit the poll it had in flight; three
+//! replicas share 200 meetings under two minutes of churn inside the quota the simulator
+//! enforces; SQLite refuses cluster mode naming the key.
 
 mod common;
 
@@ -13,10 +15,13 @@ use std::time::{Duration, Instant};
 use common::TestDb;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use roster_sync::domain::{
-    Attendee, AttendeeId, Capabilities, Change, ExternalUserId, MeetingId, Region,
+    Attendee, AttendeeId, Capabilities, Change, EventKind, ExternalUserId, MeetingId, Region,
 };
+use roster_sync::sim::ScriptedFault;
+use roster_sync::sim::churn::{ChurnPlan, Fleet, LISTENER, churn, guid};
 use roster_sync::store::{ApplyOutcome, PollRecord, ReplicaId, ReplicaInfo, UnchangedPoll};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 use common::BIN;
 
@@ -74,11 +79,11 @@ async fn a_poll_whose_lease_was_taken_over_writes_nothing_and_is_counted() {
     let a = replica(1);
     let view = store.heartbeat(&a, ttl, 100).await.unwrap();
     assert_eq!((view.held, view.live_replicas), (1, 1));
-    let held = store.leased_meeting_keys(&a.id).await.unwrap();
-    let [(_, _, token)] = held.as_slice() else {
+    let held = store.leased_meetings(&a.id).await.unwrap();
+    let [leased] = held.as_slice() else {
         panic!("{held:?}")
     };
-    let token = *token;
+    let token = leased.token;
 
     // Replica A fetched the roster under `token`; meanwhile its lease expires and replica B
     // takes the meeting over.
@@ -88,9 +93,9 @@ async fn a_poll_whose_lease_was_taken_over_writes_nothing_and_is_counted() {
         .await;
     let b = replica(2);
     store.heartbeat(&b, ttl, 100).await.unwrap();
-    let taken = store.leased_meeting_keys(&b.id).await.unwrap();
+    let taken = store.leased_meetings(&b.id).await.unwrap();
     assert_eq!(taken.len(), 1, "B holds the meeting now");
-    assert!(taken[0].2.0 > token.0, "a new grant has a larger token");
+    assert!(taken[0].token.0 > token.0, "a new grant has a larger token");
 
     let lost_before = lease_lost_total();
     let changes = [Change::joined(&attendee(1))];
@@ -136,7 +141,10 @@ async fn a_poll_whose_lease_was_taken_over_writes_nothing_and_is_counted() {
     );
 
     // B, holding the lease, records the same poll.
-    let outcome = store.apply_fenced(rec(), Some(taken[0].2)).await.unwrap();
+    let outcome = store
+        .apply_fenced(rec(), Some(taken[0].token))
+        .await
+        .unwrap();
     assert!(
         matches!(outcome, ApplyOutcome::Applied { ref events, .. } if events.len() == 1),
         "{outcome:?}"
@@ -210,6 +218,12 @@ struct Replica(Child);
 
 impl Replica {
     fn start(db: &TestDb, endpoint: &str) -> Self {
+        Self::start_with(db, endpoint, &[])
+    }
+
+    /// A replica with a short interval, heartbeat and lease TTL; `extra` adds or overrides
+    /// environment variables.
+    fn start_with(db: &TestDb, endpoint: &str, extra: &[(&str, String)]) -> Self {
         let child = Command::new(BIN)
             .arg("run")
             .env_clear()
@@ -223,6 +237,7 @@ impl Replica {
             .env("ROSTER_SYNC__CLUSTER__ENABLED", "true")
             .env("ROSTER_SYNC__CLUSTER__LEASE_TTL", "4s")
             .env("ROSTER_SYNC__CLUSTER__HEARTBEAT", "300ms")
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -246,15 +261,40 @@ impl Replica {
             .success();
         assert!(ok, "kill {sig}");
     }
+
+    /// The process state letter from `/proc/PID/stat` (`T`: stopped by a signal).
+    fn state(&self) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    async fn stop(mut self) {
+        self.signal("-TERM").await;
+        let status = tokio::time::timeout(Duration::from_secs(60), self.0.wait())
+            .await
+            .expect("the replica stops after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "SIGTERM exits 0: {status}");
+    }
 }
 
 /// Polls `what` until it holds or 60 s pass (a failure guard only).
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    eventually_within(Duration::from_secs(60), what, check).await;
+}
+
+/// Polls `what` until it holds or `limit` passes (a failure guard only).
+async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -395,6 +435,422 @@ async fn three_replicas_poll_each_meeting_once_and_take_over_from_a_killed_or_st
         "nothing invented"
     );
     drop(c);
+    sim.shutdown().await.unwrap();
+    db.finish().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The value of `metric` on the `/metrics` page served at `port`, `None` while nothing answers
+/// or the metric is not there yet.
+async fn scrape(port: u16, metric: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn pg(db: &TestDb) -> &sqlx::PgPool {
+    match &db.raw {
+        common::Raw::Postgres(pool) => pool,
+        common::Raw::Sqlite(_) => unreachable!("cluster tests run on Postgres"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_cannot_commit_the_poll_it_had_in_flight() {
+    let Some(db) = postgres().await else { return };
+    let region = Region::parse("us-east-1").unwrap();
+    let (sim, driver) = common::sim_and_driver(200.0).await;
+    let meeting = driver.create_meeting("paused", "us-east-1").await.unwrap();
+    let people = driver
+        .add_attendees(&meeting, (0..3).map(|i| (format!("paused-{i}"), None)))
+        .await
+        .unwrap();
+    db.store
+        .add_meeting(&meeting, &region, None, roster_sync::domain::now(), false)
+        .await
+        .unwrap();
+
+    // A polls, finds three attendees, and stops (SIGSTOP) just before its write.
+    let port = free_port();
+    let a = Replica::start_with(
+        &db,
+        &sim.endpoint_url(),
+        &[
+            ("ROSTER_SYNC_FAULT", "stop_before_write".into()),
+            ("ROSTER_SYNC__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    );
+    eventually("A is stopped with its poll in flight", || async {
+        a.state() == Some('T')
+    })
+    .await;
+    let a_id = owners(&db).await.1[&a.pid()].clone();
+    assert_eq!(
+        db.raw.scalar("SELECT count(*) FROM roster_events").await,
+        0,
+        "A wrote nothing before it stopped"
+    );
+
+    // While A is stopped, the first attendee leaves, and B takes the lease over once A's has
+    // expired. B's own polls fail for now, so nothing but the lease moves: the meeting's
+    // poll_seq stays what A's poll expects.
+    driver
+        .delete_attendee(&meeting, &people[0].attendee_id)
+        .await
+        .unwrap();
+    sim.script(
+        &meeting,
+        ScriptedFault::new(503, "ServiceUnavailableException"),
+    );
+    let b = Replica::start_with(
+        &db,
+        &sim.endpoint_url(),
+        &[("ROSTER_SYNC__POLL__FAILURE_BACKOFF_CAP", "1s".into())],
+    );
+    eventually("B holds the meeting's lease", || async {
+        let (owners, pids) = owners(&db).await;
+        pids.get(&b.pid())
+            .is_some_and(|b_id| owners.get(&meeting).is_some_and(|o| o.to_string() == *b_id))
+    })
+    .await;
+
+    // A resumes with its fetched roster and tries to commit it under its old lease token.
+    a.signal("-CONT").await;
+    eventually("A counts the write it lost", || async {
+        scrape(port, "roster_sync_lease_lost_total")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert_eq!(
+        db.raw.scalar("SELECT count(*) FROM roster_events").await,
+        0,
+        "A's three joins were dropped"
+    );
+    assert_eq!(
+        db.raw.scalar("SELECT count(*) FROM roster_attendees").await,
+        0
+    );
+    let row = db.store.get_meeting(&meeting).await.unwrap().unwrap();
+    assert_eq!(
+        (row.poll_seq, row.last_polled_at),
+        (0, None),
+        "the lease alone refused it: no other write had moved poll_seq"
+    );
+    let (owners_now, _) = owners(&db).await;
+    assert_ne!(owners_now[&meeting].to_string(), a_id, "B still holds it");
+
+    // B polls again and records the roster as it is now, once: the attendee who left while A
+    // was stopped, seen only by A's dropped poll, appears nowhere.
+    sim.clear_script(&meeting);
+    eventually("B records the two attendees", || async {
+        db.raw.scalar("SELECT count(*) FROM roster_events").await >= 2
+    })
+    .await;
+    let mut recorded: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, attendee_id FROM roster_events")
+            .fetch_all(pg(&db))
+            .await
+            .unwrap();
+    recorded.sort();
+    let mut expected: Vec<(String, String)> = people[1..]
+        .iter()
+        .map(|p| ("joined".to_owned(), p.attendee_id.as_str().to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(recorded, expected);
+    assert_eq!(duplicated_joins(&db).await, 0);
+
+    a.stop().await;
+    b.stop().await;
+    sim.shutdown().await.unwrap();
+    db.finish().await;
+}
+
+/// What the simulator holds for one attendee the test created: whether it is still there and
+/// its capabilities (the churn switches them between the default and `LISTENER`).
+struct Truth {
+    meeting: MeetingId,
+    live: bool,
+    capabilities: Capabilities,
+    /// Changes the simulator applied to it: its creation, capability changes, its deletion.
+    changes: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_200_meetings_under_churn_within_the_quota() {
+    // The real quota; the simulator enforces it on ListAttendees (and on each other read) and
+    // the replicas are configured with the same numbers.
+    const QUOTA_RPS: f64 = 10.0;
+    const BURST: u32 = 20;
+    const MEETINGS: usize = 200;
+    let Some(db) = postgres().await else { return };
+    let region = Region::parse("us-east-1").unwrap();
+    let (sim, driver) = common::sim_and_driver(200.0).await;
+    sim.set_rate(QUOTA_RPS, BURST).unwrap();
+
+    let mut fleet = Fleet::default();
+    let mut truth: HashMap<u128, Truth> = HashMap::new();
+    for n in 0..MEETINGS {
+        let id = driver
+            .create_meeting(&format!("shared-{n}"), "us-east-1")
+            .await
+            .unwrap();
+        let created = driver
+            .add_attendees(&id, (0..3).map(|i| (format!("shared-{n}-{i}"), None)))
+            .await
+            .unwrap();
+        for c in &created {
+            truth.insert(
+                guid(c.attendee_id.as_str()).unwrap(),
+                Truth {
+                    meeting: id.clone(),
+                    live: true,
+                    capabilities: Capabilities::DEFAULT,
+                    changes: 1,
+                },
+            );
+        }
+        fleet.add(id.clone(), &created).unwrap();
+        db.store
+            .add_meeting(&id, &region, None, roster_sync::domain::now(), false)
+            .await
+            .unwrap();
+    }
+    let meetings: HashMap<u128, MeetingId> = fleet
+        .ids()
+        .map(|m| (guid(m.as_str()).unwrap(), m.clone()))
+        .collect();
+
+    // Three replicas, each configured with the whole quota (the cluster splits it) and an
+    // interval that asks for four times what the quota allows: the quota is what limits them.
+    let at_sim_before = sim.stats();
+    let window_started = Instant::now();
+    let settings = [
+        ("ROSTER_SYNC__POLL__INTERVAL", "5s".to_owned()),
+        ("ROSTER_SYNC__POLL__FAILURE_BACKOFF_CAP", "5s".to_owned()),
+        (
+            "ROSTER_SYNC__RATE__REQUESTS_PER_SECOND",
+            QUOTA_RPS.to_string(),
+        ),
+        ("ROSTER_SYNC__RATE__BURST", BURST.to_string()),
+    ];
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start_with(&db, &sim.endpoint_url(), &settings))
+        .collect();
+
+    // Two minutes of churn, while the test samples who holds what.
+    let plan = ChurnPlan {
+        per_second: 2.0,
+        duration: Duration::from_secs(120),
+        target: 3,
+        one_of_each_first: true,
+        end_a_meeting_after: None,
+        name: |serial| format!("churn-{serial}"),
+    };
+    let mut made = Vec::new();
+    let churn_done = std::sync::atomic::AtomicBool::new(false);
+    let churning = async {
+        let churned = churn(&driver, &mut fleet, &plan, &CancellationToken::new(), |m| {
+            made.push(m)
+        })
+        .await;
+        churn_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        churned
+    };
+    let sampling = async {
+        let mut last = BTreeMap::new();
+        while !churn_done.load(std::sync::atomic::Ordering::SeqCst) {
+            last = held_by(&db.store.meeting_owners().await.unwrap());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        last
+    };
+    let (churned, held_at_the_end) = tokio::join!(churning, sampling);
+    let churn_ended = roster_sync::domain::now();
+    assert_eq!(churned.failed, 0, "the simulator applied every change");
+    for m in &made {
+        let t = truth.entry(m.attendee).or_insert_with(|| Truth {
+            meeting: meetings[&m.meeting].clone(),
+            live: false,
+            capabilities: Capabilities::DEFAULT,
+            changes: 0,
+        });
+        t.changes += 1;
+        match m.kind {
+            EventKind::Joined => t.live = true,
+            EventKind::Left => t.live = false,
+            EventKind::CapabilitiesChanged => {
+                t.capabilities = if t.capabilities == LISTENER {
+                    Capabilities::DEFAULT
+                } else {
+                    LISTENER
+                };
+            }
+        }
+    }
+    // The simulator's own record agrees with the driver's account.
+    for (attendee, t) in &truth {
+        let id = AttendeeId::parse(&uuid::Uuid::from_u128(*attendee).to_string()).unwrap();
+        let timeline = sim.attendee_timeline(&t.meeting, &id).expect("created");
+        assert_eq!(timeline.deleted_at.is_none(), t.live, "{id}");
+    }
+    assert_eq!(
+        held_at_the_end.len(),
+        3,
+        "all three hold meetings: {held_at_the_end:?}"
+    );
+    for (replica, held) in &held_at_the_end {
+        // Balanced by pages (one page a meeting here): a third each, up to rounding.
+        assert!(
+            held.abs_diff(MEETINGS / 3) <= 1,
+            "{replica} holds {held} of {MEETINGS}: {held_at_the_end:?}"
+        );
+    }
+
+    // Settle: every meeting completes a poll started after the churn, and the record then
+    // matches the simulator.
+    let live_of = |m: &MeetingId| -> BTreeMap<String, Capabilities> {
+        truth
+            .iter()
+            .filter(|(_, t)| t.live && t.meeting == *m)
+            .map(|(a, t)| (uuid::Uuid::from_u128(*a).to_string(), t.capabilities))
+            .collect()
+    };
+    eventually_within(
+        Duration::from_secs(180),
+        "every meeting polled after the churn, its snapshot as in the simulator",
+        || async {
+            let polled: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tracked_meetings WHERE last_polled_at >= $1",
+            )
+            .bind(churn_ended)
+            .fetch_one(pg(&db))
+            .await
+            .unwrap();
+            if polled < MEETINGS as i64 {
+                return false;
+            }
+            for m in meetings.values() {
+                let snapshot = db.store.snapshot(m).await.unwrap();
+                let recorded: BTreeMap<String, Capabilities> = snapshot
+                    .attendees
+                    .iter()
+                    .map(|a| (a.attendee_id.as_str().to_owned(), a.capabilities))
+                    .collect();
+                if recorded != live_of(m) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let window = window_started.elapsed().as_secs_f64();
+    let at_sim = sim.stats();
+
+    // No event twice: per attendee, one join first, each capability change starting from
+    // the capabilities the previous event left, at most one departure and nothing after it;
+    // never more events than the simulator made changes.
+    let events = db.store.events_since(0, i64::MAX).await.unwrap();
+    let mut per_attendee: HashMap<u128, Vec<&roster_sync::store::StoredEvent>> = HashMap::new();
+    for e in &events {
+        per_attendee
+            .entry(guid(e.attendee_id.as_str()).unwrap())
+            .or_default()
+            .push(e);
+    }
+    for (attendee, seq) in &per_attendee {
+        let t = truth.get(attendee).expect("an attendee the test created");
+        assert_eq!(seq[0].meeting_id, t.meeting);
+        assert!(seq.len() <= t.changes, "more events than changes: {seq:?}");
+        assert_eq!(seq[0].kind, EventKind::Joined, "{seq:?}");
+        let mut caps = seq[0].after;
+        for (i, e) in seq.iter().enumerate().skip(1) {
+            assert_eq!(
+                e.before, caps,
+                "a change from what the last event left: {seq:?}"
+            );
+            match e.kind {
+                EventKind::Joined => panic!("joined twice: {seq:?}"),
+                EventKind::CapabilitiesChanged => caps = e.after,
+                EventKind::Left => {
+                    assert_eq!(i, seq.len() - 1, "nothing after a departure: {seq:?}");
+                    assert!(!t.live, "a departure of someone still there: {seq:?}");
+                }
+            }
+        }
+    }
+    for (attendee, t) in &truth {
+        if t.live {
+            assert!(
+                per_attendee.contains_key(attendee),
+                "every present attendee recorded"
+            );
+        }
+    }
+
+    // The fleet's requests, counted where the quota is enforced.
+    for (op, before, after) in [
+        (
+            "ListAttendees",
+            at_sim_before.list_attendees,
+            at_sim.list_attendees,
+        ),
+        ("GetMeeting", at_sim_before.get_meeting, at_sim.get_meeting),
+        (
+            "GetAttendee",
+            at_sim_before.get_attendee,
+            at_sim.get_attendee,
+        ),
+    ] {
+        let requests = after.requests - before.requests;
+        let throttled = after.throttled - before.throttled;
+        eprintln!(
+            "{op}: {requests} requests in {window:.1}s ({:.2}/s, quota {QUOTA_RPS}/s), \
+             {throttled} throttled",
+            requests as f64 / window
+        );
+        // What the quota lets through in the window (the simulator's bucket starts full),
+        // with room for the 1 % of throttled requests allowed on top.
+        let allowed = (QUOTA_RPS * window + f64::from(BURST)) * 1.01;
+        assert!(
+            requests as f64 <= allowed,
+            "{op}: {requests} requests in {window:.1}s exceed the quota ({allowed:.0})"
+        );
+        assert!(
+            throttled as f64 <= 0.01 * requests as f64,
+            "{op}: {throttled} of {requests} throttled"
+        );
+    }
+    eprintln!(
+        "{} changes made, {} events recorded",
+        churned.made,
+        events.len()
+    );
+
+    for r in replicas {
+        r.stop().await;
+    }
+    assert!(
+        db.store.meeting_owners().await.unwrap().is_empty(),
+        "every lease released on the way out"
+    );
     sim.shutdown().await.unwrap();
     db.finish().await;
 }

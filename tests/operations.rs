@@ -341,14 +341,23 @@ async fn a_second_signal_exits_at_once_with_a_non_zero_status() {
 }
 
 #[tokio::test]
-async fn a_second_run_on_the_same_postgres_database_is_refused_by_name() {
+async fn a_second_run_on_the_same_postgres_database_is_refused_naming_the_first() {
     let Some(db) = common::postgres_db().await else {
         return;
     };
-    ok(roster_sync(&["migrate"]).env("DATABASE_URL", &db.url)).await;
+    // A database without the holder table yet: the first daemon takes the lock, then
+    // migrates, then describes itself.
+    sqlx::raw_sql("DROP TABLE writer_lock_holder; DELETE FROM _sqlx_migrations WHERE version = 6")
+        .execute(match &db.raw {
+            common::Raw::Postgres(pool) => pool,
+            common::Raw::Sqlite(_) => unreachable!("a Postgres database"),
+        })
+        .await
+        .unwrap();
     let port = free_port();
     let mut first = roster_sync(&["run"])
         .env("DATABASE_URL", &db.url)
+        .env("HOSTNAME", "writer-one.example")
         .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", "http://127.0.0.1:9")
         .env("ROSTER_SYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -373,6 +382,11 @@ async fn a_second_run_on_the_same_postgres_database_is_refused_by_name() {
     let name = db.url.rsplit('/').next().unwrap();
     assert!(
         stderr.contains("another roster-sync") && stderr.contains(name),
+        "{stderr}"
+    );
+    let pid = first.id().expect("the first daemon runs");
+    assert!(
+        stderr.contains(&format!("pid {pid} on host writer-one.example")),
         "{stderr}"
     );
     assert!(alive(&mut first), "the first daemon runs on");
@@ -425,6 +439,76 @@ async fn healthz_turns_503_while_the_loop_waits_on_a_lock_and_200_when_it_is_rel
     blocker.rollback().await.unwrap();
     eventually("/healthz is 200 again", Duration::from_secs(30), || async {
         status_of(port, "/healthz").await == Some(200)
+    })
+    .await;
+
+    assert!(terminate(&mut daemon, "idle").await.success());
+    pool.close().await;
+    db.finish().await;
+}
+
+/// The value of one unlabeled-or-labeled sample line of `/metrics`, e.g.
+/// `roster_sync_database_errors_total{operation="meeting_list"}`.
+async fn metric(port: u16, series: &str) -> Option<f64> {
+    let (_, page) = get(port, "/metrics").await?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_statement_past_statement_timeout_fails_and_the_loop_keeps_ticking() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let port = free_port();
+    let mut daemon = roster_sync(&["run"])
+        .env("DATABASE_URL", &db.url)
+        .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("ROSTER_SYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ROSTER_SYNC__DATABASE__STATEMENT_TIMEOUT", "200ms")
+        // Shorter than the 10 s lock_timeout: without the statement limit, the lock below
+        // would hold the loop long enough to fail /healthz (see the test above).
+        .env("ROSTER_SYNC__HTTP__STALL_AFTER", "3s")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("ready", Duration::from_secs(30), || async {
+        status_of(port, "/readyz").await == Some(200)
+    })
+    .await;
+    let errors = "roster_sync_database_errors_total{operation=\"meeting_list\"}";
+    let before = metric(port, errors).await.unwrap_or(0.0);
+
+    // The loop re-reads the meeting list; this lock makes that read wait, until the
+    // statement_timeout cancels it.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tracked_meetings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    eventually(
+        "three reads of the meeting list failed, the loop going on",
+        Duration::from_secs(30),
+        || async {
+            metric(port, errors)
+                .await
+                .is_some_and(|n| n >= before + 3.0)
+        },
+    )
+    .await;
+    let (code, body) = get(port, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = get(port, "/healthz").await.unwrap();
+    assert_eq!(code, 200, "the loop is not stalled: {body}");
+    blocker.rollback().await.unwrap();
+    eventually("ready again", Duration::from_secs(30), || async {
+        status_of(port, "/readyz").await == Some(200)
     })
     .await;
 
@@ -688,4 +772,48 @@ async fn a_start_while_postgres_is_down_waits_and_an_outage_mid_run_loses_nothin
     assert!(terminate(&mut daemon, "after an outage").await.success());
     sim.shutdown().await.unwrap();
     cluster.stop().await;
+}
+
+#[tokio::test]
+async fn run_no_migrate_waits_unready_until_another_role_applies_the_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let port = free_port();
+    let mut daemon = roster_sync(&["run", "--no-migrate"])
+        .env("DATABASE_URL", &url)
+        .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("ROSTER_SYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("/readyz answers", Duration::from_secs(30), || async {
+        status_of(port, "/readyz").await.is_some()
+    })
+    .await;
+    let (code, body) = get(port, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("migrations"), "{body}");
+    assert!(alive(&mut daemon), "it waits instead of failing");
+
+    ok(roster_sync(&["migrate"]).env("DATABASE_URL", &url)).await;
+    eventually(
+        "ready once the migrations are applied",
+        Duration::from_secs(60),
+        || async { status_of(port, "/readyz").await == Some(200) },
+    )
+    .await;
+    assert!(terminate(&mut daemon, "no-migrate").await.success());
+    let mut stderr = String::new();
+    daemon
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("waiting for `roster-sync migrate`"),
+        "{stderr}"
+    );
 }

@@ -28,6 +28,8 @@ both_backends!(
     retention_deletes_whole_finished_histories_and_keeps_open_and_recent_sessions,
     retention_never_deletes_an_event_a_webhook_sink_has_not_passed,
     retention_deletes_in_batches_of_the_given_size,
+    retention_deletes_meetings_that_ended_or_stopped_before_the_cutoff_once_their_events_are_gone,
+    the_daemon_deletes_expired_history_in_batches_while_it_goes_on_polling,
     forget_erases_one_person_everywhere_and_fences_the_meetings_they_are_in,
     a_forgotten_person_still_in_the_meeting_is_recorded_as_joined_at_the_next_poll,
     forget_refuses_without_yes_when_stdin_is_not_a_terminal_and_erases_with_it,
@@ -138,7 +140,8 @@ async fn retention_deletes_whole_finished_histories_and_keeps_open_and_recent_se
     let deleted = retention(&db.store, 2)
         .pass(domain::now(), &CancellationToken::new())
         .await
-        .unwrap();
+        .unwrap()
+        .events;
 
     assert_eq!(deleted, 2, "ana's joined and left");
     use EventKind::*;
@@ -167,7 +170,8 @@ async fn retention_deletes_whole_finished_histories_and_keeps_open_and_recent_se
     let again = retention(&db.store, 2)
         .pass(domain::now(), &CancellationToken::new())
         .await
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(again, 0);
 }
 
@@ -192,18 +196,39 @@ async fn retention_never_deletes_an_event_a_webhook_sink_has_not_passed(db: &Tes
     let never = CancellationToken::new();
 
     let keep_two_days = retention(&db.store, 2);
-    assert_eq!(keep_two_days.pass(domain::now(), &never).await.unwrap(), 0);
+    assert_eq!(
+        keep_two_days
+            .pass(domain::now(), &never)
+            .await
+            .unwrap()
+            .events,
+        0
+    );
     // Delivered up to ana's join but not her leave: her session stays whole.
     db.store
         .advance_webhook_cursor("lagging", ana_joined, domain::now())
         .await
         .unwrap();
-    assert_eq!(keep_two_days.pass(domain::now(), &never).await.unwrap(), 0);
+    assert_eq!(
+        keep_two_days
+            .pass(domain::now(), &never)
+            .await
+            .unwrap()
+            .events,
+        0
+    );
     db.store
         .advance_webhook_cursor("lagging", ana_left, domain::now())
         .await
         .unwrap();
-    assert_eq!(keep_two_days.pass(domain::now(), &never).await.unwrap(), 2);
+    assert_eq!(
+        keep_two_days
+            .pass(domain::now(), &never)
+            .await
+            .unwrap()
+            .events,
+        2
+    );
     assert!(
         !users_of_events(&db.store, &id)
             .await
@@ -239,6 +264,240 @@ async fn retention_deletes_in_batches_of_the_given_size(db: &TestDb) {
     }
     assert_eq!(batches, [4, 4, 2]);
     assert_eq!(db.raw.scalar("SELECT count(*) FROM roster_events").await, 0);
+}
+
+async fn the_daemon_deletes_expired_history_in_batches_while_it_goes_on_polling(db: &TestDb) {
+    let (sim, driver) = common::sim_and_driver(100.0).await;
+    let id = driver
+        .create_meeting("retained", "us-east-1")
+        .await
+        .unwrap();
+    // One person has been in the meeting for 40 days: their join is kept.
+    let stayer = driver
+        .add_attendees(&id, [("stayer@example.com".to_owned(), None)])
+        .await
+        .unwrap()
+        .remove(0);
+    track(&db.store, &id).await;
+    let stayer = Attendee {
+        attendee_id: stayer.attendee_id,
+        external_user_id: ExternalUserId::new("stayer@example.com"),
+        capabilities: Capabilities::DEFAULT,
+    };
+    poll_at(&db.store, &id, days_ago(40), &[Change::joined(&stayer)]).await;
+    // 1250 people came and went 40 days ago: 2500 expired events, more than two batches.
+    for chunk in 0..5 {
+        let people: Vec<Attendee> = (0..250)
+            .map(|n| attendee(1000 + chunk * 250 + n, &format!("gone{chunk}-{n}")))
+            .collect();
+        let joins: Vec<Change> = people.iter().map(Change::joined).collect();
+        poll_at(&db.store, &id, days_ago(40), &joins).await;
+        let leaves: Vec<Change> = people
+            .iter()
+            .map(|a| Change::left(a, LeftReason::Removed))
+            .collect();
+        poll_at(&db.store, &id, days_ago(39), &leaves).await;
+    }
+    assert_eq!(db.store.events_since(0, 10_000).await.unwrap().len(), 2501);
+
+    let mut settings = Settings::defaults().unwrap();
+    settings.retention.events = Some(Duration::from_secs(30 * 86_400));
+    settings.poll.interval = Duration::from_millis(200);
+    settings.http.listen.clear();
+    settings.validate().unwrap();
+    let client = ChimeClient::new(
+        simulator_sdk_config(&region()),
+        ClientOptions::for_endpoint(&sim.endpoint_url(), 100.0, 100),
+    );
+    let daemon = roster_sync::app::Daemon::build(
+        &settings,
+        Some(db.store.clone()),
+        CancellationToken::new(),
+        roster_sync::app::DaemonOptions {
+            client: Some(std::sync::Arc::new(client)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Polling goes on: people who join now are recorded, during or after the deletion.
+    for n in 0..3 {
+        driver
+            .add_attendees(&id, [(format!("new{n}@example.com"), None)])
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let users = users_of_events(&db.store, &id).await;
+        let gone = users.iter().filter(|(u, _)| u.starts_with("gone")).count();
+        let new = users.iter().filter(|(u, _)| u.starts_with("new")).count();
+        if gone == 0 && new == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{gone} expired events left, {new} new joins recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await.unwrap();
+    sim.shutdown().await.unwrap();
+    let users = users_of_events(&db.store, &id).await;
+    assert_eq!(
+        users[0],
+        ("stayer@example.com".to_owned(), EventKind::Joined)
+    );
+    assert_eq!(users.len(), 4, "{users:?}");
+    assert!(
+        users[1..]
+            .iter()
+            .all(|(u, kind)| u.starts_with("new") && *kind == EventKind::Joined)
+    );
+}
+
+/// The ids of every tracked meeting, whatever its status, in id order.
+async fn tracked_ids(store: &Store) -> Vec<MeetingId> {
+    let mut ids: Vec<MeetingId> = store
+        .list_meetings()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.meeting_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn retention_deletes_meetings_that_ended_or_stopped_before_the_cutoff_once_their_events_are_gone(
+    db: &TestDb,
+) {
+    let (stopped_long_ago, ended_long_ago, stopped_lately, active, held) = (
+        meeting(8),
+        meeting(9),
+        meeting(10),
+        meeting(11),
+        meeting(12),
+    );
+    let all = [
+        &stopped_long_ago,
+        &ended_long_ago,
+        &stopped_lately,
+        &active,
+        &held,
+    ];
+    for id in all {
+        track(&db.store, id).await;
+    }
+    // Everyone joined ten days ago, one attendee per meeting.
+    for (n, id) in all.into_iter().enumerate() {
+        let someone = attendee(20 + n as u32, &format!("p{n}"));
+        poll_at(&db.store, id, days_ago(10), &[Change::joined(&someone)]).await;
+    }
+    // Stopped nine days ago: the attendee left with reason tracking_stopped.
+    let stopped = db
+        .store
+        .remove_meeting(&stopped_long_ago, days_ago(9))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped.len(), 1);
+    // Ended nine days ago, as the service confirmed it.
+    let snapshot = db.store.snapshot(&ended_long_ago).await.unwrap();
+    let ended = db
+        .store
+        .end_meeting(
+            &ended_long_ago,
+            snapshot.poll_seq,
+            days_ago(9),
+            snapshot.last_polled_at,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(ended, ApplyOutcome::Applied { .. }));
+    // Stopped an hour ago: younger than the cutoff.
+    db.store
+        .remove_meeting(&stopped_lately, domain::now() - TimeDelta::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    // Still active, its attendee gone nine days ago: the events go, the meeting stays.
+    let gone = attendee(23, "p3");
+    let left = [Change::left(&gone, LeftReason::Removed)];
+    poll_at(&db.store, &active, days_ago(9), &left).await;
+    // A webhook sink starts here; `held` stops nine days ago, after it, and the sink has not
+    // delivered that yet.
+    let cursor = db
+        .store
+        .webhook_cursor("slow", domain::now())
+        .await
+        .unwrap();
+    let stopped = db
+        .store
+        .remove_meeting(&held, days_ago(9))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stopped[0].event_id > cursor);
+    let never = CancellationToken::new();
+
+    let deleted = retention(&db.store, 2)
+        .pass(domain::now(), &never)
+        .await
+        .unwrap();
+    assert_eq!(deleted.events, 2 + 2 + 2, "{deleted:?}");
+    assert_eq!(deleted.meetings, 2, "{deleted:?}");
+    let mut expected = vec![stopped_lately.clone(), active.clone(), held.clone()];
+    expected.sort();
+    assert_eq!(tracked_ids(&db.store).await, expected);
+    assert!(
+        db.store
+            .events_for_meeting(&active)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        db.store
+            .events_for_meeting(&stopped_lately)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(db.store.events_for_meeting(&held).await.unwrap().len(), 2);
+
+    // Once the sink has delivered `held`'s leave, its events and then its row go.
+    db.store
+        .advance_webhook_cursor("slow", stopped[0].event_id, domain::now())
+        .await
+        .unwrap();
+    let deleted = retention(&db.store, 2)
+        .pass(domain::now(), &never)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        roster_sync::retention::Deleted {
+            events: 2,
+            meetings: 1
+        }
+    );
+    let mut expected = vec![stopped_lately.clone(), active.clone()];
+    expected.sort();
+    assert_eq!(tracked_ids(&db.store).await, expected);
+    assert_eq!(
+        db.raw.scalar("SELECT count(*) FROM roster_attendees").await,
+        0
+    );
+
+    // A deleted meeting can be tracked again, afresh.
+    let again = db
+        .store
+        .add_meeting(&stopped_long_ago, &region(), None, domain::now(), false)
+        .await
+        .unwrap();
+    assert_eq!(again, roster_sync::store::AddOutcome::Added);
 }
 
 async fn forget_erases_one_person_everywhere_and_fences_the_meetings_they_are_in(db: &TestDb) {
@@ -295,6 +554,17 @@ async fn forget_erases_one_person_everywhere_and_fences_the_meetings_they_are_in
         !db.raw.dump_all_tables().await.contains("forget.example"),
         "no row anywhere names her"
     );
+    if !db.raw.is_postgres() {
+        // Not in the file's free space, nor in the write-ahead log either.
+        let path = db.url.trim_start_matches("sqlite://").to_owned();
+        for file in [path.clone(), format!("{path}-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(14).any(|w| w == b"forget.example"),
+                "{file} still holds her bytes"
+            );
+        }
+    }
     assert_eq!(
         users_of_events(&db.store, &here).await,
         [("ian".to_owned(), EventKind::Joined)]
@@ -501,6 +771,120 @@ async fn the_daemon_deletes_expired_events_when_it_starts_and_counts_them() {
     );
     assert_eq!(db.raw.scalar("SELECT count(*) FROM roster_events").await, 0);
     daemon.stop().await.unwrap();
+    db.finish().await;
+}
+
+/// `pg_dump` of the server's own major version (the Debian layout first, then `PATH`).
+fn pg_dump() -> Option<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|version| version.path().join("bin/pg_dump"))
+        .filter(|path| path.exists())
+        .collect();
+    found.sort();
+    found.pop().or_else(|| {
+        let ok = Command::new("pg_dump")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| "pg_dump".into())
+    })
+}
+
+#[tokio::test]
+async fn after_forget_pg_dump_holds_no_trace_of_the_person() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let Some(pg_dump) = pg_dump() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but pg_dump is missing"
+        );
+        eprintln!("skipped: no pg_dump");
+        return;
+    };
+    let erased = "Zoë «erase-me» O'Brien";
+    let kept = "ian.keep-me@example.com";
+    let (here, gone) = (meeting(13), meeting(14));
+    track(&db.store, &here).await;
+    track(&db.store, &gone).await;
+    // A webhook sink that has seen her events and failed once: its row must hold no trace.
+    db.store
+        .webhook_cursor("security", domain::now())
+        .await
+        .unwrap();
+    let (zoe, zoe_before, ian) = (attendee(1, erased), attendee(2, erased), attendee(3, kept));
+    poll_at(
+        &db.store,
+        &here,
+        days_ago(3),
+        &[Change::joined(&zoe), Change::joined(&ian)],
+    )
+    .await;
+    let mut muted = zoe.clone();
+    muted.capabilities.audio = Capability::Receive;
+    let changed = [Change::capabilities_changed(&zoe, &muted)];
+    poll_at(&db.store, &here, days_ago(2), &changed).await;
+    poll_at(
+        &db.store,
+        &gone,
+        days_ago(3),
+        &[Change::joined(&zoe_before)],
+    )
+    .await;
+    let left = [Change::left(&zoe_before, LeftReason::Removed)];
+    poll_at(&db.store, &gone, days_ago(2), &left).await;
+    db.store.remove_meeting(&gone, days_ago(1)).await.unwrap();
+    let last = db.store.last_event_id().await.unwrap();
+    db.store
+        .advance_webhook_cursor("security", last, domain::now())
+        .await
+        .unwrap();
+    db.store
+        .record_webhook_failure("security", "receiver answered 503", domain::now())
+        .await
+        .unwrap();
+
+    let dump = |name: &str| {
+        let out = Command::new(&pg_dump)
+            .arg("--dbname")
+            .arg(&db.url)
+            .arg("--no-owner")
+            .output()
+            .unwrap_or_else(|e| panic!("{name}: run pg_dump: {e}"));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("a UTF-8 dump")
+    };
+    let before = dump("before forget");
+    assert!(before.contains(erased), "the dump holds her rows before");
+
+    let (ok, stdout, stderr) = forget_cli(&db, &["--external-user-id", erased, "--yes"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("erased 4 event(s) and 1 current-roster row(s)"),
+        "{stdout}"
+    );
+
+    let after = dump("after forget");
+    let traces: Vec<&str> = after.lines().filter(|l| l.contains(erased)).collect();
+    assert!(traces.is_empty(), "pg_dump still holds her: {traces:#?}");
+    // Nor any part of her id that is unusual enough to identify her.
+    assert!(!after.contains("erase-me"), "{after}");
+    assert!(
+        after.contains(kept),
+        "the dump holds the data of everyone else"
+    );
+    assert!(
+        after.contains("COPY public.roster_events"),
+        "a dump with data"
+    );
     db.finish().await;
 }
 

@@ -1524,4 +1524,13 @@ async fn the_control_endpoint_plants_and_clears_faults_without_a_signature() {
             + stats.get(Operation::ListAttendees).requests,
         "control requests are not counted"
     );
+    let r = send(sim.addr(), "GET", "/_sim/stats", None, false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let served: roster_sync::sim::SimStats = serde_json::from_str(&r.body).expect("stats JSON");
+    assert_eq!(
+        served,
+        sim.stats(),
+        "the counters, as the handle reads them"
+    );
+    assert!(served.list_attendees.requests > 0 && served.get_meeting.faults >= 1);
 }

@@ -96,12 +96,13 @@ pub(super) fn classify<E>(
 where
     E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync + 'static,
 {
-    let (status, retry_after) = match err.raw_response() {
+    let (status, retry_after, header_request_id) = match err.raw_response() {
         Some(r) => (
             r.status().as_u16(),
             r.headers().get("retry-after").and_then(parse_retry_after),
+            r.headers().get("x-amzn-requestid").map(str::to_owned),
         ),
-        None => (0, None),
+        None => (0, None, None),
     };
     let parse_error = match &err {
         SdkError::ResponseError(_) => std::error::Error::source(&err)
@@ -141,7 +142,7 @@ where
                 status,
                 NO_CODE.to_owned(),
                 retry_after,
-                None,
+                header_request_id,
                 "unreadable error answer".to_owned(),
             );
         }
@@ -160,7 +161,10 @@ where
         .message()
         .map(|m| truncate(m, MAX_MESSAGE))
         .unwrap_or_default();
-    let request_id = service.request_id().map(str::to_owned);
+    let request_id = service
+        .request_id()
+        .map(str::to_owned)
+        .or(header_request_id);
     let retry_after = retry_after_member(&service)
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(Duration::from_secs)

@@ -62,6 +62,7 @@ impl Batch {
         let recorded = match store.record_unchanged_polls(&polls).await {
             Ok(r) => r,
             Err(e) => {
+                crate::telemetry::database_error("bookkeeping");
                 tracing::warn!(error = %e, polls = polls.len(), "cannot record unchanged polls; their meetings re-read the snapshot next poll");
                 vec![false; polls.len()]
             }

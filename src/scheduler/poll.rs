@@ -115,6 +115,10 @@ pub struct PollFailure {
     /// `ListAttendees` was refused for credential or authorization reasons: a problem of the
     /// whole account and region, not of this meeting.
     pub denied: bool,
+    /// The HTTP status of the service's answer, when there was one.
+    pub status: Option<u16>,
+    /// The service's request id of the failed request, for AWS support.
+    pub request_id: Option<String>,
 }
 
 impl PollFailure {
@@ -128,15 +132,26 @@ impl PollFailure {
             message,
             retry_after: e.retry_after(),
             denied: op == Operation::ListAttendees && e.is_denied(),
+            status: e.status(),
+            request_id: e.request_id().map(str::to_owned),
         }
     }
 
+    /// The database failed (counted in `roster_sync_database_errors_total`).
     fn store(message: String) -> Self {
+        crate::telemetry::database_error("poll");
+        Self::other(message)
+    }
+
+    /// A failure that is neither the service's nor the database's (a poll task that panicked).
+    pub fn other(message: String) -> Self {
         Self {
             code: None,
             message,
             retry_after: None,
             denied: false,
+            status: None,
+            request_id: None,
         }
     }
 }
@@ -409,6 +424,7 @@ async fn failed(store: &Store, meeting: &MeetingId, failure: PollFailure, known:
         )
         .await
     {
+        crate::telemetry::database_error("record_failure");
         tracing::warn!(meeting_id = %meeting, error = %db, "cannot record poll failure");
     }
     Polled::plain(PollOutcome::Failed(failure), Some(known))

@@ -2,7 +2,10 @@
 //! faults [`super::SimHandle::script`] plants in-process, planted over HTTP.
 //!
 //! - `POST /_sim/faults` with a JSON [`FaultSpec`] plants one fault (204);
-//! - `DELETE /_sim/faults/{MeetingId}` removes every fault planted on that meeting (204).
+//! - `DELETE /_sim/faults/{MeetingId}` removes every fault planted on that meeting (204);
+//! - `GET /_sim/stats` answers the request counters ([`super::SimStats`]) as JSON, so a tool
+//!   driving the process (`roster-bench --replicas`) measures the fleet's requests and
+//!   throttles where the quota is enforced.
 //!
 //! Its paths start with `/_sim/`, which no Chime SDK Meetings path does. Its requests need no
 //! signature, are never throttled or faulted, and are not counted in [`super::SimStats`].
@@ -13,7 +16,10 @@ use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 
-use super::{ApiError, ApiResult, FaultBody, Operation, ScriptedFault, Shared, guid, read_json};
+use super::{
+    ApiError, ApiResult, FaultBody, Operation, ScriptedFault, Shared, guid, json_response,
+    read_json,
+};
 
 /// Where the control endpoint lives; no model path starts with it.
 pub(crate) const PREFIX: &str = "/_sim/";
@@ -101,6 +107,7 @@ pub(crate) async fn serve(shared: &Shared, method: &Method, path: &str, body: Bo
             shared.clear(&guid("MeetingId", m)?);
             Ok(StatusCode::NO_CONTENT.into_response())
         }
+        ("GET", ["stats"]) => Ok(json_response(StatusCode::OK, &shared.stats())),
         _ => Err(ApiError::UnknownOperation(format!(
             "No control operation matches {method} {path}"
         ))),

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, record_delivery, record_lag};
@@ -20,7 +21,7 @@ use crate::config::{WebhookEntry, WebhookSettings};
 use crate::events::EventFilter;
 use crate::events::EventJson;
 use crate::signing::{check_url, signature, signing_key};
-use crate::store::{Store, StoreError};
+use crate::store::{CursorClaim, Store, StoreError};
 
 /// Errors of one delivery attempt. None is final: the sink retries them all.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,9 @@ struct Batch {
     body: Bytes,
     /// Events in the body.
     events: usize,
+    /// The cursor the batch was read after: it is retried only while the cursor is still
+    /// there (another replica may have delivered it meanwhile).
+    after: i64,
     /// The cursor after this batch: the last event read, delivered or filtered out.
     through: i64,
 }
@@ -74,6 +78,8 @@ struct Batch {
 pub enum Step {
     /// No event after the cursor.
     Idle,
+    /// Another process (a replica on the same database) is delivering this sink right now.
+    Standby,
     /// Every event read was left out by the filters; the cursor moved past them.
     Skipped { through: i64 },
     /// A batch of `events` was taken by the receiver; the cursor is at `through`.
@@ -93,6 +99,8 @@ pub struct Sink {
     /// `None` until read from the database.
     cursor: Option<i64>,
     pending: Option<Batch>,
+    /// Changes when events are committed: ends an idle wait early ([`Sink::with_wakeups`]).
+    wakeups: Option<watch::Receiver<u64>>,
 }
 
 impl Sink {
@@ -120,11 +128,39 @@ impl Sink {
             client,
             cursor: None,
             pending: None,
+            wakeups: None,
         })
+    }
+
+    /// An idle sink also wakes when `wakeups` changes (see [`crate::sinks::spawn_webhooks`]),
+    /// not only every `webhook.poll_interval`.
+    #[must_use]
+    pub fn with_wakeups(mut self, wakeups: watch::Receiver<u64>) -> Self {
+        self.wakeups = Some(wakeups);
+        self
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Reads the sink's durable cursor, creating it if this is the sink's first start (see
+    /// [`Store::webhook_cursor`] for where a new cursor starts). The daemon calls this for
+    /// every sink before its first poll, so a new sink's cursor is placed before any event
+    /// that daemon records and none is missed. [`Sink::step`] does it too, when not done yet.
+    ///
+    /// # Errors
+    /// The database failed; the cursor is read again at the next step.
+    pub async fn open_cursor(&mut self) -> Result<i64, StoreError> {
+        if let Some(cursor) = self.cursor {
+            return Ok(cursor);
+        }
+        let cursor = self
+            .store
+            .webhook_cursor(&self.name, crate::domain::now())
+            .await?;
+        self.cursor = Some(cursor);
+        Ok(cursor)
     }
 
     /// Makes one delivery attempt: the pending batch if a previous attempt failed, else the
@@ -133,20 +169,21 @@ impl Sink {
     /// # Errors
     /// The receiver did not answer 2xx, or the database failed; the batch stays pending.
     pub async fn step(&mut self) -> Result<Step, DeliveryError> {
-        let cursor = match self.cursor {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .store
-                    .webhook_cursor(&self.name, crate::domain::now())
-                    .await?;
-                self.cursor = Some(c);
-                c
+        self.open_cursor().await?;
+        // The durable cursor, read under a claim that keeps other replicas out until this
+        // attempt ends: two replicas never post the same batch at once.
+        let Some(claim) = self.store.claim_webhook_cursor(&self.name).await? else {
+            // Keep the lag this process reports true to the shared cursor.
+            if let Some(cursor) = self.store.peek_webhook_cursor(&self.name).await? {
+                self.cursor = Some(cursor);
             }
+            return Ok(Step::Standby);
         };
+        let cursor = claim.cursor();
+        self.cursor = Some(cursor);
         let batch = match self.pending.take() {
-            Some(batch) => batch,
-            None => {
+            Some(batch) if batch.after == cursor => batch,
+            _ => {
                 let read = self
                     .store
                     .labeled_events_after(cursor, None, self.batch_size)
@@ -161,7 +198,7 @@ impl Sink {
                     .map(EventJson::from)
                     .collect();
                 let (Some(first), Some(last)) = (events.first(), events.last()) else {
-                    self.advance(through).await?;
+                    self.advance(claim, through).await?;
                     return Ok(Step::Skipped { through });
                 };
                 let body = serde_json::json!({
@@ -173,6 +210,7 @@ impl Sink {
                     id: format!("{}-{}-{}", self.name, first.event_id, last.event_id),
                     body: Bytes::from(body.to_string()),
                     events: events.len(),
+                    after: cursor,
                     through,
                 }
             }
@@ -185,7 +223,7 @@ impl Sink {
             events: batch.events,
             through: batch.through,
         };
-        if let Err(e) = self.advance(batch.through).await {
+        if let Err(e) = self.advance(claim, batch.through).await {
             // Delivered but not recorded: the next attempt sends it again (at-least-once),
             // under the same id.
             self.pending = Some(batch);
@@ -194,9 +232,9 @@ impl Sink {
         Ok(step)
     }
 
-    async fn advance(&mut self, through: i64) -> Result<(), StoreError> {
+    async fn advance(&mut self, claim: CursorClaim, through: i64) -> Result<(), StoreError> {
         self.store
-            .advance_webhook_cursor(&self.name, through, crate::domain::now())
+            .advance_claimed_cursor(claim, &self.name, through, crate::domain::now())
             .await?;
         self.cursor = Some(through);
         Ok(())
@@ -247,9 +285,15 @@ impl Sink {
             .map_err(|_| DeliveryError::Timeout(self.timeout))?
     }
 
-    /// Delivers until `cancel` fires: steps while there is work, waits `poll_interval` when
-    /// idle, and after a failure waits the backoff (or the receiver's `Retry-After`, if
-    /// longer) before retrying the same batch.
+    /// Delivers until `cancel` fires: steps while there is work, waits when idle, and after a
+    /// failure waits the backoff (or the receiver's `Retry-After`, if longer) before retrying
+    /// the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
+    /// were committed, whichever comes first.
+    ///
+    /// It logs state changes, not attempts: one warning when a healthy sink fails ("webhook
+    /// sink failing", with the error), one line when a failing sink succeeds again ("webhook
+    /// sink recovered", with the number of failed attempts). The retries in between are
+    /// logged at debug; every attempt is counted in the metrics.
     pub async fn run(mut self, settings: WebhookSettings, cancel: CancellationToken) {
         let new_backoff = || {
             backon::BackoffBuilder::build(
@@ -261,14 +305,25 @@ impl Sink {
             )
         };
         let mut backoff = new_backoff();
+        // Failed attempts since the last success; 0 while healthy.
+        let mut failed_attempts: u64 = 0;
         tracing::info!(sink = %self.name, "webhook sink started");
         loop {
             let step = tokio::select! {
                 () = cancel.cancelled() => break,
                 step = self.step() => step,
             };
+            let worked = matches!(
+                step,
+                Ok(Step::Idle | Step::Skipped { .. } | Step::Delivered { .. })
+            );
+            if worked && failed_attempts > 0 {
+                tracing::info!(sink = %self.name, failed_attempts, "webhook sink recovered");
+                failed_attempts = 0;
+            }
+            let idle = matches!(step, Ok(Step::Idle | Step::Standby));
             let wait = match step {
-                Ok(Step::Idle) => {
+                Ok(Step::Idle | Step::Standby) => {
                     backoff = new_backoff();
                     settings.poll_interval
                 }
@@ -287,7 +342,10 @@ impl Sink {
                         DeliveryError::Rejected { .. } => Outcome::Rejected,
                         DeliveryError::Timeout(_) => Outcome::Timeout,
                         DeliveryError::Transport(_) => Outcome::TransportError,
-                        DeliveryError::Store(_) => Outcome::StoreError,
+                        DeliveryError::Store(_) => {
+                            crate::telemetry::database_error("webhook");
+                            Outcome::StoreError
+                        }
                     };
                     record_delivery(&self.name, outcome);
                     let retry_after = match &e {
@@ -298,7 +356,12 @@ impl Sink {
                         .next()
                         .unwrap_or(settings.backoff_cap)
                         .max(retry_after.unwrap_or_default());
-                    tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook delivery failed");
+                    failed_attempts += 1;
+                    if failed_attempts == 1 {
+                        tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook sink failing");
+                    } else {
+                        tracing::debug!(sink = %self.name, error = %e, retry_in = ?wait, failed_attempts, "webhook delivery failed again");
+                    }
                     if !matches!(e, DeliveryError::Store(_)) {
                         // Best effort: the failure is already in the log and the metrics.
                         let _ = self
@@ -321,11 +384,24 @@ impl Sink {
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(wait) => {}
+                    () = committed(&mut self.wakeups), if idle => {}
                 }
             }
         }
         tracing::info!(sink = %self.name, "webhook sink stopped");
     }
+}
+
+/// Returns when events were committed since the last return ([`Sink::with_wakeups`]);
+/// never without a wakeup channel, or once its sender is gone.
+async fn committed(wakeups: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = wakeups {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+        *wakeups = None;
+    }
+    std::future::pending().await
 }
 
 /// An error and its sources, for a log line ("client error (Connect): connection refused").

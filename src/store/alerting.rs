@@ -53,7 +53,96 @@ impl EventWakeups {
     }
 }
 
+/// One replica's turn to deliver a webhook sink's next batch ([`Store::claim_webhook_cursor`]).
+/// On Postgres it holds the cursor's row lock in an open transaction until
+/// [`Store::advance_claimed_cursor`] commits it or the claim is dropped (rolled back), so
+/// replicas sharing a database never deliver the same sink at once.
+pub struct CursorClaim {
+    cursor: i64,
+    txn: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+impl CursorClaim {
+    /// The sink's durable cursor, read under the claim.
+    pub fn cursor(&self) -> i64 {
+        self.cursor
+    }
+}
+
 impl Store {
+    /// Claims sink `name`'s cursor for one delivery. `None` when another process holds it
+    /// (a replica delivering the same sink right now: Postgres `FOR UPDATE SKIP LOCKED`), or
+    /// when the cursor does not exist yet ([`Store::webhook_cursor`] creates it).
+    ///
+    /// The Postgres claim keeps one pooled connection in a transaction while the batch is
+    /// posted (bounded by `webhook.timeout`). SQLite has one writing process (the writer
+    /// lock), so its claim is the cursor alone and holds nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn claim_webhook_cursor(&self, name: &str) -> Result<Option<CursorClaim>> {
+        match &self.db {
+            Db::Postgres(pool) => {
+                let mut txn = pool.begin().await?;
+                let cursor: Option<i64> = sqlx::query_scalar(
+                    "SELECT last_event_id FROM webhook_cursors WHERE name = $1 \
+                     FOR UPDATE SKIP LOCKED",
+                )
+                .bind(name)
+                .fetch_optional(&mut *txn)
+                .await?;
+                Ok(cursor.map(|cursor| CursorClaim {
+                    cursor,
+                    txn: Some(txn),
+                }))
+            }
+            Db::Sqlite(_) => Ok(self
+                .peek_webhook_cursor(name)
+                .await?
+                .map(|cursor| CursorClaim { cursor, txn: None })),
+        }
+    }
+
+    /// Sink `name`'s cursor as last committed, without claiming it (`None` before it
+    /// exists); never waits for a claim.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn peek_webhook_cursor(&self, name: &str) -> Result<Option<i64>> {
+        on_backend!(self, peek_webhook_cursor(name))
+    }
+
+    /// Moves a claimed cursor to `last_event_id` (never back) and ends the claim.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; the cursor stays where it was.
+    pub async fn advance_claimed_cursor(
+        &self,
+        claim: CursorClaim,
+        name: &str,
+        last_event_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        match claim.txn {
+            Some(mut txn) => {
+                sqlx::query(
+                    "UPDATE webhook_cursors \
+                     SET last_event_id = GREATEST(last_event_id, $2), updated_at = $3, \
+                         last_error = NULL, last_error_at = NULL \
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .bind(last_event_id)
+                .bind(now)
+                .execute(&mut *txn)
+                .await?;
+                txn.commit().await?;
+                Ok(())
+            }
+            None => self.advance_webhook_cursor(name, last_event_id, now).await,
+        }
+    }
+
     /// At most `limit` events with `event_id > after_event_id` (of one meeting, if given), in
     /// `event_id` order, each with its meeting's label.
     ///
@@ -82,7 +171,11 @@ impl Store {
 
     /// The delivery cursor of the webhook sink `name`. A sink seen for the first time starts
     /// at the newest event recorded then: it receives what happens from then on, not the
-    /// whole history.
+    /// whole history (which may be months of events, and a receiver set up for alerts should
+    /// not be flooded with them; `events --since` replays history, and a cursor row inserted
+    /// before the first start, e.g. at 0, makes a sink deliver it). The daemon creates the
+    /// cursors of its sinks when it starts, before its first poll
+    /// ([`crate::sinks::spawn_webhooks`]), so "then" is before any event it records.
     ///
     /// # Errors
     /// [`StoreError::Sqlx`] when the database fails.
@@ -229,6 +322,18 @@ macro_rules! alerting_queries {
                     sqlx::query_scalar("SELECT last_event_id FROM webhook_cursors WHERE name = $1")
                         .bind(name)
                         .fetch_one(pool)
+                        .await?,
+                )
+            }
+
+            pub(in crate::store) async fn peek_webhook_cursor(
+                pool: &Pool,
+                name: &str,
+            ) -> Result<Option<i64>> {
+                Ok(
+                    sqlx::query_scalar("SELECT last_event_id FROM webhook_cursors WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(pool)
                         .await?,
                 )
             }

@@ -80,6 +80,18 @@ pub struct ClusterView {
     pub region_holders: Vec<(Region, i64)>,
 }
 
+/// A meeting this replica holds the lease of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeasedMeeting {
+    pub meeting_id: MeetingId,
+    pub region: Region,
+    /// The fence every write of a poll under this lease carries.
+    pub token: LeaseToken,
+    /// The meeting's last recorded poll, by whichever replica: a meeting taken over is due one
+    /// interval after it, not one interval after the takeover.
+    pub last_polled_at: Option<DateTime<Utc>>,
+}
+
 /// One row of `roster-sync cluster`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReplicaRow {
@@ -302,19 +314,16 @@ impl Store {
         Ok(released)
     }
 
-    /// The active meetings whose lease replica `me` holds now, with their regions and tokens:
-    /// what it polls, and the fence each poll carries.
+    /// The active meetings whose lease replica `me` holds now, with their regions, tokens and
+    /// last polls: what it polls, the fence each poll carries, and when each is due.
     ///
     /// # Errors
     /// [`StoreError::Unsupported`] on SQLite; [`StoreError::Sqlx`] when the database fails;
     /// [`StoreError::Corrupt`] for a bad row.
-    pub async fn leased_meeting_keys(
-        &self,
-        me: &ReplicaId,
-    ) -> Result<Vec<(MeetingId, Region, LeaseToken)>> {
+    pub async fn leased_meetings(&self, me: &ReplicaId) -> Result<Vec<LeasedMeeting>> {
         let pool = self.cluster_pool()?;
         let rows = sqlx::query(
-            "SELECT m.meeting_id, m.region, l.token \
+            "SELECT m.meeting_id, m.region, m.last_polled_at, l.token \
              FROM meeting_leases AS l JOIN tracked_meetings AS m USING (meeting_id) \
              WHERE m.status = 'active' AND l.owner = $1::uuid AND l.expires_at > now() \
              ORDER BY m.added_at, m.meeting_id",
@@ -324,11 +333,12 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok((
-                    decode::meeting_id(&row.try_get::<String, _>("meeting_id")?)?,
-                    decode::region(&row.try_get::<String, _>("region")?)?,
-                    LeaseToken(row.try_get("token")?),
-                ))
+                Ok(LeasedMeeting {
+                    meeting_id: decode::meeting_id(&row.try_get::<String, _>("meeting_id")?)?,
+                    region: decode::region(&row.try_get::<String, _>("region")?)?,
+                    token: LeaseToken(row.try_get("token")?),
+                    last_polled_at: row.try_get("last_polled_at")?,
+                })
             })
             .collect()
     }

@@ -1,6 +1,8 @@
-//! The Postgres backend: connecting, the statements whose SQL only Postgres speaks (the
+//! The Postgres backend: connecting (every session with a `lock_timeout`, the daemon's also with
+//! a `statement_timeout`), migrating, the statements whose SQL only Postgres speaks (the
 //! `UNNEST` bulk insert, the advisory lock that orders event commits) and the writer lock that
-//! keeps a second daemon off the database. Everything else is in `store/shared.rs`.
+//! keeps a second daemon off the database and names its holder. Everything else is in
+//! `store/shared.rs`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -46,15 +48,28 @@ const WRITER_LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// [`serialize_event_writers`]. The bytes spell "rstrevnt".
 const EVENT_WRITERS_LOCK: i64 = 0x7273_7472_6576_6e74;
 
-pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+/// A pool on `url`. Every session gets [`LOCK_TIMEOUT`]; with `statement_timeout` (the
+/// daemon's pools, `database.statement_timeout`) a statement that runs longer fails too, so no
+/// database call can hold the scheduler for longer than that. Without it (the commands people
+/// run, whose reports may rightly take long) statements are not limited.
+pub(super) async fn connect(
+    url: &str,
+    max_connections: u32,
+    statement_timeout: Option<Duration>,
+) -> Result<PgPool> {
     let failed = |source| StoreError::Connect {
         url: redact_url(url),
         source,
     };
-    let options = PgConnectOptions::from_str(url)
+    let mut options = PgConnectOptions::from_str(url)
         .map_err(failed)?
         .application_name("roster-sync")
         .options([("lock_timeout", LOCK_TIMEOUT)]);
+    if let Some(limit) = statement_timeout {
+        // Whole milliseconds, the setting's unit; at least 1 (0 would mean "no limit").
+        let ms = limit.as_millis().max(1);
+        options = options.options([("statement_timeout", format!("{ms}ms"))]);
+    }
     // One plain connection first: the pool retries a refused connection until its acquire
     // timeout and then reports only that it timed out, while this says why (refused, unknown
     // host, bad password).
@@ -70,6 +85,20 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .connect_with(options)
         .await
         .map_err(failed)
+}
+
+/// Applies the embedded migrations on a session of its own whose `statement_timeout` is off:
+/// a migration that rewrites a large table may take longer than the daemon's statements may.
+/// It still runs before polling starts, so it cannot hold up the scheduler.
+pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    let applied = sqlx::migrate!("./migrations/postgres").run(&mut conn).await;
+    let _ = conn.close().await;
+    applied?;
+    Ok(())
 }
 
 /// Postgres timestamps are `timestamptz`, which sqlx encodes from `DateTime<Utc>` as is.
@@ -209,6 +238,9 @@ pub(super) async fn record_unchanged_polls(
 /// open (and checked every [`WRITER_LOCK_CHECK_EVERY`]) by a task for the store's life. When
 /// the connection drops the server has released the lock; the task takes it again as soon as
 /// the database answers, or, if another process got it first, cancels [`WriterLock::lost`].
+///
+/// Whoever takes the lock describes itself in `writer_lock_holder` (host, pid, version and the
+/// lock session's backend pid), so a refused second daemon can name it.
 #[derive(Debug, Default)]
 pub(crate) struct WriterLock {
     held: tokio::sync::Mutex<Option<Keeper>>,
@@ -221,6 +253,8 @@ struct Keeper {
     _stop: tokio_util::sync::DropGuard,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// `pg_backend_pid()` of the session that took the lock.
+    backend_pid: i32,
 }
 
 impl WriterLock {
@@ -230,9 +264,9 @@ impl WriterLock {
             return Ok(());
         }
         let options = pool.connect_options();
-        let conn = match try_lock(&options).await? {
-            Some(conn) => conn,
-            None => return Err(StoreError::Locked(refusal(&options))),
+        let (conn, backend_pid) = match try_lock(&options).await? {
+            Locked::Held(conn, backend_pid) => (conn, backend_pid),
+            Locked::Refused(holder) => return Err(StoreError::Locked(refusal(&options, holder))),
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(keep(conn, options, stop.clone(), self.lost.clone()));
@@ -240,12 +274,25 @@ impl WriterLock {
             _stop: stop.clone().drop_guard(),
             stop,
             task,
+            backend_pid,
         });
         Ok(())
     }
 
     pub(crate) fn lost(&self) -> tokio_util::sync::CancellationToken {
         self.lost.clone()
+    }
+
+    /// Writes the holder row again, once migrations created its table (the lock is taken
+    /// before migrating, on a database that may not have the table yet). Best effort.
+    pub(crate) async fn describe_holder(&self, pool: &PgPool) {
+        let backend_pid = match &*self.held.lock().await {
+            Some(keeper) => keeper.backend_pid,
+            None => return,
+        };
+        if let Err(e) = write_holder(pool, backend_pid).await {
+            tracing::debug!(error = %e, "cannot describe the writer lock's holder");
+        }
     }
 
     /// Closes the lock's connection, which releases the lock.
@@ -257,24 +304,95 @@ impl WriterLock {
     }
 }
 
-/// A new connection holding the writer lock, or `None` when another session holds it.
-async fn try_lock(options: &PgConnectOptions) -> Result<Option<PgConnection>> {
+/// What trying the writer lock found.
+enum Locked {
+    /// A new connection holding it, and its backend pid.
+    Held(PgConnection, i32),
+    /// Another session holds it; who, when its row says so.
+    Refused(Option<Holder>),
+}
+
+/// The process holding the writer lock, as its `writer_lock_holder` row describes it.
+#[derive(Debug)]
+struct Holder {
+    host: String,
+    pid: i32,
+    version: String,
+    locked_at: DateTime<Utc>,
+}
+
+/// Tries the writer lock on a new connection; on success describes this process in
+/// `writer_lock_holder` (best effort: before the first migration the table does not exist).
+async fn try_lock(options: &PgConnectOptions) -> Result<Locked> {
     let mut conn = PgConnection::connect_with(options)
         .await
         .map_err(|source| StoreError::Connect {
             url: describe(options),
             source,
         })?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(WRITER_LOCK)
-        .fetch_one(&mut conn)
-        .await?;
+    let (locked, backend_pid): (bool, i32) =
+        sqlx::query_as("SELECT pg_try_advisory_lock($1), pg_backend_pid()")
+            .bind(WRITER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
     if locked {
-        Ok(Some(conn))
+        if let Err(e) = write_holder(&mut conn, backend_pid).await {
+            tracing::debug!(error = %e, "cannot describe the writer lock's holder yet");
+        }
+        Ok(Locked::Held(conn, backend_pid))
     } else {
+        let holder = read_holder(&mut conn).await;
         let _ = conn.close().await;
-        Ok(None)
+        Ok(Locked::Refused(holder))
     }
+}
+
+/// Upserts the one `writer_lock_holder` row: this process, holding the lock on the session
+/// `backend_pid`.
+async fn write_holder<'c, E>(executor: E, backend_pid: i32) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    sqlx::query(
+        "INSERT INTO writer_lock_holder (host, pid, version, backend_pid) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (singleton) DO UPDATE \
+         SET host = EXCLUDED.host, pid = EXCLUDED.pid, version = EXCLUDED.version, \
+             backend_pid = EXCLUDED.backend_pid, locked_at = now()",
+    )
+    .bind(super::hostname())
+    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+    .bind(env!("CARGO_PKG_VERSION"))
+    .bind(backend_pid)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// The holder row, if the session it names holds the writer lock now (a row left behind by
+/// a process that died is not believed). `None` also when the table is missing or unreadable.
+async fn read_holder(conn: &mut PgConnection) -> Option<Holder> {
+    // A bigint advisory key shows in pg_locks as its high half (classid) and low half (objid).
+    let high = WRITER_LOCK >> 32;
+    let low = WRITER_LOCK & 0xffff_ffff;
+    let row: Option<(String, i32, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT h.host, h.pid, h.version, h.locked_at FROM writer_lock_holder AS h \
+         WHERE EXISTS (SELECT 1 FROM pg_locks AS l \
+                       WHERE l.locktype = 'advisory' AND l.granted AND l.pid = h.backend_pid \
+                         AND l.classid::int8 = $1 AND l.objid::int8 = $2 AND l.objsubid = 1)",
+    )
+    .bind(high)
+    .bind(low)
+    .fetch_optional(conn)
+    .await
+    .ok()
+    .flatten();
+    row.map(|(host, pid, version, locked_at)| Holder {
+        host,
+        pid,
+        version,
+        locked_at,
+    })
 }
 
 /// Keeps the lock's connection open until `stop`; retakes the lock after the connection drops.
@@ -303,12 +421,12 @@ async fn keep(
                 () = tokio::time::sleep(WRITER_LOCK_CHECK_EVERY) => {}
             }
             match try_lock(&options).await {
-                Ok(Some(conn)) => {
+                Ok(Locked::Held(conn, _)) => {
                     tracing::info!(%database, "writer lock held again");
                     break conn;
                 }
-                Ok(None) => {
-                    tracing::error!(%database, "another roster-sync took the writer lock while the database was unreachable; this one must stop writing");
+                Ok(Locked::Refused(holder)) => {
+                    tracing::error!(%database, holder = %holder_text(holder.as_ref()), "another roster-sync took the writer lock while the database was unreachable; this one must stop writing");
                     lost.cancel();
                     return;
                 }
@@ -328,9 +446,24 @@ fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
-fn refusal(options: &PgConnectOptions) -> String {
+/// "pid 4242 on host web-1 (version 0.1.0, since …)", or why the holder is unknown.
+fn holder_text(holder: Option<&Holder>) -> String {
+    match holder {
+        Some(h) => format!(
+            "pid {} on host {} (version {}, holding it since {})",
+            h.pid,
+            h.host,
+            h.version,
+            h.locked_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        None => "holder unknown: its writer_lock_holder row is missing (an older roster-sync, or migrations not applied)".to_owned(),
+    }
+}
+
+fn refusal(options: &PgConnectOptions, holder: Option<Holder>) -> String {
     format!(
-        "database {} is already in use: another roster-sync holds its writer lock (one daemon per database; several replicas need cluster.enabled)",
-        describe(options)
+        "database {} is already in use: another roster-sync holds its writer lock, {} (one daemon per database; several replicas need cluster.enabled)",
+        describe(options),
+        holder_text(holder.as_ref())
     )
 }

@@ -1,9 +1,10 @@
 //! The store's side of retention and erasure: deleting events past `retention.events`
-//! without breaking a session or losing a webhook delivery, and erasing one person
-//! (`roster-sync forget`).
+//! without breaking a session or losing a webhook delivery, then the meetings that ended
+//! before it and have nothing left, and erasing one person (`roster-sync forget`).
 //!
 //! Like the rest of the store, the SQL is written once (`retention_queries!`) and compiled
-//! for each backend. These are the only statements that delete from `roster_events`.
+//! for each backend. These are the only statements that delete from `roster_events` and
+//! `tracked_meetings`.
 
 use chrono::{DateTime, Utc};
 
@@ -72,6 +73,20 @@ impl Store {
         )
     }
 
+    /// Deletes at most `limit` meetings that ended or were stopped before `cutoff` and have
+    /// nothing left: no event (retention deletes them first, by [`Store::delete_expired_events`])
+    /// and no snapshot row (an ended or stopped meeting has an empty snapshot). Their lease
+    /// rows go with them. Returns how many it deleted. An active meeting is never deleted,
+    /// nor one `meetings add` reactivates meanwhile: the status is checked again on the row
+    /// being deleted.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`](super::StoreError::Sqlx) when the database fails; nothing is
+    /// deleted then.
+    pub async fn delete_expired_meetings(&self, cutoff: DateTime<Utc>, limit: i64) -> Result<u64> {
+        on_backend!(self, delete_expired_meetings(cutoff, limit.max(0)))
+    }
+
     /// How many rows [`Store::forget_person`] would delete now.
     ///
     /// # Errors
@@ -91,7 +106,17 @@ impl Store {
     /// [`StoreError::Sqlx`](super::StoreError::Sqlx) when the database fails; nothing is
     /// erased then.
     pub async fn forget_person(&self, person: &ExternalUserId) -> Result<Erased> {
-        on_backend!(self, forget_person(person.as_str()))
+        let erased = on_backend!(self, forget_person(person.as_str()))?;
+        if let Db::Sqlite(db) = &self.db {
+            // `secure_delete` zeroed the rows in the pages this transaction wrote, but the
+            // write-ahead log still holds earlier copies of those pages: fold it into the
+            // database and truncate it. Best effort: a reader open elsewhere (the daemon
+            // mid-query) can keep part of it until the next automatic checkpoint.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&db.pool)
+                .await?;
+        }
+        Ok(erased)
     }
 }
 
@@ -155,6 +180,34 @@ macro_rules! retention_queries {
                 )
                 .bind(ts(cutoff))
                 .bind(delivered_through)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
+            }
+
+            pub(in crate::store) async fn delete_expired_meetings(
+                pool: &Pool,
+                cutoff: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<u64> {
+                let mut tx = begin_write(pool).await?;
+                let done = sqlx::query(
+                    "DELETE FROM tracked_meetings \
+                     WHERE status <> 'active' AND ended_at < $1 \
+                       AND meeting_id IN ( \
+                         SELECT m.meeting_id FROM tracked_meetings AS m \
+                         WHERE m.status <> 'active' AND m.ended_at < $1 \
+                           AND NOT EXISTS ( \
+                               SELECT 1 FROM roster_events AS e \
+                               WHERE e.meeting_id = m.meeting_id) \
+                           AND NOT EXISTS ( \
+                               SELECT 1 FROM roster_attendees AS a \
+                               WHERE a.meeting_id = m.meeting_id) \
+                         LIMIT $2)",
+                )
+                .bind(ts(cutoff))
                 .bind(limit)
                 .execute(&mut *tx)
                 .await?;

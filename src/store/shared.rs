@@ -368,6 +368,8 @@ macro_rules! shared_queries {
                         ApplyOutcome::Conflict
                     });
                 }
+                // Test-only: ROSTER_SYNC_FAULT=stop_before_write stops the process here once.
+                crate::fault::inject(crate::fault::Fault::StopBeforeWrite);
                 let mut tx = begin_write(pool).await?;
                 if record_poll(rec, fence).execute(&mut *tx).await?.rows_affected() != 1 {
                     // Dropping the transaction rolls it back; nothing was written anyway.

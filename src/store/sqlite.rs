@@ -74,7 +74,10 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
         // Statement journals (every multi-row statement inside a transaction keeps one) and
         // RETURNING's temporary rows stay in memory instead of spilling to temporary files
         // past 64 KiB: a first poll of a large meeting otherwise opens and writes a file.
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        // Deleted rows are overwritten with zeros, so what retention and `forget` delete does
+        // not linger in free space inside the file.
+        .pragma("secure_delete", "on");
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     let path = (!in_memory).then(|| options.get_filename().to_path_buf());
     if let Some(dir) = path.as_deref().and_then(Path::parent)
@@ -140,9 +143,11 @@ impl SqliteDb {
                 let mut holder = String::new();
                 // Best effort: only for the message.
                 let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim() {
-                    "" => String::new(),
-                    pid => format!(" (pid {pid})"),
+                // "<pid> <host>", as written below (older versions wrote the pid alone).
+                let holder = match holder.trim().split_once(' ') {
+                    _ if holder.trim().is_empty() => String::new(),
+                    Some((pid, host)) => format!(" (pid {pid} on host {host})"),
+                    None => format!(" (pid {})", holder.trim()),
                 };
                 return Err(StoreError::Locked(format!(
                     "another roster-sync process{holder} is already writing to {}: stop it, or \
@@ -157,7 +162,7 @@ impl SqliteDb {
         let _ = file
             .set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()));
+            .and_then(|()| writeln!(file, "{} {}", std::process::id(), super::hostname()));
         *held = Some(file);
         Ok(())
     }

@@ -143,26 +143,47 @@ impl TestDb {
             Raw::Sqlite(pool) => pool.close().await,
         }
         if let Cleanup::Postgres { admin_url, name } = cleanup {
-            let mut admin = PgConnection::connect(&admin_url)
-                .await
-                .expect("admin connection to drop the test database");
-            // WITH (FORCE): the store's pool may not have closed its connections yet.
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await
-            .expect("drop the test database");
+            drop_postgres_database(&admin_url, &name).await;
         }
     }
 }
 
-/// A fresh, migrated Postgres database, or `None` (with a note on stderr) when no server
-/// answers at `DATABASE_URL` and `CI` is not set.
+/// An empty Postgres database made for one test (not migrated), dropped by `finish`.
+pub struct EmptyPgDb {
+    /// The database's URL, with the admin's credentials.
+    pub url: String,
+    /// `DATABASE_URL`: the admin connection the database was created with.
+    pub admin_url: String,
+    /// The database's name, `roster_test_<uuid>`.
+    pub name: String,
+}
+
+impl EmptyPgDb {
+    /// Drops the database (connections still open to it are closed).
+    pub async fn finish(self) {
+        drop_postgres_database(&self.admin_url, &self.name).await;
+    }
+}
+
+async fn drop_postgres_database(admin_url: &str, name: &str) {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .expect("admin connection to drop the test database");
+    // WITH (FORCE): the store's pool may not have closed its connections yet.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop the test database");
+}
+
+/// A fresh, empty Postgres database, or `None` (with a note on stderr) when no server answers
+/// at `DATABASE_URL` and `CI` is not set.
 ///
 /// # Panics
 /// When no server answers and `CI` is set, or when the server refuses to create the database.
-pub async fn postgres_db() -> Option<TestDb> {
+pub async fn postgres_empty_db() -> Option<EmptyPgDb> {
     let admin_url =
         std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
     let mut admin = match PgConnection::connect(&admin_url).await {
@@ -183,6 +204,24 @@ pub async fn postgres_db() -> Option<TestDb> {
         .await
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
     let url = with_database(&admin_url, &name);
+    Some(EmptyPgDb {
+        url,
+        admin_url,
+        name,
+    })
+}
+
+/// A fresh, migrated Postgres database, or `None` (with a note on stderr) when no server
+/// answers at `DATABASE_URL` and `CI` is not set.
+///
+/// # Panics
+/// When no server answers and `CI` is set, or when the server refuses to create the database.
+pub async fn postgres_db() -> Option<TestDb> {
+    let EmptyPgDb {
+        url,
+        admin_url,
+        name,
+    } = postgres_empty_db().await?;
     let store = Store::connect(&url, 5)
         .await
         .expect("connect to the test database");

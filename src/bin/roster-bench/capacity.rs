@@ -101,6 +101,9 @@ pub struct Report {
     /// The daemon's rate budget at the end, and how many times it decreased.
     pub rate_final: f64,
     pub rate_decreases: u64,
+    /// The webhook sink of the run: "none", "url" (`--webhook-url`) or "hung"
+    /// (`--webhook-hung`).
+    pub webhook: &'static str,
 }
 
 /// Everything between creating the database and dropping it: setup, the phases, the report.
@@ -115,7 +118,7 @@ pub async fn measure(
     let daemon_burst = settings.rate.burst;
     let mut settings = settings.clone();
     settings.database.url = db.url.clone();
-    let store = Store::connect(&db.url, settings.database.max_connections)
+    let store = Store::connect_with(&db.url, roster_sync::app::daemon_pool(&settings))
         .await
         .context("opening the bench database")?;
     // Migrated here, before the setup adds the meetings; the daemon is built after it.
@@ -285,6 +288,13 @@ pub async fn measure(
             Backend::Sqlite => "sqlite",
         },
         runtime: args.runtime,
+        webhook: if args.webhook_hung {
+            "hung"
+        } else if args.webhook_url.is_some() {
+            "url"
+        } else {
+            "none"
+        },
         duration_s: args.duration.as_secs_f64(),
         polling_s,
         requests,
@@ -322,7 +332,7 @@ pub async fn measure(
 }
 
 /// Creates the meetings and their attendees over HTTP (8 at once) and tracks them.
-async fn setup(
+pub(crate) async fn setup(
     args: &BenchArgs,
     driver: &Driver,
     store: &Store,
@@ -381,14 +391,14 @@ async fn setup(
 }
 
 /// `ListAttendees` pages of a meeting of `attendees` at `max_results` a page.
-fn pages(attendees: usize, max_results: i32) -> u64 {
+pub(crate) fn pages(attendees: usize, max_results: i32) -> u64 {
     let per_page = u64::try_from(max_results.max(1)).unwrap_or(1);
     (attendees as u64).div_ceil(per_page).max(1)
 }
 
 /// The longest a phase may wait for a sweep: three ideal sweeps at the slower of the quota
 /// and the daemon's rate, plus the poll interval and a minute.
-fn settle_limit(ideal_sweep_s: f64, effective_rps: f64, args: &BenchArgs) -> Duration {
+pub(crate) fn settle_limit(ideal_sweep_s: f64, effective_rps: f64, args: &BenchArgs) -> Duration {
     let slow = ideal_sweep_s * args.quota_rps / effective_rps.max(f64::MIN_POSITIVE);
     let interval = args.interval.unwrap_or(Duration::from_secs(10));
     Duration::from_secs_f64(3.0 * slow + 60.0) + interval
@@ -409,12 +419,12 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
 
 /// Nearest-rank percentile of sorted values; NaN when there are none.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -427,8 +437,8 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
     let _ = writeln!(s, "\n== roster-bench summary ==");
     let _ = writeln!(
         s,
-        "{} meetings × {} attendees, churn {}/s for {:.0}s, {} database",
-        r.meetings, r.attendees, r.churn_per_s, r.duration_s, r.database
+        "{} meetings × {} attendees, churn {}/s for {:.0}s, {} database, webhook sink: {}",
+        r.meetings, r.attendees, r.churn_per_s, r.duration_s, r.database, r.webhook
     );
     let _ = writeln!(
         s,

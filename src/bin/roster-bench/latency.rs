@@ -15,7 +15,7 @@ use roster_sync::store::StoredEvent;
 use crate::capacity::lock;
 
 /// A change the churn made: meeting, attendee, kind.
-type ChangeKey = (u128, u128, EventKind);
+pub type ChangeKey = (u128, u128, EventKind);
 
 /// Changes made and not yet matched with their event, and the latencies of those matched.
 #[derive(Default)]
@@ -42,7 +42,7 @@ impl Changes {
         }
     }
 
-    fn seen(&mut self, key: ChangeKey, at: Instant) {
+    pub fn seen(&mut self, key: ChangeKey, at: Instant) {
         if !self.armed {
             return;
         }

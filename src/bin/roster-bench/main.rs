@@ -34,8 +34,12 @@
 //! (the daemon after its warm-up sweep), `floor_us_per_request` and their ratio,
 //! `overhead_ratio`, are in the report.
 //!
-//! This binary reads `/proc` and calls into libc (`malloc_trim`, `clock_gettime`). Modules: [`capacity`] (the phases and the report),
-//! [`floor`] (`--floor-polls`), [`latency`] (matching changes with events), [`sweeps`],
+//! With `--replicas N` the polling runs in N `roster-sync run` processes in cluster mode on
+//! one Postgres database instead of in this process (see [`replicas`]).
+//!
+//! This binary reads `/proc` and calls into libc (`malloc_trim`, `clock_gettime`). Modules:
+//! [`capacity`] (the phases and the report), [`floor`] (the floor after a capacity run, and
+//! `--floor-polls`), [`replicas`] (`--replicas`), [`latency`] (matching changes with events), [`sweeps`],
 //! [`process`] (CPU time and peak RSS of this process), [`sim_process`] (the child simulator)
 //! and [`scratch`] (the run's own database).
 
@@ -43,6 +47,7 @@ mod capacity;
 mod floor;
 mod latency;
 mod process;
+mod replicas;
 mod scratch;
 mod sim_process;
 mod sweeps;
@@ -100,7 +105,8 @@ pub struct BenchArgs {
     /// `poll.max_results`, the page size (default: the configuration's default, 100).
     #[arg(long)]
     pub max_results: Option<i32>,
-    /// The `roster-sync` binary that serves the simulator (default: next to this one).
+    /// The `roster-sync` binary that serves the simulator and runs the replicas (default: next
+    /// to this one).
     #[arg(long)]
     pub sim_binary: Option<PathBuf>,
     /// Keep the scratch Postgres database (or the SQLite file) for inspection.
@@ -121,14 +127,61 @@ pub struct BenchArgs {
     /// warm-up, with the same churn. `0s` skips it.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub floor_duration: Duration,
+    /// Add a `[[webhooks]]` sink (all events, a fixed test secret) posting to this URL
+    /// (https, or http to a loopback address): compare the sweep with and without it.
+    #[arg(long, conflicts_with = "webhook_hung")]
+    pub webhook_url: Option<String>,
+    /// Add a `[[webhooks]]` sink posting to a receiver started here that accepts connections
+    /// and never answers: every POST times out (`webhook.timeout`) and is retried with
+    /// backoff, for the whole run. A hung receiver must not slow polling.
+    #[arg(long)]
+    pub webhook_hung: bool,
+    /// Instead of polling in this process, run this many `roster-sync run` processes in
+    /// cluster mode (`cluster.enabled`) on one scratch Postgres database (needs
+    /// `--database-url`), each configured with the daemon's rate, and report the fleet's
+    /// requests and throttles at the simulator, the sweeps and each replica's CPU and memory.
+    #[arg(long, conflicts_with_all = ["webhook_url", "webhook_hung"])]
+    pub replicas: Option<usize>,
+}
+
+/// The secret of the benchmark's webhook sink (the example from the Standard Webhooks
+/// specification's format; nothing verifies it).
+const BENCH_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A webhook endpoint that accepts connections, never reads or answers, and holds them open
+/// until the run ends (the task is aborted on drop).
+struct HungReceiver {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HungReceiver {
+    async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Ok(Self { url, task })
+    }
+}
+
+impl Drop for HungReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What a run measured: the capacity run's report, or the floor's.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 enum Outcome {
-    Capacity(Box<capacity::Report>),
+    Capacity(capacity::Report),
     Floor(floor::FloorReport),
+    Replicas(replicas::Report),
 }
 
 /// See [`BenchArgs::runtime`].
@@ -199,7 +252,18 @@ fn main() -> std::process::ExitCode {
 /// setup fails (the message says which).
 async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     validate(&args)?;
-    let settings = daemon_settings(&args)?;
+    let hung = if args.webhook_hung {
+        let hung = HungReceiver::start().await?;
+        println!("webhook sink: {} (hung: accepts, never answers)", hung.url);
+        Some(hung)
+    } else {
+        None
+    };
+    let webhook_url = hung
+        .as_ref()
+        .map(|h| h.url.as_str())
+        .or(args.webhook_url.as_deref());
+    let settings = daemon_settings(&args, webhook_url)?;
     if let Some(polls) = args.floor_polls {
         return floor::floor(&args, &settings, polls)
             .await
@@ -216,14 +280,23 @@ async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     );
     let db = scratch::BenchDb::create(&args).await?;
     println!("database: {}", roster_sync::redact::redact_url(&db.url));
-    let report = capacity::measure(&args, &settings, &sim, &db).await;
+    let report = match args.replicas {
+        Some(n) => replicas::measure(&args, &settings, n, &sim, &db)
+            .await
+            .map(Outcome::Replicas),
+        None => capacity::measure(&args, &settings, &sim, &db)
+            .await
+            .map(Outcome::Capacity),
+    };
     drop(sim);
+    drop(hung);
     db.finish(args.keep_database).await;
-    report.map(|r| Outcome::Capacity(Box::new(r)))
+    report
 }
 
-/// The default configuration with the run's rate, burst, interval, concurrency and page size.
-fn daemon_settings(args: &BenchArgs) -> anyhow::Result<Settings> {
+/// The default configuration with the run's rate, burst, interval, concurrency and page size,
+/// and a webhook sink posting to `webhook_url` if given.
+fn daemon_settings(args: &BenchArgs, webhook_url: Option<&str>) -> anyhow::Result<Settings> {
     let mut settings = Settings::defaults()?;
     let daemon_rps = args.daemon_rps.unwrap_or(settings.rate.requests_per_second);
     settings.rate.requests_per_second = daemon_rps;
@@ -241,6 +314,17 @@ fn daemon_settings(args: &BenchArgs) -> anyhow::Result<Settings> {
     }
     // Nothing serves the metrics here (the recorder still counts them, as in `run`).
     settings.http.listen.clear();
+    if let Some(url) = webhook_url {
+        settings.webhooks.push(roster_sync::config::WebhookEntry {
+            name: "bench".into(),
+            url: url.into(),
+            secret: Some(roster_sync::config::Secret::new(BENCH_WEBHOOK_SECRET)),
+            secret_env: None,
+            kinds: Vec::new(),
+            meeting_labels: Vec::new(),
+            external_user_ids: Vec::new(),
+        });
+    }
     settings.validate()?;
     Ok(settings)
 }
@@ -270,6 +354,9 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.daemon_rps.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--daemon-rps must be a positive number");
     }
+    if let Some(n) = args.replicas {
+        replicas::validate(args, n)?;
+    }
     Ok(())
 }
 
@@ -280,10 +367,35 @@ mod tests {
     #[test]
     fn the_daemon_burst_defaults_to_twice_its_rate() {
         let args = BenchArgs::parse_from(["roster-bench", "--daemon-rps", "7"]);
-        let s = daemon_settings(&args).unwrap();
+        let s = daemon_settings(&args, None).unwrap();
         assert_eq!(s.rate.requests_per_second, 7.0);
         assert_eq!(s.rate.burst, 14);
         assert!(s.http.listen.is_empty());
+    }
+
+    #[test]
+    fn a_webhook_url_adds_one_sink_with_every_event() {
+        let args = BenchArgs::parse_from(["roster-bench", "--webhook-url", "http://127.0.0.1:9/h"]);
+        let s = daemon_settings(&args, args.webhook_url.as_deref()).unwrap();
+        assert_eq!(s.webhooks.len(), 1);
+        assert_eq!(s.webhooks[0].url, "http://127.0.0.1:9/h");
+        assert!(s.webhooks[0].kinds.is_empty());
+        assert!(daemon_settings(&args, None).unwrap().webhooks.is_empty());
+    }
+
+    #[test]
+    fn replicas_need_postgres() {
+        let args = BenchArgs::parse_from(["roster-bench", "--replicas", "2"]);
+        let e = validate(&args).unwrap_err().to_string();
+        assert!(e.contains("--database-url"), "{e}");
+        let args = BenchArgs::parse_from([
+            "roster-bench",
+            "--replicas",
+            "2",
+            "--database-url",
+            "postgres://localhost/postgres",
+        ]);
+        assert!(validate(&args).is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! What this process costs: CPU time (`clock_gettime`) and peak resident memory (read from
-//! `/proc/self`), and handing freed heap back to the OS before measuring. Linux only.
+//! What this process (or a child replica) costs: CPU time (`clock_gettime` for this process,
+//! `/proc/<pid>/stat` for a child) and peak resident memory (from `/proc`), and handing freed
+//! heap back to the OS before measuring. Linux only.
 
 use anyhow::Context;
 
@@ -32,16 +33,49 @@ pub fn cpu_seconds() -> anyhow::Result<f64> {
     Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
+/// utime + stime of process `pid` (a child: `--replicas`), in seconds.
+pub fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_seconds(&stat)
+}
+
+fn parse_cpu_seconds(stat: &str) -> anyhow::Result<f64> {
+    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .context("unexpected /proc/self/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/self/stat")?
+            .parse::<u64>()
+            .context("unexpected /proc/self/stat")? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 /// VmHWM of this process, MiB.
 pub fn peak_rss_mb() -> anyhow::Result<f64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    peak_rss_mb_at("/proc/self/status")
+}
+
+/// VmHWM of process `pid` (a child: `--replicas`), MiB.
+pub fn peak_rss_mb_of(pid: u32) -> anyhow::Result<f64> {
+    peak_rss_mb_at(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_mb_at(path: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
-        .context("no VmHWM in /proc/self/status")?;
+        .with_context(|| format!("no VmHWM in {path}"))?;
     Ok(kb / 1024.0)
 }
 
@@ -75,9 +109,18 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
+    fn utime_and_stime_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime …
+        let stat = "4242 (roster bench (x)) R 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0";
+        assert_eq!(parse_cpu_seconds(stat).unwrap(), 3.25);
+        assert!(parse_cpu_seconds("4242 (cut) R 1 2").is_err());
+    }
+
+    #[test]
     fn cpu_seconds_grow_while_this_process_computes() {
         let before = cpu_seconds().unwrap();
-        // Spin until 20 ms of CPU are charged; the deadline only guards
+        // Spin until the kernel has charged at least two ticks; the deadline only guards
         // against a counter that never moves.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut x = 0u64;

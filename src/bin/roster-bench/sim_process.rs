@@ -2,6 +2,7 @@
 //! that its CPU and memory are not counted as the daemon's. Killed when dropped.
 
 use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
@@ -13,6 +14,25 @@ pub fn sim_burst(quota: f64) -> u32 {
     (2.0 * quota).ceil().max(1.0) as u32
 }
 
+/// The `roster-sync` binary: `--sim-binary`, else the one next to this binary. It serves the
+/// simulator and, with `--replicas`, runs the replicas.
+pub fn roster_sync_binary(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    let binary = match &args.sim_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .context("locating roster-bench")?
+            .with_file_name("roster-sync"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "the roster-sync binary {} does not exist: build it first with `cargo build --release` \
+             (roster-bench runs `roster-sync sim` as a separate process so its CPU is not counted)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
 /// The `roster-sync sim` child.
 pub struct SimProcess {
     child: Child,
@@ -22,19 +42,7 @@ pub struct SimProcess {
 impl SimProcess {
     /// Starts the simulator with the run's quota and waits for the URL it prints.
     pub fn start(args: &BenchArgs) -> anyhow::Result<Self> {
-        let binary = match &args.sim_binary {
-            Some(b) => b.clone(),
-            None => std::env::current_exe()
-                .context("locating roster-bench")?
-                .with_file_name("roster-sync"),
-        };
-        if !binary.is_file() {
-            bail!(
-                "the simulator binary {} does not exist: build it first with `cargo build --release` \
-                 (roster-bench runs `roster-sync sim` as a separate process so its CPU is not counted)",
-                binary.display()
-            );
-        }
+        let binary = roster_sync_binary(args)?;
         let mut child = Command::new(&binary)
             .args(["sim", "--listen", "127.0.0.1:0", "--exempt-control"])
             .args(["--rate", &args.quota_rps.to_string()])
