@@ -40,8 +40,9 @@ use crate::systemd::Notifier;
 /// How often the metrics recorder's upkeep (histogram maintenance) runs.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// How often the monitor turns [`Health`] into gauges, readiness and watchdog pings.
-const MONITOR_EVERY: Duration = Duration::from_millis(250);
+/// How often the monitor turns [`Health`] into gauges, readiness and watchdog pings (more
+/// often when systemd's watchdog asks for pings more often).
+const MONITOR_EVERY: Duration = Duration::from_secs(1);
 
 /// How long closing the pool may take at the end of a stop.
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
@@ -342,9 +343,10 @@ async fn add_configured_meetings(settings: &Settings, store: &Store) -> anyhow::
 /// and what it is doing, and pings the watchdog while the daemon is live (so a scheduler loop
 /// that stopped ticking stops the pings, and systemd restarts the process).
 async fn monitor(health: Health, notifier: Notifier, cancel: CancellationToken) {
-    let mut every = tokio::time::interval(MONITOR_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog_every = notifier.watchdog_every();
+    let period = watchdog_every.map_or(MONITOR_EVERY, |w| w.min(MONITOR_EVERY));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pinged: Option<tokio::time::Instant> = None;
     let mut ready_sent = false;
     let mut status = String::new();

@@ -391,7 +391,8 @@ pub struct ChimeClient {
 }
 
 /// Loads the standard AWS configuration (credential chain: environment, profile, web identity
-/// / IRSA, container and instance roles) with SDK retries disabled and our timeouts.
+/// / IRSA, container and instance roles) with SDK retries and stalled-stream protection
+/// disabled and our timeouts.
 pub async fn load_sdk_config(
     options: &ClientOptions,
     default_region: &Region,
@@ -400,16 +401,27 @@ pub async fn load_sdk_config(
         .region(aws_config::Region::new(default_region.as_str().to_owned()))
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(timeouts(options))
+        .stalled_stream_protection(no_stalled_stream_protection())
         .load()
         .await
 }
 
+/// Only the attempt timeout, not also an operation timeout: with the SDK's retries off an
+/// operation is one attempt, and the attempt timeout covers the whole exchange (sending,
+/// the answer's body, its parsing). So the shorter of `attempt_timeout` and `page_timeout`
+/// bounds each page, at the cost of one timer a request instead of two.
 fn timeouts(o: &ClientOptions) -> aws_config::timeout::TimeoutConfig {
     aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(o.connect_timeout)
-        .operation_attempt_timeout(o.attempt_timeout)
-        .operation_timeout(o.page_timeout)
+        .operation_attempt_timeout(o.attempt_timeout.min(o.page_timeout))
         .build()
+}
+
+/// The SDK's stalled-stream protection watches the throughput of every answer's body, with a
+/// timer of its own; the attempt timeout (see [`timeouts`]) already bounds a stalled page.
+fn no_stalled_stream_protection()
+-> aws_config::stalled_stream_protection::StalledStreamProtectionConfig {
+    aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled()
 }
 
 /// An SDK configuration with fixed placeholder credentials for an endpoint that does not
@@ -431,12 +443,14 @@ pub fn simulator_sdk_config(default_region: &Region) -> aws_config::SdkConfig {
 
 impl ChimeClient {
     /// A client on an explicit SDK configuration (tests pass static credentials this way).
-    /// Retries are forced off and the timeouts from `options` applied whatever `sdk_config` says.
+    /// Retries and stalled-stream protection are forced off and the timeouts from `options`
+    /// applied whatever `sdk_config` says.
     pub fn new(sdk_config: aws_config::SdkConfig, options: ClientOptions) -> Self {
         let sdk_config = sdk_config
             .into_builder()
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(timeouts(&options))
+            .stalled_stream_protection(no_stalled_stream_protection())
             .build();
         Self {
             sdk_config,

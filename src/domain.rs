@@ -56,6 +56,20 @@ macro_rules! guid_newtype {
                 }
             }
 
+            /// As [`Self::parse`], keeping `s`'s buffer when it needs no trimming (the ids in
+            /// a `ListAttendees` page: no copy per attendee).
+            ///
+            /// # Errors
+            /// [`DomainError::NotAGuid`] when `s` does not match the GUID pattern.
+            pub fn parse_owned(mut s: String) -> Result<Self, DomainError> {
+                if is_guid(&s) {
+                    s.make_ascii_lowercase();
+                    Ok(Self(s))
+                } else {
+                    Self::parse(&s)
+                }
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -455,6 +469,20 @@ mod tests {
         assert!(MeetingId::parse("4f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2").is_err());
         assert!(MeetingId::parse("4f1c7a2e_0b3d-4c5e-9f60-7a8b9c0d1e2f").is_err());
         assert!(MeetingId::parse("gf1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2f").is_err());
+    }
+
+    #[test]
+    fn an_owned_attendee_id_parses_as_a_borrowed_one() {
+        for text in [
+            "4F1C7A2E-0B3D-4C5E-9F60-7A8B9C0D1E2F",
+            " 4f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2f ",
+            "4f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2",
+            "not-an-attendee",
+        ] {
+            let owned = AttendeeId::parse_owned(text.to_owned()).map_err(|e| e.to_string());
+            let borrowed = AttendeeId::parse(text).map_err(|e| e.to_string());
+            assert_eq!(owned, borrowed, "{text:?}");
+        }
     }
 
     #[test]

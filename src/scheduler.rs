@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,10 @@ const CADENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the gauges are published.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// The loop ticks at least this often even when nothing is due (health, a region's rate
+/// growing its page window, a breaker's next probe).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// While the database does not answer, it is asked again this often.
 const DB_RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -153,6 +157,22 @@ fn publish(
     }
 }
 
+/// A poll's [`PageClaim`] that wakes the loop when the poll pauses: the pages it gives back
+/// may launch a waiting meeting at once.
+struct WakingClaim {
+    claim: PageClaim,
+    wake: Arc<Notify>,
+}
+
+impl crate::chime::Pause for WakingClaim {
+    fn paused(&self, paused: bool) {
+        self.claim.paused(paused);
+        if paused {
+            self.wake.notify_one();
+        }
+    }
+}
+
 struct Finished {
     slot: usize,
     polled: Polled,
@@ -193,6 +213,8 @@ pub struct Scheduler<S: RosterSource> {
     cluster: Option<ReplicaId>,
     /// Cluster mode: the lease token of each queued meeting, as of the last list read.
     fences: HashMap<MeetingId, LeaseToken>,
+    /// Woken when a poll pauses and gives its pages back, so a waiting meeting can use them.
+    wake: Arc<Notify>,
 }
 
 impl<S: RosterSource> Scheduler<S> {
@@ -220,6 +242,7 @@ impl<S: RosterSource> Scheduler<S> {
             polls_cancel: CancellationToken::new(),
             cluster: None,
             fences: HashMap::new(),
+            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -258,15 +281,19 @@ impl<S: RosterSource> Scheduler<S> {
     /// get up to the grace period to commit, and the pending bookkeeping is written.
     pub async fn run(mut self, cancel: CancellationToken) {
         self.polls_cancel = cancel.child_token();
-        let mut ticker = tokio::time::interval(Duration::from_millis(100));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = Arc::clone(&self.wake);
         loop {
+            // Asleep until something can be done: a poll ends, a poll pauses (its pages are
+            // free for another), a meeting is due, or a periodic duty (refresh, bookkeeping,
+            // gauges) comes round. No wake-up per request.
+            let until = self.next_wake(Instant::now());
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(joined) = self.running.join_next_with_id(), if !self.running.is_empty() => {
                     self.joined(joined);
                 }
-                _ = ticker.tick() => {}
+                () = wake.notified() => {}
+                () = tokio::time::sleep_until(until) => {}
             }
             // A tick only reads the meeting list and writes unchanged polls' bookkeeping, which
             // may be dropped half-way (it only widens the next change window): a database call
@@ -277,6 +304,29 @@ impl<S: RosterSource> Scheduler<S> {
             }
         }
         self.drain().await;
+    }
+
+    /// When the loop must tick next if no poll ends or pauses first: the earliest of the next
+    /// meeting's due time, the meeting list's refresh, the bookkeeping batch's deadline and the
+    /// gauges, and at most [`IDLE_TICK`] away (a region's rate or breaker may let a waiting
+    /// meeting go without any of those).
+    fn next_wake(&self, now: Instant) -> Instant {
+        let refresh_every = if self.db_down {
+            DB_RETRY_EVERY.min(self.opts.refresh_every)
+        } else {
+            self.opts.refresh_every
+        };
+        [
+            Some(now + IDLE_TICK),
+            self.refreshed_at.map(|t| t + refresh_every),
+            self.gauges_at.map(|t| t + GAUGES_EVERY),
+            self.batch.due_at(),
+            self.queue.next_timer(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now)
     }
 
     /// One step: re-reads the meeting list when due, writes pending bookkeeping when due,
@@ -581,6 +631,10 @@ impl<S: RosterSource> Scheduler<S> {
         let store = self.store.clone();
         let cancel = self.polls_cancel.child_token();
         let fence = self.fences.get(&id).copied();
+        let claim = WakingClaim {
+            claim,
+            wake: Arc::clone(&self.wake),
+        };
         // Debug level: at the default info level the span costs nothing per poll; the
         // warnings of a failed poll name the meeting themselves.
         let span = tracing::debug_span!("poll", meeting_id = %id, region = %region);

@@ -37,9 +37,8 @@ pub(super) fn convert_attendee(a: chime::types::Attendee) -> Result<Attendee> {
     let malformed = |message: String| ChimeError::Malformed { message };
     let attendee_id = a
         .attendee_id
-        .as_deref()
         .ok_or_else(|| malformed("an attendee has no AttendeeId".into()))
-        .and_then(|id| AttendeeId::parse(id).map_err(|e| malformed(e.to_string())))?;
+        .and_then(|id| AttendeeId::parse_owned(id).map_err(|e| malformed(e.to_string())))?;
     let external_user_id = a
         .external_user_id
         .ok_or_else(|| malformed(format!("attendee {attendee_id} has no ExternalUserId")))?;

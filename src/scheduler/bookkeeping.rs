@@ -45,6 +45,11 @@ impl Batch {
         })
     }
 
+    /// When the batch must be written at the latest; `None` while it is empty.
+    pub fn due_at(&self) -> Option<Instant> {
+        self.since.map(|t| t + BOOKKEEPING_EVERY)
+    }
+
     /// Writes the whole batch. Returns each poll's slot, meeting and whether its fence held;
     /// when the write fails, none did (their meetings re-read the snapshot next poll).
     pub async fn flush(&mut self, store: &Store) -> Vec<(usize, UnchangedPoll, bool)> {

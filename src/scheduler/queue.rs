@@ -402,6 +402,11 @@ impl Queue {
         state.pages = pages;
     }
 
+    /// The earliest due time waiting in the timer heap (possibly of an entry made void since).
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((due, _, _))| *due)
+    }
+
     /// Moves meetings whose due time has come to their region's ready queue.
     pub fn promote(&mut self, now: Instant) {
         while let Some(Reverse((due, slot, version))) = self.timers.peek().copied() {

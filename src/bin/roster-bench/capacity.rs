@@ -22,6 +22,7 @@ use roster_sync::sim::churn::{ChurnPlan, Fleet, churn};
 use roster_sync::sim::control::Driver;
 use roster_sync::store::{Backend, Store, StoredEvent};
 
+use crate::floor;
 use crate::gaps::Gaps;
 use crate::latency::{Changes, receive_events};
 use crate::process::{cpu_seconds, peak_rss_mb, release_free_memory, reset_peak_rss};
@@ -83,6 +84,19 @@ pub struct Report {
     pub cpu_fraction: f64,
     /// The same over the churn and settle phases only (after the warm-up sweep).
     pub cpu_fraction_after_warmup: f64,
+    /// ListAttendees requests after the warm-up sweep (churn and settle), and the CPU each
+    /// cost: the daemon's steady state.
+    pub requests_steady: u64,
+    pub cpu_us_per_request_steady: f64,
+    /// The floor, measured after the daemon stopped, in this process, for `floor_s`: the
+    /// bare SDK client paging the same meetings at the steady state's request rate, with the
+    /// same churn (see `floor::paced`). `floor_errors` of its `floor_requests` failed.
+    pub floor_s: f64,
+    pub floor_requests: u64,
+    pub floor_errors: u64,
+    pub floor_us_per_request: f64,
+    /// cpu_us_per_request_steady / floor_us_per_request.
+    pub overhead_ratio: f64,
     /// VmHWM of this process since polling started (reset after setup), MiB.
     pub peak_rss_mb: f64,
     /// The daemon's rate budget at the end, and how many times it decreased.
@@ -148,7 +162,8 @@ pub async fn measure(
         args.quota_rps
     );
 
-    let sweeps = Arc::new(Mutex::new(Sweeps::new(fleet.ids())));
+    let ids: Vec<_> = fleet.ids().cloned().collect();
+    let sweeps = Arc::new(Mutex::new(Sweeps::new(ids.iter())));
     let changes = Arc::new(Mutex::new(Changes::default()));
     let (tx, rx) = broadcast::channel::<StoredEvent>(EVENT_BUFFER);
     let receiver = tokio::spawn(receive_events(rx, Arc::clone(&changes)));
@@ -188,6 +203,7 @@ pub async fn measure(
     wait_for(&sweeps, warmup_limit, |s| !s.completed.is_empty()).await;
     let warmup_s = polling_started.elapsed().as_secs_f64();
     let cpu_warm = cpu_seconds()?;
+    let requests_warm = client.counters().requests.load(Ordering::Relaxed);
     println!(
         "warm-up: first sweep done after {warmup_s:.1}s; churn for {:?}",
         args.duration
@@ -220,11 +236,51 @@ pub async fn measure(
     let polling_s = polling_started.elapsed().as_secs_f64();
     let cpu_end = cpu_seconds()?;
     let peak_rss_mb = peak_rss_mb()?;
+    let counters = client.counters();
+    let requests = counters.requests.load(Ordering::Relaxed);
     daemon.stop().await?;
     let received = receiver.await.context("the event receiver failed")?;
     let budget = client.budget(&region);
-    let counters = client.counters();
-    let requests = counters.requests.load(Ordering::Relaxed);
+    let requests_steady = requests - requests_warm;
+    let steady_s = polling_s - warmup_s;
+    let cpu_us_per_request_steady = ratio(1e6 * (cpu_end - cpu_warm), requests_steady as f64);
+
+    let paced = if args.floor_duration.is_zero() {
+        None
+    } else {
+        let rps = ratio(requests_steady as f64, steady_s);
+        println!(
+            "floor: the bare SDK client pages the same meetings at {rps:.1} rps for {:?}, with the same churn",
+            args.floor_duration
+        );
+        let floor_churn = ChurnPlan {
+            duration: args.floor_duration,
+            ..plan.clone()
+        };
+        let busy = async {
+            churn(
+                &driver,
+                &mut fleet,
+                &floor_churn,
+                &CancellationToken::new(),
+                |_| {},
+            )
+            .await;
+        };
+        Some(
+            floor::paced(
+                &client.sdk_client(&region),
+                ids,
+                settings.poll.max_results,
+                rps,
+                settings.poll.concurrency,
+                args.floor_duration,
+                busy,
+            )
+            .await?,
+        )
+    };
+    let floor_us_per_request = paced.map_or(f64::NAN, |p| p.cpu_us_per_request());
     let throttled = counters.throttled.load(Ordering::Relaxed);
     let pages_ok = counters.pages_ok.load(Ordering::Relaxed);
 
@@ -277,6 +333,13 @@ pub async fn measure(
         cpu_seconds: cpu_end - cpu_start,
         cpu_fraction: ratio(cpu_end - cpu_start, polling_s),
         cpu_fraction_after_warmup: ratio(cpu_end - cpu_warm, polling_s - warmup_s),
+        requests_steady,
+        cpu_us_per_request_steady,
+        floor_s: paced.map_or(0.0, |p| p.seconds),
+        floor_requests: paced.map_or(0, |p| p.requests),
+        floor_errors: paced.map_or(0, |p| p.errors),
+        floor_us_per_request,
+        overhead_ratio: cpu_us_per_request_steady / floor_us_per_request,
         peak_rss_mb,
         rate_final: budget.rate(),
         rate_decreases: budget.decreases(),
@@ -467,6 +530,18 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
         } else {
             " (since process start: /proc/self/clear_refs was not writable)"
         }
+    );
+    let _ = writeln!(
+        s,
+        "steady state (after the warm-up sweep): {} requests at {:.0} µs of CPU each; floor (bare SDK client, same \
+         meetings, rate and churn, {:.0}s): {} requests ({} failed) at {:.0} µs each; overhead ratio {:.2}",
+        r.requests_steady,
+        r.cpu_us_per_request_steady,
+        r.floor_s,
+        r.floor_requests,
+        r.floor_errors,
+        r.floor_us_per_request,
+        r.overhead_ratio
     );
     print!("{s}");
 }

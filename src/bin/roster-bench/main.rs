@@ -28,12 +28,18 @@
 //! it) to the moment the scheduler's event sink delivers the matching event (it is committed),
 //! matched by meeting, attendee and kind.
 
+//! **Overhead over the floor.** After the settle phase the daemon stops and, in the same
+//! process, the bare SDK client pages the same meetings at the request rate the daemon reached
+//! after its warm-up, with the same churn (`--floor-duration`). `cpu_us_per_request_steady`
+//! (the daemon after its warm-up sweep), `floor_us_per_request` and their ratio,
+//! `overhead_ratio`, are in the report.
+//!
 //! With `--replicas N` the polling runs in N `roster-sync run` processes in cluster mode on
 //! one Postgres database instead of in this process (see [`replicas`]).
 //!
-//! This binary is the only code that reads `/proc` or calls into libc (`malloc_trim`); the
-//! library it measures has neither. Modules: [`capacity`] (the phases and the report),
-//! [`floor`] (`--floor-polls`), [`replicas`] (`--replicas`), [`latency`] (matching changes with events), [`sweeps`],
+//! This binary reads `/proc` and calls into libc (`malloc_trim`, `clock_gettime`). Modules:
+//! [`capacity`] (the phases and the report), [`floor`] (the floor after a capacity run, and
+//! `--floor-polls`), [`replicas`] (`--replicas`), [`latency`] (matching changes with events), [`sweeps`],
 //! [`process`] (CPU time and peak RSS of this process), [`sim_process`] (the child simulator)
 //! and [`scratch`] (the run's own database).
 
@@ -118,6 +124,11 @@ pub struct BenchArgs {
     /// share of one core at that rate.
     #[arg(long)]
     pub floor_polls: Option<u64>,
+    /// After the capacity run, the floor is measured in the same process for this long: the
+    /// bare SDK client pages the same meetings at the rate the daemon reached after its
+    /// warm-up, with the same churn. `0s` skips it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub floor_duration: Duration,
     /// Add a `[[webhooks]]` sink (all events, a fixed test secret) posting to this URL
     /// (https, or http to a loopback address): compare the sweep with and without it.
     #[arg(long, conflicts_with = "webhook_hung")]
