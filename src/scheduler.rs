@@ -223,7 +223,10 @@ impl<S: RosterSource> Scheduler<S> {
         Self {
             source,
             store,
-            queue: Queue::by_due(opts.strategy == PollStrategy::ChangeAware),
+            queue: Queue::by_due(
+                (opts.strategy == PollStrategy::ChangeAware)
+                    .then(|| cadence::Bounds::new(opts.interval, opts.max_interval).longest),
+            ),
             opts,
             running: JoinSet::new(),
             tasks: HashMap::new(),

@@ -213,12 +213,16 @@ impl Breaker {
     }
 }
 
+/// A wait within this of the longest allowed counts as having reached it ([`Queue::by_due`]).
+const URGENT_MARGIN: Duration = Duration::from_millis(1);
+
 /// One control region: its meetings due now, and what its polls in flight cost.
 #[derive(Debug)]
 pub(super) struct RegionQueue {
     pub region: Arc<Region>,
     /// Due meetings, stalest first: (last success, slot, version); never polled (`None`)
-    /// sorts first. With [`Queue::by_due`] the key of a polled meeting is its due time.
+    /// sorts first. With [`Queue::by_due`] the key of a polled meeting is its due time, or
+    /// its last success when its wait reached the longest allowed (it goes first).
     ready: BinaryHeap<Reverse<(Option<Instant>, usize, u32)>>,
     /// Pages held by polls in flight that are sending; shared with their [`PageClaim`]s.
     window: Arc<AtomicU32>,
@@ -242,10 +246,11 @@ pub(super) struct Queue {
     /// Meetings waiting for their due time: (due, slot, version).
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     next_region: usize,
-    /// Due meetings that have been polled go earliest due first instead of stalest first
-    /// (`change_aware`: waits differ, and the earliest due is the one furthest past its
-    /// planned wait).
-    by_due: bool,
+    /// `Some(longest)`: due meetings that have been polled go earliest due first instead of
+    /// stalest first (`change_aware`: waits differ, and the earliest due is the one furthest
+    /// past its planned wait), except that a meeting whose wait reached `longest` goes before
+    /// all of them, oldest first: it is the one `poll.max_interval` is about to bound.
+    by_due: Option<Duration>,
 }
 
 /// What [`Queue::take_due`] chose.
@@ -258,9 +263,10 @@ pub(super) struct Due {
 }
 
 impl Queue {
-    /// An empty queue; `by_due` orders due meetings that have been polled by due time
-    /// rather than by staleness. Meetings never polled go first either way.
-    pub fn by_due(by_due: bool) -> Self {
+    /// An empty queue; `by_due` (`Some(longest wait)`) orders due meetings that have been
+    /// polled by due time rather than by staleness, those at the longest wait first. Meetings
+    /// never polled go first either way.
+    pub fn by_due(by_due: Option<Duration>) -> Self {
         Self {
             by_due,
             ..Self::default()
@@ -420,9 +426,14 @@ impl Queue {
             if state.version != version || state.in_flight {
                 continue;
             }
-            let key = match state.fresh_at {
-                Some(_) if self.by_due => Some(due),
-                stalest => stalest,
+            let key = match (state.fresh_at, self.by_due) {
+                // Waits are planned from the poll's start, which is `fresh_at`.
+                (Some(fresh), Some(longest))
+                    if due.saturating_duration_since(fresh) + URGENT_MARGIN < longest =>
+                {
+                    Some(due)
+                }
+                (stalest, _) => stalest,
             };
             self.regions[state.region]
                 .ready
@@ -563,7 +574,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn by_due_polled_meetings_launch_earliest_due_first_after_the_never_polled() {
-        let mut q = Queue::by_due(true);
+        let mut q = Queue::by_due(Some(Duration::from_secs(3600)));
         let now = Instant::now();
         let s = Duration::from_secs;
         for i in 0..3 {
@@ -579,6 +590,26 @@ mod tests {
         let due = q.take_due(later, 3, s(10), |_| None);
         let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
         assert_eq!(order, vec![2, 1, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn by_due_a_meeting_at_the_longest_wait_goes_before_earlier_due_ones() {
+        let s = Duration::from_secs;
+        let mut q = Queue::by_due(Some(s(108)));
+        let now = Instant::now();
+        for i in 0..3 {
+            q.insert(id(i), region(), now, now, 1);
+        }
+        // Slots 0 and 1 were due before slot 2, whose wait was capped at the longest.
+        for (slot, fresh, due) in [(0, 70, 80), (1, 75, 90), (2, 0, 108)] {
+            q.get_mut(slot).unwrap().fresh_at = Some(now + s(fresh));
+            q.schedule(slot, now + s(due));
+        }
+        let later = now + s(110);
+        q.promote(later);
+        let due = q.take_due(later, 3, s(10), |_| None);
+        let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
+        assert_eq!(order, vec![2, 0, 1]);
     }
 
     #[tokio::test(start_paused = true)]
