@@ -521,6 +521,7 @@ impl Settings {
             ("chime.page_timeout", self.chime.page_timeout),
             ("poll.interval", self.poll.interval),
             ("poll.failure_backoff_cap", self.poll.failure_backoff_cap),
+            ("poll.max_interval", self.poll.max_interval),
             ("retry.base", self.retry.base),
             ("retry.cap", self.retry.cap),
             ("http.stall_after", self.http.stall_after),
@@ -803,6 +804,7 @@ mod tests {
         let mut s = Settings::defaults().unwrap();
         s.poll.interval = MAX_DURATION;
         s.poll.failure_backoff_cap = MAX_DURATION;
+        s.poll.max_interval = MAX_DURATION;
         s.shutdown.grace = MAX_SHUTDOWN_GRACE;
         s.rate.requests_per_second = MIN_REQUESTS_PER_SECOND;
         s.database.startup_timeout = Some(MAX_STARTUP_TIMEOUT);

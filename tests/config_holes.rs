@@ -19,7 +19,7 @@ use roster_sync::app::{Daemon, DaemonOptions};
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::config::{
     MAX_CONNECTIONS, MAX_DURATION, MAX_REQUESTS_PER_SECOND, MAX_RETENTION, MAX_SHUTDOWN_GRACE,
-    MAX_STARTUP_TIMEOUT, MIN_REQUESTS_PER_SECOND, Settings,
+    MAX_STARTUP_TIMEOUT, MIN_REQUESTS_PER_SECOND, PollStrategy, Settings,
 };
 use roster_sync::domain::{self, MeetingId, Region};
 use roster_sync::store::Store;
@@ -168,6 +168,7 @@ fn settings(k: &Knobs, endpoint: &str, url: &str) -> Settings {
     s.chime.endpoint_url = endpoint.to_owned();
     s.poll.interval = k.interval;
     s.poll.failure_backoff_cap = k.interval * k.backoff_times;
+    s.poll.max_interval = k.interval * k.backoff_times;
     s.retry.base = k.retry_base;
     s.retry.cap = k.retry_base * k.retry_times;
     s.chime.connect_timeout = k.connect_timeout;
@@ -213,6 +214,8 @@ const KEYS: &[&str] = &[
     "poll.max_results",
     "retry.max_retries",
     "database.max_connections",
+    "poll.max_interval",
+    "poll.strategy",
 ];
 
 /// Pushes `key` to its edge number `edge` (taken modulo the key's edges): the bound itself,
@@ -233,6 +236,8 @@ fn stress(s: &mut Settings, key: &str, edge: usize) {
                 pick(&[day[0], day[0], day[3], day[4], day[5], below], edge);
         }
         "retry.base" => s.retry.base = pick(&day, edge),
+        "poll.max_interval" => s.poll.max_interval = pick(&day, edge),
+        "poll.strategy" => s.poll.strategy = PollStrategy::ChangeAware,
         "retry.cap" => s.retry.cap = pick(&day, edge),
         "chime.connect_timeout" => s.chime.connect_timeout = pick(&day, edge),
         "chime.attempt_timeout" => s.chime.attempt_timeout = pick(&day, edge),
