@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Daemon, DaemonOptions};
@@ -20,7 +20,7 @@ use crate::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use crate::config::Settings;
 use crate::domain::{Capability, EventKind, MeetingId};
 use crate::redact::redact_url;
-use crate::sim::churn::{ChurnPlan, Fleet, Skew, churn};
+use crate::sim::churn::{self, ChurnPlan, Fleet, Skew, churn};
 use crate::sim::control::Driver;
 use crate::sim::{self, SimConfig};
 use crate::store::{Store, StoredEvent};
@@ -144,17 +144,16 @@ pub async fn run(
     let labels: std::collections::HashMap<MeetingId, &str> =
         meetings.iter().map(|(id, l)| (id.clone(), *l)).collect();
     let printer_cancel = cancel.clone();
+    // How many events of each kind have been shown: the opening waits on it.
+    let (shown_tx, shown) = watch::channel([0usize; 3]);
     let printer = tokio::spawn(async move {
         let mut counts = [0usize; 3];
         loop {
             let line = match rx.recv().await {
                 Ok(e) => {
-                    let k = match e.kind {
-                        EventKind::Joined => 0,
-                        EventKind::Left => 1,
-                        EventKind::CapabilitiesChanged => 2,
-                    };
+                    let k = kind_index(e.kind);
                     counts[k] += 1;
+                    shown_tx.send_replace(counts);
                     let label = labels.get(&e.meeting_id).copied().unwrap_or("?");
                     event_line(&e, label, counts, color)
                 }
@@ -170,18 +169,36 @@ pub async fn run(
         counts
     });
 
-    let plan = ChurnPlan {
-        per_second: CHANGES_PER_SECOND,
-        duration: args.duration,
-        target: args.attendees,
-        one_of_each_first: true,
-        end_a_meeting_after: Some(args.duration.mul_f64(2.0 / 3.0)),
-        name: person,
-        skew: Skew::Uniform,
-    };
+    let started = tokio::time::Instant::now();
+    let stop = started + args.duration;
     let churn = {
         let cancel = cancel.clone();
-        tokio::spawn(async move { churn(&driver, &mut fleet, &plan, &cancel, |_| {}).await })
+        let store = store.clone();
+        let ids: Vec<MeetingId> = meetings.iter().map(|(id, _)| id.clone()).collect();
+        let first_name = person(args.attendees as u64);
+        tokio::spawn(async move {
+            tokio::select! {
+                opened = opening(&driver, &mut fleet, &store, &ids, shown, first_name) => {
+                    if let Err(e) = opened {
+                        tracing::warn!(error = %format!("{e:#}"), "the demo's opening changes failed");
+                    }
+                }
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(stop) => return,
+            }
+            let now = tokio::time::Instant::now();
+            let plan = ChurnPlan {
+                per_second: CHANGES_PER_SECOND,
+                duration: stop.saturating_duration_since(now),
+                target: args.attendees,
+                end_a_meeting_after: Some(
+                    (started + args.duration.mul_f64(2.0 / 3.0)).saturating_duration_since(now),
+                ),
+                name: person,
+                skew: Skew::Uniform,
+            };
+            churn(&driver, &mut fleet, &plan, &cancel, |_| {}).await;
+        })
     };
 
     tokio::select! {
@@ -220,6 +237,49 @@ pub async fn run(
         // The reader went away (`demo | head`): everything was recorded, nothing to report.
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
+    }
+}
+
+/// The demo's opening, so that even a short demo shows every kind of event: once the daemon
+/// has recorded its first look at every meeting (a change made before that would only be
+/// part of its first snapshot), a capability change, a departure and a join in the first
+/// meeting (never the one the churn ends), each made once the one before it has been shown.
+async fn opening(
+    driver: &Driver,
+    fleet: &mut Fleet,
+    store: &Store,
+    ids: &[MeetingId],
+    mut shown: watch::Receiver<[usize; 3]>,
+    name: String,
+) -> anyhow::Result<()> {
+    for id in ids {
+        while store
+            .get_meeting(id)
+            .await?
+            .is_none_or(|m| m.last_polled_at.is_none())
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for kind in [
+        EventKind::CapabilitiesChanged,
+        EventKind::Left,
+        EventKind::Joined,
+    ] {
+        let before = *shown.borrow();
+        // In a meeting with nobody in it, the change is a join: wait for what it made.
+        let made = churn::change(driver, fleet, 0, kind, 0, name.clone()).await?;
+        let k = kind_index(made.kind);
+        shown.wait_for(|c| c[k] > before[k]).await?;
+    }
+    Ok(())
+}
+
+fn kind_index(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Joined => 0,
+        EventKind::Left => 1,
+        EventKind::CapabilitiesChanged => 2,
     }
 }
 

@@ -659,7 +659,6 @@ async fn three_replicas_share_200_meetings_under_churn_within_the_quota() {
         per_second: 2.0,
         duration: Duration::from_secs(120),
         target: 3,
-        one_of_each_first: true,
         end_a_meeting_after: None,
         skew: roster_sync::sim::churn::Skew::Uniform,
         name: |serial| format!("churn-{serial}"),

@@ -88,9 +88,6 @@ pub struct ChurnPlan {
     /// Attendees each meeting is kept at about: a membership change deletes someone when the
     /// meeting has this many or more, and adds someone otherwise.
     pub target: usize,
-    /// The first three changes are a join, a deletion and a capability change, so a short
-    /// run shows every kind.
-    pub one_of_each_first: bool,
     /// Deletes the last meeting of the fleet (the service ends it) this long into the run.
     pub end_a_meeting_after: Option<Duration>,
     /// The ExternalUserId of the n-th attendee the churn adds.
@@ -215,6 +212,10 @@ pub async fn churn(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ended = false;
     let mut serial = 0u64;
+    let mut name = || {
+        serial += 1;
+        (plan.name)(serial)
+    };
     let mut picker = Picker::new(plan.skew, fleet.len());
     loop {
         tokio::select! {
@@ -240,31 +241,24 @@ pub async fn churn(
             }
             continue;
         }
-        let (m, step, pick) = {
+        let (m, membership, pick) = {
             let mut rng = rand::rng();
-            let step = match churned.made + churned.failed {
-                n if plan.one_of_each_first && n < 3 => {
-                    [Step::Join, Step::Delete, Step::Caps][n as usize]
-                }
-                _ if rng.random_bool(2.0 / 3.0) => Step::Membership,
-                _ => Step::Caps,
-            };
             (
                 picker.pick(&mut rng, fleet.len()),
-                step,
+                rng.random_bool(2.0 / 3.0),
                 rng.random::<u64>(),
             )
         };
-        match change_one(
-            driver,
-            &mut fleet.meetings[m],
-            plan,
-            step,
-            pick,
-            &mut serial,
-        )
-        .await
-        {
+        let meeting = &mut fleet.meetings[m];
+        // A membership change keeps the meeting at about its target size.
+        let kind = match membership {
+            true if !meeting.attendees.is_empty() && meeting.attendees.len() >= plan.target => {
+                EventKind::Left
+            }
+            true => EventKind::Joined,
+            false => EventKind::CapabilitiesChanged,
+        };
+        match change_one(driver, meeting, kind, pick, &mut name).await {
             Ok(made) => {
                 churned.made += 1;
                 on_made(made);
@@ -277,30 +271,36 @@ pub async fn churn(
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    /// A join, or a deletion when the meeting is at its target size.
-    Membership,
-    Join,
-    Delete,
-    Caps,
+/// Makes one change that the daemon records as `kind` in the fleet's `m`-th meeting: a join
+/// of an attendee named `name`, or the deletion or capability change of the attendee at
+/// `index` (modulo the meeting's size). In a meeting with nobody in it, the change is a join.
+///
+/// # Errors
+/// `m` is not a meeting of the fleet, or the service refused the change.
+pub async fn change(
+    driver: &Driver,
+    fleet: &mut Fleet,
+    m: usize,
+    kind: EventKind,
+    index: usize,
+    name: String,
+) -> anyhow::Result<Made> {
+    let meeting = fleet
+        .meetings
+        .get_mut(m)
+        .with_context(|| format!("the fleet has no meeting {m}"))?;
+    change_one(driver, meeting, kind, index as u64, &mut || name.clone()).await
 }
 
 async fn change_one(
     driver: &Driver,
     meeting: &mut FleetMeeting,
-    plan: &ChurnPlan,
-    step: Step,
+    kind: EventKind,
     pick: u64,
-    serial: &mut u64,
+    name: &mut (dyn FnMut() -> String + Send),
 ) -> anyhow::Result<Made> {
     let len = meeting.attendees.len();
-    let step = match step {
-        Step::Membership if len > 0 && len >= plan.target => Step::Delete,
-        Step::Membership => Step::Join,
-        Step::Delete | Step::Caps if len == 0 => Step::Join,
-        other => other,
-    };
+    let kind = if len == 0 { EventKind::Joined } else { kind };
     let i = usize::try_from(pick % len.max(1) as u64)?;
     let made = |attendee, kind| Made {
         meeting: meeting.guid,
@@ -308,12 +308,9 @@ async fn change_one(
         kind,
         at: Instant::now(),
     };
-    match step {
-        Step::Join | Step::Membership => {
-            *serial += 1;
-            let created = driver
-                .add_attendees(&meeting.id, [((plan.name)(*serial), None)])
-                .await?;
+    match kind {
+        EventKind::Joined => {
+            let created = driver.add_attendees(&meeting.id, [(name(), None)]).await?;
             let first = created
                 .first()
                 .context("BatchCreateAttendee created nobody")?;
@@ -323,7 +320,7 @@ async fn change_one(
             meeting.listener.push(false);
             Ok(done)
         }
-        Step::Delete => {
+        EventKind::Left => {
             let a = meeting.attendees[i];
             driver
                 .delete_attendee(&meeting.id, &attendee_id(a)?)
@@ -333,7 +330,7 @@ async fn change_one(
             meeting.listener.swap_remove(i);
             Ok(done)
         }
-        Step::Caps => {
+        EventKind::CapabilitiesChanged => {
             let a = meeting.attendees[i];
             let to = if meeting.listener[i] {
                 Capabilities::DEFAULT

@@ -214,7 +214,6 @@ pub async fn measure(
         per_second: args.churn_per_s,
         duration: args.duration,
         target: args.attendees,
-        one_of_each_first: false,
         end_a_meeting_after: None,
         skew: args.churn_skew,
         name: |serial| format!("churn-{serial}"),
