@@ -330,7 +330,9 @@ fn start_replica(
         .env("DATABASE_URL", database_url)
         .env("ROSTER_SYNC__DATABASE__MIGRATE_ON_START", "false")
         .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", sim_url)
-        .env("ROSTER_SYNC__HTTP__LISTEN", "")
+        // The operations endpoint is on, as in production, on a port of its own: its memory
+        // and CPU count in the replica's numbers.
+        .env("ROSTER_SYNC__HTTP__LISTEN", "127.0.0.1:0")
         .env("ROSTER_SYNC__LOG__LEVEL", "warn")
         .env("ROSTER_SYNC__CLUSTER__ENABLED", "true")
         .env(
