@@ -641,9 +641,33 @@ impl Store {
         error: &str,
         at: DateTime<Utc>,
     ) -> Result<()> {
+        self.record_failure_fenced(id, code, error, at, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Store::record_failure`], also fenced (with `Some`) by the meeting's lease, as
+    /// [`Store::apply_fenced`]: a replica that lost the lease writes nothing (and counts it in
+    /// `roster_sync_lease_lost_total`), so the error columns only ever tell of the owner's
+    /// polls. False when nothing was written.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn record_failure_fenced(
+        &self,
+        id: &MeetingId,
+        code: Option<&str>,
+        error: &str,
+        at: DateTime<Utc>,
+        fence: Option<LeaseToken>,
+    ) -> Result<bool> {
         let error = truncate_at_char_boundary(error, MAX_ERROR_LEN);
         let code = code.map(|c| truncate_at_char_boundary(c, MAX_CODE_LEN));
-        on_backend!(self, record_failure(id, code, error, at))
+        let written = on_backend!(self, record_failure(id, code, error, at, fence))?;
+        if let (false, Some(token)) = (written, fence) {
+            self.count_lost_leases(&[token]).await;
+        }
+        Ok(written)
     }
 
     /// At most `limit` events with `event_id > after_event_id`, in `event_id` order: the

@@ -125,6 +125,20 @@ async fn a_poll_whose_lease_was_taken_over_writes_nothing_and_is_counted() {
         .await
         .unwrap();
     assert!(matches!(ended, ApplyOutcome::Conflict), "{ended:?}");
+    let failure_written = store
+        .record_failure_fenced(
+            &meeting,
+            Some("ThrottlingException"),
+            "stale failure",
+            now,
+            Some(token),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !failure_written,
+        "a failure under a lost lease is not noted"
+    );
 
     assert_eq!(db.raw.scalar("SELECT count(*) FROM roster_events").await, 0);
     assert_eq!(
@@ -135,12 +149,33 @@ async fn a_poll_whose_lease_was_taken_over_writes_nothing_and_is_counted() {
     assert_eq!(after.poll_seq, snapshot.poll_seq, "no bookkeeping either");
     assert!(after.last_polled_at.is_none());
     assert_eq!(
+        (after.consecutive_failures, after.last_error.as_deref()),
+        (0, None),
+        "no error columns either"
+    );
+    assert_eq!(
         lease_lost_total() - lost_before,
-        3,
+        4,
         "each refused write counted"
     );
 
-    // B, holding the lease, records the same poll.
+    // B, holding the lease, notes its own failure, and records the same poll.
+    assert!(
+        store
+            .record_failure_fenced(&meeting, None, "B's failure", now, Some(taken[0].token))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_meeting(&meeting)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("B's failure")
+    );
     let outcome = store
         .apply_fenced(rec(), Some(taken[0].token))
         .await

@@ -306,7 +306,7 @@ pub(super) async fn poll<S: RosterSource>(
                     let (outcome, known) = end(store, meeting, known, fence).await;
                     Polled::plain(outcome, known)
                 }
-                Some(Err(failure)) => failed(store, meeting, failure, known).await,
+                Some(Err(failure)) => failed(store, meeting, failure, known, fence).await,
             };
         }
     };
@@ -358,7 +358,7 @@ pub(super) async fn poll<S: RosterSource>(
                     fingerprint = roster.fingerprint();
                     diff::diff(previous, &roster)
                 }
-                Some(Err(failure)) => return failed(store, meeting, failure, known).await,
+                Some(Err(failure)) => return failed(store, meeting, failure, known, fence).await,
             }
         } else {
             changes
@@ -414,13 +414,21 @@ pub(super) async fn poll<S: RosterSource>(
 }
 
 /// Notes the failure on the meeting's row (best effort) and hands it back.
-async fn failed(store: &Store, meeting: &MeetingId, failure: PollFailure, known: Known) -> Polled {
+/// In cluster mode it is fenced by the lease, as the poll's other writes are.
+async fn failed(
+    store: &Store,
+    meeting: &MeetingId,
+    failure: PollFailure,
+    known: Known,
+    fence: Option<LeaseToken>,
+) -> Polled {
     if let Err(db) = store
-        .record_failure(
+        .record_failure_fenced(
             meeting,
             failure.code.as_deref(),
             &failure.message,
             domain::now(),
+            fence,
         )
         .await
     {

@@ -547,20 +547,34 @@ macro_rules! shared_queries {
                 code: Option<&str>,
                 error: &str,
                 at: DateTime<Utc>,
-            ) -> Result<()> {
-                sqlx::query(
-                    "UPDATE tracked_meetings \
-                     SET consecutive_failures = consecutive_failures + 1, \
-                         last_error_code = $4, last_error = $2, last_error_at = $3 \
-                     WHERE meeting_id = $1",
-                )
-                .bind(id.as_str())
-                .bind(error)
-                .bind(ts(at))
-                .bind(code)
-                .execute(pool)
-                .await?;
-                Ok(())
+                fence: Option<LeaseToken>,
+            ) -> Result<bool> {
+                macro_rules! record_failure_sql {
+                    ($code:literal) => {
+                        concat!(
+                            "UPDATE tracked_meetings \
+                             SET consecutive_failures = consecutive_failures + 1, \
+                                 last_error = $2, last_error_at = $3, last_error_code = ",
+                            $code,
+                            " WHERE meeting_id = $1"
+                        )
+                    };
+                }
+                let query = match fence {
+                    None => sqlx::query(record_failure_sql!("$4"))
+                        .bind(id.as_str())
+                        .bind(error)
+                        .bind(ts(at))
+                        .bind(code),
+                    // The lease token is `$4`, as `$lease_fence` expects.
+                    Some(token) => sqlx::query(concat!(record_failure_sql!("$5"), $lease_fence))
+                        .bind(id.as_str())
+                        .bind(error)
+                        .bind(ts(at))
+                        .bind(token.0)
+                        .bind(code),
+                };
+                Ok(query.execute(pool).await?.rows_affected() > 0)
             }
 
             pub(in crate::store) async fn events_since(
