@@ -187,6 +187,64 @@ async fn a_poll_whose_lease_was_taken_over_writes_nothing_and_is_counted() {
     db.finish().await;
 }
 
+/// A poll committing under its lease holds the lease row `FOR SHARE`, and a batch of unchanged
+/// polls' bookkeeping holds many: the heartbeat renews the other leases without waiting for
+/// those rows (waiting, while holding the rows already renewed, is how the two deadlocked),
+/// and renews the held one at a later heartbeat.
+#[tokio::test]
+async fn a_heartbeat_does_not_wait_for_a_lease_row_a_commit_holds() {
+    use sqlx::Connection as _;
+    let Some(db) = postgres().await else { return };
+    let store = &db.store;
+    let region = Region::parse("us-east-1").unwrap();
+    for n in 1..=3u32 {
+        let id = MeetingId::parse(&format!("00000000-0000-0000-0000-00000000010{n}")).unwrap();
+        store
+            .add_meeting(&id, &region, None, roster_sync::domain::now(), false)
+            .await
+            .unwrap();
+    }
+    let ttl = Duration::from_secs(30);
+    let a = replica(1);
+    assert_eq!(store.heartbeat(&a, ttl, 100).await.unwrap().held, 3);
+    // Every lease far in the future, so a renewal (to now + TTL) shows whatever the clock.
+    db.raw
+        .execute("UPDATE meeting_leases SET expires_at = '2100-01-01'")
+        .await;
+
+    let mut committing = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = committing.begin().await.unwrap();
+    sqlx::query(
+        "SELECT 1 FROM meeting_leases \
+         WHERE meeting_id = '00000000-0000-0000-0000-000000000101' FOR SHARE",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+
+    // Without the skip, this waits for the lock until the session's lock_timeout fails it.
+    let view = store.heartbeat(&a, ttl, 100).await.unwrap();
+    assert_eq!(
+        view.held, 3,
+        "a lease skipped for a heartbeat is still held"
+    );
+    let renewed = db
+        .raw
+        .scalar("SELECT count(*) FROM meeting_leases WHERE expires_at < '2099-01-01'")
+        .await;
+    assert_eq!(renewed, 2, "the two rows nobody else held were renewed");
+
+    tx.commit().await.unwrap();
+    store.heartbeat(&a, ttl, 100).await.unwrap();
+    let renewed = db
+        .raw
+        .scalar("SELECT count(*) FROM meeting_leases WHERE expires_at < '2099-01-01'")
+        .await;
+    assert_eq!(renewed, 3, "the next heartbeat renews the third");
+    drop(committing);
+    db.finish().await;
+}
+
 #[tokio::test]
 async fn replicas_split_the_pages_and_a_departing_replica_releases_its_leases() {
     let Some(db) = postgres().await else { return };

@@ -167,12 +167,20 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
+        // The heartbeat never waits for a lease row another transaction holds: a poll
+        // committing under its lease holds the row `FOR SHARE` (see the lease fence), and the
+        // batched bookkeeping of unchanged polls holds many, in no set order. Waiting for them
+        // while holding the rows already renewed is a deadlock. A lease skipped here is
+        // renewed at the next heartbeat, well inside its TTL.
         sqlx::query(
             "UPDATE meeting_leases AS l \
              SET expires_at = now() + make_interval(secs => $2), \
                  pages = GREATEST(1, CEIL((SELECT count(*) FROM roster_attendees AS a \
                                            WHERE a.meeting_id = l.meeting_id)::float8 / $3))::int \
-             WHERE l.owner = $1::uuid AND l.expires_at > now()",
+             FROM (SELECT meeting_id FROM meeting_leases \
+                   WHERE owner = $1::uuid AND expires_at > now() \
+                   FOR NO KEY UPDATE SKIP LOCKED) AS mine \
+             WHERE l.meeting_id = mine.meeting_id",
         )
         .bind(me_id)
         .bind(ttl)
@@ -240,7 +248,8 @@ impl Store {
                 "SELECT l.meeting_id, l.pages FROM meeting_leases AS l \
                  JOIN tracked_meetings AS m USING (meeting_id) \
                  WHERE m.status = 'active' AND l.owner = $1::uuid AND l.expires_at > now() \
-                 ORDER BY l.pages, l.meeting_id",
+                 ORDER BY l.pages, l.meeting_id \
+                 FOR NO KEY UPDATE OF l SKIP LOCKED",
             )
             .bind(me_id)
             .fetch_all(&mut *tx)
