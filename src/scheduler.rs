@@ -4,7 +4,9 @@
 //! The parts live beside it:
 //! - [`poll`]: one poll, fetch → diff → `store.apply`, and the rules for endings and
 //!   departures;
-//! - [`queue`]: due order (stalest first), each region's page window, the credential breaker;
+//! - [`queue`]: due order (stalest first; under `change_aware` earliest due first, the
+//!   `poll.max_interval` deadline first of all, and early launches when nothing is due), each
+//!   region's page window, the credential breaker;
 //! - [`cadence`]: how long each meeting waits between polls (`poll.strategy`);
 //! - [`bookkeeping`]: the batch of unchanged polls' bookkeeping;
 //! - [`gauges`]: what the loop publishes about itself;
@@ -659,7 +661,7 @@ impl<S: RosterSource> Scheduler<S> {
                 pages: state.pages,
                 rate: state.change,
             };
-            let wait = cadence::wait(strategy, level, &demand, changes > 0, bounds);
+            let wait = cadence::wait(strategy, level, &demand, bounds);
             match strategy {
                 PollStrategy::Uniform => started + spread(wait),
                 PollStrategy::ChangeAware => started + spread(wait).min(bounds.longest),

@@ -17,11 +17,21 @@
 //! history counts as about average. It lives in memory only: after a restart every meeting
 //! starts from the average again. Every meeting keeps a small floor of the average rate.
 //!
-//! A meeting whose last poll found a change is due again after `poll.interval` (rosters
-//! change in bursts), as long as the budget can pay for these follow-ups on top of every
-//! meeting's longest wait; the allocation counts their cost. A meeting never polled goes
-//! first in the queue. With an ample budget every meeting is due every `poll.interval`, exactly as
-//! `uniform`.
+//! A poll that found a change brings no extra poll of its own: when changes come without
+//! memory (as the benchmark's churn does) a poll soon after another finds little and takes
+//! its requests from meetings that need them, and when they come in bursts the burst itself
+//! raises the meeting's estimate, which brings its next polls closer. A meeting never polled
+//! goes first in the queue. With an ample budget every meeting is due every `poll.interval`,
+//! exactly as `uniform`.
+//!
+//! The planned waits spend [`UTILISATION`] of the budget, so that a due meeting seldom waits
+//! for the rate; when nothing is due the queue spends the rest by launching early, of the
+//! meetings due soonest, the one expected to have changed most (never sooner than
+//! `poll.interval` after its last poll), so `change_aware` sends as many requests as
+//! `uniform`. The planned waits are at most `poll.max_interval`
+//! less [`MAX_INTERVAL_SLACK`]; a meeting still queued at that point goes ahead of every due
+//! one, so the slack is what queueing behind the rate budget may add (see
+//! `queue::Queue::by_due`).
 //!
 //! Pure arithmetic on what the queue knows: no clock reads, no I/O.
 
@@ -29,19 +39,17 @@ use std::time::Duration;
 
 use crate::config::PollStrategy;
 
-/// Weight of the newest poll in a meeting's averages: about the last five polls count.
-pub const EWMA_WEIGHT: f64 = 0.2;
-
 /// Share of the region's average change rate that every meeting is credited with, so a
 /// meeting that has not changed lately is still polled now and then below the cap.
 pub const FLOOR_SHARE: f64 = 0.05;
 
-/// Share of the rate budget the allocation plans to spend. Polls launch when the budget has
-/// room, so planning a little under it keeps the queue short and due times honoured.
+/// Share of the rate budget the allocation plans to spend. Planning a little under it keeps
+/// the queue of due meetings short; the queue's early launches spend the rest.
 pub const UTILISATION: f64 = 0.97;
 
 /// Share of `poll.max_interval` kept free for a due poll waiting in the queue: planned waits
-/// are at most `max_interval × (1 − MAX_INTERVAL_SLACK)`.
+/// are at most `max_interval × (1 − MAX_INTERVAL_SLACK)`, and a meeting still waiting then
+/// goes first.
 pub const MAX_INTERVAL_SLACK: f64 = 0.1;
 
 /// How far back a meeting's change history reaches: a poll weighs exp(−age / MEMORY).
@@ -52,16 +60,13 @@ pub const MEMORY: Duration = Duration::from_secs(600);
 pub const PRIOR_CHANGES: f64 = 0.5;
 
 /// A meeting's change history: per poll, the changes it found and the seconds it covered,
-/// each an exponentially weighted sum in which older polls weigh exp(−age / [`MEMORY`]), and
-/// the exponentially weighted share of polls that found a change.
+/// each an exponentially weighted sum in which older polls weigh exp(−age / [`MEMORY`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ChangeRate {
     /// Changes (events) the polls found.
     events: f64,
     /// Seconds the polls covered (each since the previous successful poll started).
     seconds: f64,
-    /// Share of polls that found a change ([`EWMA_WEIGHT`] per poll).
-    changed: f64,
     /// Whether any poll has been averaged in yet.
     known: bool,
 }
@@ -71,17 +76,14 @@ impl ChangeRate {
     pub fn observe(&mut self, events: usize, window: Duration) {
         let events = events as f64;
         let seconds = window.as_secs_f64();
-        let changed = if events > 0.0 { 1.0 } else { 0.0 };
         if self.known {
             let keep = (-seconds / MEMORY.as_secs_f64()).exp();
             self.events = keep * self.events + events;
             self.seconds = keep * self.seconds + seconds;
-            self.changed += EWMA_WEIGHT * (changed - self.changed);
         } else {
             *self = Self {
                 events,
                 seconds,
-                changed,
                 known: true,
             };
         }
@@ -98,11 +100,6 @@ impl ChangeRate {
         }
         (self.events + PRIOR_CHANGES) / (self.seconds + PRIOR_CHANGES / mean)
     }
-
-    /// Share of polls that found a change (and so brought a follow-up poll).
-    pub fn changed_share(&self) -> f64 {
-        if self.known { self.changed } else { 0.0 }
-    }
 }
 
 /// What the allocation needs of one meeting.
@@ -114,26 +111,14 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// Share of planned polls followed by a follow-up poll.
-    fn follow_ups(&self, follow_up: bool) -> f64 {
-        if follow_up {
-            self.rate.changed_share()
-        } else {
-            0.0
-        }
+    /// Requests a poll costs.
+    fn cost(&self) -> f64 {
+        f64::from(self.pages.max(1))
     }
 
-    /// Requests per planned poll, its expected follow-up included.
-    fn cost(&self, follow_up: bool) -> f64 {
-        f64::from(self.pages.max(1)) * (1.0 + self.follow_ups(follow_up))
-    }
-
-    /// Requests per second when planned polls are `wait` seconds apart: a share q of them
-    /// find a change and bring a follow-up `shortest` later, so 1 + q polls per
-    /// `wait` + q × `shortest`.
-    fn spend(&self, wait: f64, shortest: f64, follow_up: bool) -> f64 {
-        let q = self.follow_ups(follow_up);
-        f64::from(self.pages.max(1)) * (1.0 + q) / (wait + q * shortest)
+    /// Requests per second when polls are `wait` seconds apart.
+    fn spend(&self, wait: f64) -> f64 {
+        self.cost() / wait
     }
 }
 
@@ -147,14 +132,7 @@ pub enum Level {
     Saturated,
     /// Frequencies are `scale × √(rate / cost)`, clamped; `mean` is the average change rate
     /// (meetings with no estimate count as this, and every one gets a floor of it).
-    /// `follow_up`: whether a meeting whose poll found a change is due again after
-    /// `poll.interval` (only when the budget can pay for it on top of every meeting's
-    /// longest wait).
-    Shared {
-        scale: f64,
-        mean: f64,
-        follow_up: bool,
-    },
+    Shared { scale: f64, mean: f64 },
 }
 
 /// The bounds a wait is kept within.
@@ -177,10 +155,10 @@ impl Bounds {
 
 /// The weight √(λ / c) of a meeting, with no estimate counted as `mean` and a floor of
 /// [`FLOOR_SHARE`] × `mean` (all alike when nothing has changed anywhere).
-fn weight(d: &Demand, mean: f64, follow_up: bool) -> f64 {
+fn weight(d: &Demand, mean: f64) -> f64 {
     let rate = d.rate.per_second(mean) + FLOOR_SHARE * mean;
     let rate = if mean > 0.0 { rate } else { 1.0 };
-    (rate / d.cost(follow_up)).sqrt()
+    (rate / d.cost()).sqrt()
 }
 
 fn frequency(scale: f64, w: f64, b: Bounds) -> f64 {
@@ -191,8 +169,8 @@ fn frequency(scale: f64, w: f64, b: Bounds) -> f64 {
 }
 
 /// Shares `budget` requests per second between `demands` (one region's meetings): ample,
-/// saturated, or the scale at which the meetings' planned polls and their follow-ups spend
-/// `budget` × [`UTILISATION`].
+/// saturated, or the scale at which the meetings' planned polls spend `budget` ×
+/// [`UTILISATION`].
 pub fn allocate(demands: &[Demand], budget: Option<f64>, b: Bounds) -> Level {
     let Some(budget) = budget else {
         return Level::Ample;
@@ -218,16 +196,9 @@ pub fn allocate(demands: &[Demand], budget: Option<f64>, b: Bounds) -> Level {
     if pages / shortest <= budget {
         return Level::Ample;
     }
-    let at_longest = |follow_up: bool| -> f64 {
-        demands
-            .iter()
-            .map(|d| d.spend(longest, shortest, follow_up))
-            .sum()
-    };
-    if at_longest(false) >= budget {
+    if pages / longest >= budget {
         return Level::Saturated;
     }
-    let follow_up = at_longest(true) < budget;
     // The region's average: every meeting's changes over every meeting's seconds.
     let (events, seconds) = demands
         .iter()
@@ -236,12 +207,12 @@ pub fn allocate(demands: &[Demand], budget: Option<f64>, b: Bounds) -> Level {
             (e + d.rate.events, s + d.rate.seconds)
         });
     let mean = if seconds > 0.0 { events / seconds } else { 0.0 };
-    let weights: Vec<f64> = demands.iter().map(|d| weight(d, mean, follow_up)).collect();
+    let weights: Vec<f64> = demands.iter().map(|d| weight(d, mean)).collect();
     let spend = |scale: f64| -> f64 {
         demands
             .iter()
             .zip(&weights)
-            .map(|(d, &w)| d.spend(1.0 / frequency(scale, w, b), shortest, follow_up))
+            .map(|(d, &w)| d.spend(1.0 / frequency(scale, w, b)))
             .sum()
     };
     // Below `low` every meeting is at the longest wait, above `high` at the shortest; spend
@@ -264,35 +235,16 @@ pub fn allocate(demands: &[Demand], budget: Option<f64>, b: Bounds) -> Level {
     Level::Shared {
         scale: low.exp(),
         mean,
-        follow_up,
     }
 }
 
-/// The planned wait of one meeting until its next poll: `changed` when the poll just
-/// finished found a change.
-pub fn wait(
-    strategy: PollStrategy,
-    level: Level,
-    d: &Demand,
-    changed: bool,
-    b: Bounds,
-) -> Duration {
+/// The planned wait of one meeting until its next poll.
+pub fn wait(strategy: PollStrategy, level: Level, d: &Demand, b: Bounds) -> Duration {
     match (strategy, level) {
         (PollStrategy::Uniform, _) | (_, Level::Ample) => b.shortest,
         (PollStrategy::ChangeAware, Level::Saturated) => b.longest,
-        (
-            PollStrategy::ChangeAware,
-            Level::Shared {
-                scale,
-                mean,
-                follow_up,
-            },
-        ) => {
-            if changed && follow_up {
-                b.shortest
-            } else {
-                Duration::from_secs_f64(1.0 / frequency(scale, weight(d, mean, follow_up), b))
-            }
+        (PollStrategy::ChangeAware, Level::Shared { scale, mean }) => {
+            Duration::from_secs_f64(1.0 / frequency(scale, weight(d, mean), b))
         }
     }
 }
@@ -315,17 +267,7 @@ mod tests {
     fn spend(demands: &[Demand], level: Level) -> f64 {
         demands
             .iter()
-            .map(|d| {
-                let w = wait(PollStrategy::ChangeAware, level, d, false, bounds());
-                let follow_up = matches!(
-                    level,
-                    Level::Shared {
-                        follow_up: true,
-                        ..
-                    }
-                );
-                d.spend(w.as_secs_f64(), bounds().shortest.as_secs_f64(), follow_up)
-            })
+            .map(|d| d.spend(wait(PollStrategy::ChangeAware, level, d, bounds()).as_secs_f64()))
             .sum()
     }
 
@@ -335,7 +277,6 @@ mod tests {
         assert_eq!(r.per_second(0.3), 0.3, "no history: the average");
         r.observe(2, Duration::from_secs(10));
         assert_eq!(r.per_second(0.0), 0.2);
-        assert_eq!(r.changed_share(), 1.0);
         // Little history is pulled toward the average; more of it speaks for itself.
         assert!((r.per_second(0.01) - 2.5 / 60.0).abs() < 1e-9);
         for _ in 0..300 {
@@ -347,7 +288,6 @@ mod tests {
             r.observe(0, Duration::from_secs(10));
         }
         assert!(r.per_second(0.0) < 0.001, "{r:?}");
-        assert!(r.changed_share() < 0.01, "{r:?}");
     }
 
     #[test]
@@ -359,12 +299,7 @@ mod tests {
         assert_eq!(allocate(&demands, None, bounds()), Level::Ample);
         for d in &demands {
             for strategy in [PollStrategy::Uniform, PollStrategy::ChangeAware] {
-                for changed in [false, true] {
-                    assert_eq!(
-                        wait(strategy, level, d, changed, bounds()),
-                        bounds().shortest
-                    );
-                }
+                assert_eq!(wait(strategy, level, d, bounds()), bounds().shortest);
             }
         }
     }
@@ -380,7 +315,6 @@ mod tests {
                 rate: ChangeRate {
                     events: 2000.0 / f64::from(i),
                     seconds: 10_000.0,
-                    changed: 0.5,
                     known: true,
                 },
             })
@@ -394,7 +328,7 @@ mod tests {
         assert!((spent - 10.0 * UTILISATION).abs() < 0.01, "{spent}");
         let waits: Vec<f64> = demands
             .iter()
-            .map(|d| wait(PollStrategy::ChangeAware, level, d, false, bounds()).as_secs_f64())
+            .map(|d| wait(PollStrategy::ChangeAware, level, d, bounds()).as_secs_f64())
             .collect();
         // Inside the bounds, the wait goes as √(rank): 4 × the rank, 2 × the wait.
         let (a, b) = (waits[9], waits[39]);
@@ -411,7 +345,7 @@ mod tests {
         let mut demands: Vec<Demand> = (0..100).map(|_| demand(1, 1, 30.0)).collect();
         demands.push(demand(4, 1, 30.0));
         let level = allocate(&demands, Some(5.0), bounds());
-        let w = |d: &Demand| wait(PollStrategy::ChangeAware, level, d, false, bounds());
+        let w = |d: &Demand| wait(PollStrategy::ChangeAware, level, d, bounds());
         let ratio = w(&demands[100]).as_secs_f64() / w(&demands[0]).as_secs_f64();
         assert!((ratio - 2.0).abs() < 0.05, "{ratio}");
     }
@@ -425,33 +359,34 @@ mod tests {
         demands.push(demand(1, 50, 10.0));
         let level = allocate(&demands, Some(5.0), b);
         for d in &demands {
-            let w = wait(PollStrategy::ChangeAware, level, d, false, b);
+            let w = wait(PollStrategy::ChangeAware, level, d, b);
             assert!(w <= b.longest && w >= b.shortest, "{w:?}");
         }
         assert_eq!(
-            wait(PollStrategy::ChangeAware, level, &demands[200], false, b),
+            wait(PollStrategy::ChangeAware, level, &demands[200], b),
             b.shortest
         );
         // A budget that cannot poll everyone once per max_interval: everyone at the cap.
         let level = allocate(&demands, Some(1.0), b);
         assert_eq!(level, Level::Saturated);
         assert_eq!(
-            wait(PollStrategy::ChangeAware, level, &demands[200], false, b),
+            wait(PollStrategy::ChangeAware, level, &demands[200], b),
             b.longest
         );
     }
 
     #[test]
-    fn a_meeting_that_just_changed_is_due_after_the_interval() {
-        let demands: Vec<Demand> = (0..300).map(|_| demand(3, 0, 60.0)).collect();
+    fn a_burst_of_changes_brings_the_next_polls_closer() {
+        // 300 meetings of 3 pages, each having found one change in its last minute.
+        let mut demands: Vec<Demand> = (0..300).map(|_| demand(3, 1, 60.0)).collect();
         let level = allocate(&demands, Some(10.0), bounds());
-        assert_ne!(level, Level::Ample);
-        let d = &demands[0];
-        assert!(wait(PollStrategy::ChangeAware, level, d, false, bounds()) > bounds().shortest);
-        assert_eq!(
-            wait(PollStrategy::ChangeAware, level, d, true, bounds()),
-            bounds().shortest
-        );
+        let before = wait(PollStrategy::ChangeAware, level, &demands[0], bounds());
+        assert!(before > bounds().shortest, "{before:?}");
+        // Meeting 0's next poll finds a burst of 20 joins.
+        demands[0].rate.observe(20, before);
+        let level = allocate(&demands, Some(10.0), bounds());
+        let after = wait(PollStrategy::ChangeAware, level, &demands[0], bounds());
+        assert!(after < before / 2, "{before:?} then {after:?}");
     }
 
     #[test]
@@ -464,15 +399,7 @@ mod tests {
         });
         // One meeting more of 3 pages, not of 1: the others wait a 301st longer.
         let with_new = allocate(&demands, Some(10.0), bounds());
-        let w = |level| {
-            wait(
-                PollStrategy::ChangeAware,
-                level,
-                &demands[0],
-                false,
-                bounds(),
-            )
-        };
+        let w = |level| wait(PollStrategy::ChangeAware, level, &demands[0], bounds());
         let ratio = w(with_new).as_secs_f64() / w(level).as_secs_f64();
         assert!((ratio - 301.0 / 300.0).abs() < 1e-3, "{ratio}");
     }
@@ -481,13 +408,7 @@ mod tests {
     fn with_no_change_anywhere_the_budget_is_shared_evenly() {
         let demands: Vec<Demand> = (0..300).map(|_| demand(3, 0, 60.0)).collect();
         let level = allocate(&demands, Some(10.0), bounds());
-        let w = wait(
-            PollStrategy::ChangeAware,
-            level,
-            &demands[0],
-            false,
-            bounds(),
-        );
+        let w = wait(PollStrategy::ChangeAware, level, &demands[0], bounds());
         // 900 pages at 9.7 requests/s: about 93 s each.
         assert!(
             (w.as_secs_f64() - 900.0 / (10.0 * UTILISATION)).abs() < 0.5,

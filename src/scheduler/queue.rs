@@ -2,7 +2,11 @@
 //!
 //! Meetings wait in a timer heap until their due time, then in their region's ready heap,
 //! **stalest first** (never polled, then the longest since the last successful poll), so
-//! when the budget cannot poll every meeting each interval freshness degrades evenly. A
+//! when the budget cannot poll every meeting each interval freshness degrades evenly. Under
+//! `change_aware` ([`Queue::by_due`]) polled meetings go earliest due first instead, except
+//! that one whose last successful poll started the longest allowed wait ago goes before them
+//! all (the `poll.max_interval` deadline); and when nothing is due and no poll is sending,
+//! one of the meetings due soonest is launched early (work-conserving). A
 //! meeting's **cost is its pages** (those of its last complete roster): a region launches
 //! polls only while the pages of polls in flight are under [`LOOKAHEAD`] seconds of its
 //! current rate. A poll that sleeps in a backoff or a Retry-After, or confirms departures,
@@ -216,13 +220,17 @@ impl Breaker {
 /// A wait within this of the longest allowed counts as having reached it ([`Queue::by_due`]).
 const URGENT_MARGIN: Duration = Duration::from_millis(1);
 
+/// Timers [`Queue::pull_early`] looks at before giving up: those due soonest may belong to
+/// meetings polled less than an interval ago or to another region.
+const EARLY_SCAN: usize = 32;
+
 /// One control region: its meetings due now, and what its polls in flight cost.
 #[derive(Debug)]
 pub(super) struct RegionQueue {
     pub region: Arc<Region>,
     /// Due meetings, stalest first: (last success, slot, version); never polled (`None`)
     /// sorts first. With [`Queue::by_due`] the key of a polled meeting is its due time, or
-    /// its last success when its wait reached the longest allowed (it goes first).
+    /// its last success once the longest wait since then is reached (it goes first).
     ready: BinaryHeap<Reverse<(Option<Instant>, usize, u32)>>,
     /// Pages held by polls in flight that are sending; shared with their [`PageClaim`]s.
     window: Arc<AtomicU32>,
@@ -248,8 +256,11 @@ pub(super) struct Queue {
     next_region: usize,
     /// `Some(longest)`: due meetings that have been polled go earliest due first instead of
     /// stalest first (`change_aware`: waits differ, and the earliest due is the one furthest
-    /// past its planned wait), except that a meeting whose wait reached `longest` goes before
-    /// all of them, oldest first: it is the one `poll.max_interval` is about to bound.
+    /// past its planned wait), except that a meeting `longest` after its last successful poll
+    /// started (its planned wait reached `longest`, or it has been queued that long) goes
+    /// before all of them, oldest first: it is the one `poll.max_interval` is about to bound.
+    /// When none is due and no poll is sending, one of those due soonest goes early
+    /// ([`Queue::pull_early`]).
     by_due: Option<Duration>,
 }
 
@@ -264,8 +275,9 @@ pub(super) struct Due {
 
 impl Queue {
     /// An empty queue; `by_due` (`Some(longest wait)`) orders due meetings that have been
-    /// polled by due time rather than by staleness, those at the longest wait first. Meetings
-    /// never polled go first either way.
+    /// polled by due time rather than by staleness, those `longest` after their last poll
+    /// first, and launches early when nothing is due. Meetings never polled go first either
+    /// way.
     pub fn by_due(by_due: Option<Duration>) -> Self {
         Self {
             by_due,
@@ -388,12 +400,22 @@ impl Queue {
     }
 
     /// Queues the meeting in `slot` to become due at `due`; earlier queue entries of it are
-    /// void.
+    /// void. With [`Queue::by_due`], a polled meeting due before its deadline (its last
+    /// successful poll's start plus the longest wait) gets a second timer at the deadline: if
+    /// it is still waiting then, it goes ahead of every due meeting ([`Queue::promote`]).
     pub fn schedule(&mut self, slot: usize, due: Instant) {
+        let longest = self.by_due;
         if let Some(state) = self.get_mut(slot) {
             state.version = state.version.wrapping_add(1);
             let version = state.version;
+            let deadline = longest
+                .zip(state.fresh_at)
+                .map(|(longest, fresh)| fresh + longest)
+                .filter(|&deadline| deadline > due);
             self.timers.push(Reverse((due, slot, version)));
+            if let Some(deadline) = deadline {
+                self.timers.push(Reverse((deadline, slot, version)));
+            }
         }
     }
 
@@ -470,6 +492,9 @@ impl Queue {
                     break;
                 }
                 let Some(Reverse(entry)) = queue.ready.peek().copied() else {
+                    if used == 0 && self.pull_early(r, now, interval) {
+                        continue;
+                    }
                     break;
                 };
                 let (_, slot, version) = entry;
@@ -500,6 +525,62 @@ impl Queue {
             self.regions[r].ready.extend(blocked);
         }
         due
+    }
+
+    /// Work-conserving launch: while region `r` shares its budget out ([`Level::Shared`]) and
+    /// none of its meetings is due, one goes to the ready heap early, so the budget the planned
+    /// waits leave idle is spent rather than lost. Called only when no poll of the region is
+    /// sending, so one early poll at a time holds the window: a meeting that falls due
+    /// meanwhile waits for at most that poll's requests. Of the [`EARLY_SCAN`] timers due
+    /// soonest, the meetings whose last successful poll started at least `interval` ago, that
+    /// are not backing off after failures and whose bookkeeping is written qualify; the one
+    /// expected to have changed most per page (change rate × time since its last poll ÷
+    /// pages) goes, the soonest due on a tie. Returns whether one was moved.
+    fn pull_early(&mut self, r: usize, now: Instant, interval: Duration) -> bool {
+        let region = &self.regions[r];
+        let mean = match region.level {
+            Level::Shared { mean, .. } if self.by_due.is_some() && region.breaker.is_up() => mean,
+            _ => return false,
+        };
+        let mut aside = Vec::new();
+        // (expected changes per page, index in `aside`)
+        let mut best: Option<(f64, usize)> = None;
+        while aside.len() < EARLY_SCAN {
+            let Some(Reverse(entry)) = self.timers.pop() else {
+                break;
+            };
+            let (_, slot, version) = entry;
+            let Some(state) = self.get(slot) else {
+                continue;
+            };
+            if state.version != version || state.in_flight {
+                continue;
+            }
+            let since = state
+                .fresh_at
+                .map(|fresh| now.saturating_duration_since(fresh))
+                .filter(|&since| since >= interval);
+            if let Some(since) = since
+                && state.region == r
+                && state.failures == 0
+                && !state.pending
+            {
+                let expected = state.change.per_second(mean) * since.as_secs_f64()
+                    / f64::from(cost(state.pages));
+                if best.is_none_or(|(most, _)| expected > most) {
+                    best = Some((expected, aside.len()));
+                }
+            }
+            aside.push(Reverse(entry));
+        }
+        let pulled = best.map(|(_, i)| aside.swap_remove(i));
+        self.timers.extend(aside);
+        if let Some(Reverse((due, slot, version))) = pulled {
+            self.regions[r]
+                .ready
+                .push(Reverse((Some(due), slot, version)));
+        }
+        pulled.is_some()
     }
 
     /// Pages held by polls in flight that are sending, in region `r`.
@@ -610,6 +691,85 @@ mod tests {
         let due = q.take_due(later, 3, s(10), |_| None);
         let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
         assert_eq!(order, vec![2, 0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn by_due_a_meeting_still_queued_at_its_deadline_goes_before_earlier_due_ones() {
+        let s = Duration::from_secs;
+        let now = Instant::now();
+        let queue = || {
+            let mut q = Queue::by_due(Some(s(108)));
+            for i in 0..3 {
+                q.insert(id(i), region(), now, now, 1);
+            }
+            // Slot 0's planned wait, 100 s, is under the longest; slots 1 and 2 are due
+            // before it.
+            for (slot, fresh, due) in [(0, 0, 100), (1, 60, 70), (2, 65, 75)] {
+                q.get_mut(slot).unwrap().fresh_at = Some(now + s(fresh));
+                q.schedule(slot, now + s(due));
+            }
+            q
+        };
+        let order = |at: u64| {
+            let mut q = queue();
+            let at = now + s(at);
+            q.promote(at);
+            let due = q.take_due(at, 4, s(10), |_| None);
+            due.launch.iter().map(|(s, _)| *s).collect::<Vec<usize>>()
+        };
+        // Before its deadline (0 + 108 s) it waits its turn; a backlog that keeps it queued
+        // past the deadline puts it first, and it is launched once.
+        assert_eq!(order(107), vec![1, 2, 0]);
+        assert_eq!(order(110), vec![0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn by_due_a_shared_budget_with_room_launches_the_likeliest_changed_meeting_early() {
+        let s = Duration::from_secs;
+        let interval = s(10);
+        let mut q = Queue::by_due(Some(s(108)));
+        let now = Instant::now();
+        for i in 0..4 {
+            q.insert(id(i), region(), now, now, 1);
+            q.set_pages(i, 3);
+        }
+        // Nothing is due at 100 s. Slot 0, due soonest, was polled less than an interval
+        // ago; slot 1 is backing off after a failure; slot 3 is due before slot 2, but slot
+        // 2 found 5 changes in its last minute and slot 3 has no history (the average).
+        for (slot, fresh, due) in [(0, 95, 105), (1, 50, 110), (2, 60, 130), (3, 70, 120)] {
+            q.get_mut(slot).unwrap().fresh_at = Some(now + s(fresh));
+            q.schedule(slot, now + s(due));
+        }
+        q.get_mut(1).unwrap().failures = 1;
+        q.get_mut(2)
+            .unwrap()
+            .change
+            .observe(5, Duration::from_secs(60));
+        let at = now + s(100);
+        q.promote(at);
+        // With an ample budget every meeting waits for its due time.
+        assert!(
+            q.take_due(at, 4, interval, |_| Some(10.0))
+                .launch
+                .is_empty()
+        );
+        q.regions[0].level = Level::Shared {
+            scale: 1.0,
+            mean: 0.01,
+        };
+        // One early poll at a time: the next waits until the first stops sending.
+        let first = q.take_due(at, 4, interval, |_| Some(10.0));
+        let order: Vec<usize> = first.launch.iter().map(|(s, _)| *s).collect();
+        assert_eq!(order, vec![2]);
+        assert!(
+            q.take_due(at, 4, interval, |_| Some(10.0))
+                .launch
+                .is_empty()
+        );
+        drop(first);
+        let second = q.take_due(at, 4, interval, |_| Some(10.0));
+        let order: Vec<usize> = second.launch.iter().map(|(s, _)| *s).collect();
+        assert_eq!(order, vec![3]);
     }
 
     #[tokio::test(start_paused = true)]

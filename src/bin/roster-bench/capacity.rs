@@ -18,7 +18,7 @@ use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::config::{PollStrategy, Settings};
 use roster_sync::domain::Region;
 use roster_sync::scheduler::PollReport;
-use roster_sync::sim::churn::{ChurnPlan, Fleet, churn};
+use roster_sync::sim::churn::{ChurnPlan, Fleet, churn, guid};
 use roster_sync::sim::control::Driver;
 use roster_sync::store::{Backend, Store, StoredEvent};
 
@@ -68,6 +68,9 @@ pub struct Report {
     /// Changes the churn made, and of those, matched with their event.
     pub changes: u64,
     pub changes_detected: u64,
+    /// Changes no poll could see: undone or hidden by a later change to the same attendee
+    /// before the meeting's next poll started (see `latency::Changes::masked`).
+    pub changes_masked: u64,
     pub detection_latency_p50_ms: f64,
     pub detection_latency_p99_ms: f64,
     pub detection_latency_max_ms: f64,
@@ -171,9 +174,15 @@ pub async fn measure(
     let observer = {
         let sweeps = Arc::clone(&sweeps);
         let gaps = Arc::clone(&gaps);
+        let changes = Arc::clone(&changes);
         move |r: &PollReport<'_>| {
             lock(&sweeps).on_poll(r);
             lock(&gaps).on_poll(r);
+            if r.succeeded()
+                && let Ok(meeting) = guid(r.meeting_id.as_str())
+            {
+                lock(&changes).polled(meeting, r.started);
+            }
         }
     };
 
@@ -324,6 +333,7 @@ pub async fn measure(
         sweep_first_s,
         changes: churned.made,
         changes_detected: changes.latencies_ms.len() as u64,
+        changes_masked: changes.masked(),
         detection_latency_p50_ms: percentile(&latencies, 0.5),
         detection_latency_p99_ms: percentile(&latencies, 0.99),
         detection_latency_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
@@ -494,9 +504,10 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
     );
     let _ = writeln!(
         s,
-        "changes {} made, {} detected; detection latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "changes {} made, {} detected, {} masked by a later change before any poll; detection latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         r.changes,
         r.changes_detected,
+        r.changes_masked,
         r.detection_latency_p50_ms,
         r.detection_latency_p99_ms,
         r.detection_latency_max_ms

@@ -27,11 +27,16 @@ pub struct Changes {
     /// Events that arrived before the Driver's answer was noted (a poll raced it).
     early: HashMap<ChangeKey, Instant>,
     pub latencies_ms: Vec<f64>,
+    /// Every change made, in order: what [`Changes::masked`] replays.
+    log: Vec<(ChangeKey, Instant)>,
+    /// When each meeting's successful polls started, in order.
+    polls: HashMap<u128, Vec<Instant>>,
 }
 
 impl Changes {
     pub fn made(&mut self, m: &Made) {
         let key = (m.meeting, m.attendee, m.kind);
+        self.log.push((key, m.at));
         match self.early.remove(&key) {
             Some(seen) => self
                 .latencies_ms
@@ -40,6 +45,52 @@ impl Changes {
                 self.pending.entry(key).or_insert(m.at);
             }
         }
+    }
+
+    /// A successful poll of `meeting` started at `started`.
+    pub fn polled(&mut self, meeting: u128, started: Instant) {
+        self.polls.entry(meeting).or_default().push(started);
+    }
+
+    /// Changes that no poll could see, because a later change to the same attendee undid or
+    /// hid them before the meeting's next poll started: two capability changes cancel out, a
+    /// deletion hides an earlier capability change, a deletion of an attendee who joined since
+    /// the last poll hides both, and a joined attendee's capability change shows only as the
+    /// join. Changes after a meeting's last poll count as not seen either.
+    pub fn masked(&self) -> u64 {
+        // The changes to each attendee between two polls of its meeting, in order.
+        let mut windows: HashMap<(u128, u128, usize), Vec<EventKind>> = HashMap::new();
+        let mut unpolled = 0u64;
+        for &((meeting, attendee, kind), at) in &self.log {
+            let starts = self.polls.get(&meeting).map_or(&[][..], Vec::as_slice);
+            let next = starts.partition_point(|&s| s <= at);
+            if next == starts.len() {
+                unpolled += 1;
+                continue;
+            }
+            windows
+                .entry((meeting, attendee, next))
+                .or_default()
+                .push(kind);
+        }
+        let hidden: usize = windows
+            .values()
+            .map(|kinds| {
+                let joined = kinds.contains(&EventKind::Joined);
+                let left = kinds.contains(&EventKind::Left);
+                let caps = kinds
+                    .iter()
+                    .filter(|&&k| k == EventKind::CapabilitiesChanged)
+                    .count();
+                let visible = match (joined, left) {
+                    (true, true) => 0,
+                    (true, false) | (false, true) => 1,
+                    (false, false) => caps % 2,
+                };
+                kinds.len() - visible
+            })
+            .sum();
+        unpolled + hidden as u64
     }
 
     pub fn seen(&mut self, key: ChangeKey, at: Instant) {
@@ -109,6 +160,42 @@ mod tests {
         c.seen((1, 3, EventKind::Left), t0 + Duration::from_millis(500));
         assert_eq!(c.latencies_ms.len(), 2);
         assert!((c.latencies_ms[1] - 500.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn changes_undone_before_the_next_poll_are_masked() {
+        let mut c = Changes {
+            armed: true,
+            ..Changes::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let made = |attendee, kind, s| Made {
+            meeting: 1,
+            attendee,
+            kind,
+            at: at(s),
+        };
+        c.polled(1, at(0));
+        // Between the polls at 0 and 10 s: attendee 2's capabilities change twice (undone),
+        // attendee 3 joins and is deleted, attendee 4's capabilities change and it is
+        // deleted (the deletion shows), attendee 5 changes once (shows).
+        c.made(&made(2, EventKind::CapabilitiesChanged, 1));
+        c.made(&made(2, EventKind::CapabilitiesChanged, 2));
+        c.made(&made(3, EventKind::Joined, 3));
+        c.made(&made(3, EventKind::Left, 4));
+        c.made(&made(4, EventKind::CapabilitiesChanged, 5));
+        c.made(&made(4, EventKind::Left, 6));
+        c.made(&made(5, EventKind::CapabilitiesChanged, 7));
+        c.polled(1, at(10));
+        // Attendee 2 again, once each side of the poll at 20 s: both show.
+        c.made(&made(2, EventKind::CapabilitiesChanged, 15));
+        c.polled(1, at(20));
+        c.made(&made(2, EventKind::CapabilitiesChanged, 25));
+        c.polled(1, at(30));
+        // After the last poll: not seen.
+        c.made(&made(5, EventKind::CapabilitiesChanged, 35));
+        assert_eq!(c.masked(), 2 + 2 + 1 + 1);
     }
 
     #[test]
