@@ -166,8 +166,12 @@ async fn run(strategy: PollStrategy, enough: impl Fn(i64, &[i64]) -> bool) -> (i
 async fn change_aware_polls_the_busy_meeting_most_and_every_quiet_one_within_max_interval() {
     let (busy, quiet) = run(PollStrategy::ChangeAware, |busy, _| busy >= 50).await;
     let most_quiet = *quiet.iter().max().unwrap();
+    // The busy meeting is polled at least 2.5 × as often as any quiet one (uniform: about
+    // 1.2 ×). Not more is asked: the budget the busy meeting cannot use (it is never polled
+    // sooner than poll.interval after its last poll) goes to quiet meetings polled early,
+    // which put the ratio at 3.3–4.2 in runs on a 2-core machine.
     assert!(
-        busy >= 3 * most_quiet,
+        2 * busy >= 5 * most_quiet,
         "the busy meeting was polled {busy} times, a quiet one up to {most_quiet}: {quiet:?}"
     );
     // No poll of the busy meeting follows the previous one sooner than poll.interval, so
