@@ -128,8 +128,14 @@ impl RosterSource for Script {
     }
 }
 
-async fn store_with(meetings: usize) -> (Store, Vec<MeetingId>) {
-    let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+/// A migrated SQLite store in a file of a new temporary directory (dropped with the returned
+/// guard), tracking `meetings` meetings. A file, not `sqlite::memory:`: a pool connection
+/// closed while a cancelled poll held it is replaced, and a new connection to an in-memory
+/// database would open an empty one.
+async fn store_with(meetings: usize) -> (Store, Vec<MeetingId>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let store = Store::connect(&url, 1).await.unwrap();
     store.migrate().await.unwrap();
     let region = Region::parse("us-east-1").unwrap();
     let mut ids = Vec::new();
@@ -141,7 +147,7 @@ async fn store_with(meetings: usize) -> (Store, Vec<MeetingId>) {
             .unwrap();
         ids.push(id);
     }
-    (store, ids)
+    (store, ids, dir)
 }
 
 fn region() -> Region {
@@ -170,7 +176,7 @@ async fn credential_and_proxy_errors_on_a_live_meeting_end_nothing() {
         ("ResourceNotFoundException", 404),
     ];
     for (code, status) in cases {
-        let (store, ids) = store_with(1).await;
+        let (store, ids, _dir) = store_with(1).await;
         let source = Script::new(vec![attendee(1), attendee(2)], 1);
         let (first, known) = poll(&source, &store, &ids[0], None).await;
         assert!(matches!(first, PollOutcome::Changed(_)));
@@ -197,7 +203,7 @@ async fn credential_and_proxy_errors_on_a_live_meeting_end_nothing() {
 
 #[tokio::test]
 async fn a_meeting_ends_only_when_get_meeting_confirms_not_found() {
-    let (store, ids) = store_with(1).await;
+    let (store, ids, _dir) = store_with(1).await;
     let source = Script::new(vec![attendee(1), attendee(2)], 1);
     let (_, known) = poll(&source, &store, &ids[0], None).await;
 
@@ -238,7 +244,7 @@ async fn a_meeting_ends_only_when_get_meeting_confirms_not_found() {
 
 #[tokio::test]
 async fn a_meeting_that_never_answered_is_not_found_in_its_region_never_ended() {
-    let (store, ids) = store_with(1).await;
+    let (store, ids, _dir) = store_with(1).await;
     let source = Script::new(Vec::new(), 1);
     *source.roster.lock().unwrap() = Err(error("NotFoundException", 404));
     *source.meeting.lock().unwrap() = Err(error("NotFoundException", 404));
@@ -258,7 +264,7 @@ async fn a_meeting_that_never_answered_is_not_found_in_its_region_never_ended() 
 
 #[tokio::test]
 async fn a_departure_from_a_multi_page_roster_is_recorded_only_when_get_attendee_confirms_it() {
-    let (store, ids) = store_with(1).await;
+    let (store, ids, _dir) = store_with(1).await;
     let everyone: Vec<Attendee> = (1..=5).map(attendee).collect();
     let source = Script::new(everyone.clone(), 2);
     let (_, known) = poll(&source, &store, &ids[0], None).await;
@@ -299,7 +305,7 @@ async fn a_departure_from_a_multi_page_roster_is_recorded_only_when_get_attendee
 
 #[tokio::test]
 async fn a_one_page_roster_needs_no_confirmation() {
-    let (store, ids) = store_with(1).await;
+    let (store, ids, _dir) = store_with(1).await;
     let source = Script::new(vec![attendee(1), attendee(2)], 1);
     let (_, known) = poll(&source, &store, &ids[0], None).await;
     *source.roster.lock().unwrap() = Ok((vec![attendee(1)], 1));
@@ -313,7 +319,7 @@ async fn a_one_page_roster_needs_no_confirmation() {
 
 #[tokio::test]
 async fn unchanged_polls_are_recorded_in_one_batch_by_shutdown() {
-    let (store, ids) = store_with(3).await;
+    let (store, ids, _dir) = store_with(3).await;
     let source = Arc::new(Script::new(vec![attendee(1)], 1));
     let polls = Arc::new(Mutex::new(HashMap::<MeetingId, usize>::new()));
     let seen = Arc::clone(&polls);
@@ -369,7 +375,7 @@ async fn unchanged_polls_are_recorded_in_one_batch_by_shutdown() {
 
 #[tokio::test]
 async fn the_batch_waits_until_it_is_due_then_writes_every_poll_at_once() {
-    let (store, ids) = store_with(3).await;
+    let (store, ids, _dir) = store_with(3).await;
     let source = Script::new(Vec::new(), 1);
     let mut batch = bookkeeping::Batch::default();
     let now = Instant::now();
@@ -401,7 +407,7 @@ async fn the_batch_waits_until_it_is_due_then_writes_every_poll_at_once() {
 
 #[tokio::test]
 async fn bookkeeping_of_a_meeting_removed_meanwhile_is_refused() {
-    let (store, ids) = store_with(1).await;
+    let (store, ids, _dir) = store_with(1).await;
     let source = Script::new(vec![attendee(1)], 1);
     let (first, known) = poll(&source, &store, &ids[0], None).await;
     assert!(matches!(first, PollOutcome::Changed(_)));
