@@ -18,6 +18,7 @@ pub mod fault;
 pub mod forget;
 pub mod health;
 pub mod http;
+pub mod lifecycle;
 pub mod rate;
 pub mod redact;
 pub mod report;
