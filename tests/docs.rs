@@ -846,3 +846,30 @@ fn the_changelog_keeps_the_keep_a_changelog_shape() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The README's two commands
+
+#[test]
+fn ci_runs_the_test_command_the_readme_gives() {
+    let readme = parse(&read(&root().join("README.md")));
+    let commands: Vec<String> = readme
+        .code
+        .iter()
+        .filter(|(_, info, _)| info == "sh")
+        .map(|(_, _, line)| line.split('#').next().unwrap_or_default().trim().to_owned())
+        .collect();
+    assert!(
+        commands.iter().any(|c| c == "cargo run --release -- demo"),
+        "the README's quick start runs the demo: {commands:?}"
+    );
+    let test_command = commands
+        .iter()
+        .find(|c| c.starts_with("cargo test"))
+        .expect("the README's quick start gives the test command");
+    let ci = read(&root().join(".ci/run"));
+    assert!(
+        ci.lines().any(|l| l.trim() == test_command),
+        ".ci/run must run the README's test command `{test_command}` as written"
+    );
+}
