@@ -488,6 +488,7 @@ fn every_command_and_flag_named_in_the_docs_exists() {
             }
         }
     }
+    eprintln!("{checked} commands and flags checked");
     assert!(
         checked > 50,
         "only {checked} commands and flags found: is the parser broken?"
@@ -628,6 +629,7 @@ fn every_configuration_key_named_in_the_docs_exists() {
             }
         }
     }
+    eprintln!("{checked} keys checked");
     assert!(
         checked > 20,
         "only {checked} keys found: is the scanner broken?"
@@ -766,6 +768,7 @@ fn every_relative_link_and_anchor_resolves() {
             }
         }
     }
+    eprintln!("{checked} links checked");
     assert!(
         checked > 10,
         "only {checked} links found: is the scanner broken?"
