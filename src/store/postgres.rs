@@ -28,9 +28,7 @@ shared_queries!(
                       AND l.expires_at > now() FOR SHARE)"
 );
 pub(super) use queries::*;
-type Database = sqlx::Postgres;
-super::alerting::alerting_queries!();
-super::retention::retention_queries!();
+pub(super) type Database = sqlx::Postgres;
 
 /// How long to wait for a connection before reporting the database unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,11 +107,11 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
 }
 
 /// Postgres timestamps are `timestamptz`, which sqlx encodes from `DateTime<Utc>` as is.
-fn ts(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(super) fn ts(t: DateTime<Utc>) -> DateTime<Utc> {
     t
 }
 
-async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+pub(super) async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
     Ok(pool.begin().await?)
 }
 
@@ -172,11 +170,26 @@ async fn insert_events(conn: &mut PgConnection, rec: &PollRecord<'_>) -> Result<
     Ok(events)
 }
 
+/// The payload of the `NOTIFY` for one transaction's events (all of one meeting).
+fn notify_payload(events: &[StoredEvent]) -> Result<Option<String>> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(None);
+    };
+    let payload = serde_json::json!({
+        "meeting_id": first.meeting_id.as_str(),
+        "first_event_id": first.event_id,
+        "last_event_id": last.event_id,
+    });
+    serde_json::to_string(&payload)
+        .map(Some)
+        .map_err(|e| StoreError::InvalidRecord(format!("cannot encode the notification: {e}")))
+}
+
 /// Tells `LISTEN`ers on [`EVENTS_CHANNEL`](super::EVENTS_CHANNEL) which events this transaction
 /// inserted. Postgres delivers a notification only when (and if) the transaction commits, so
 /// listeners never hear of events they cannot read yet.
 async fn announce_events(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<()> {
-    let Some(payload) = super::alerting::notify_payload(events)? else {
+    let Some(payload) = notify_payload(events)? else {
         return Ok(());
     };
     sqlx::query("SELECT pg_notify($1, $2)")
