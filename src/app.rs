@@ -1,20 +1,23 @@
 //! The one place the daemon is assembled: `run`, `demo`, `roster-bench` and the in-process
 //! tests all start it through [`Daemon::build`], so they cannot drift apart.
 //!
-//! Building starts the operations endpoint first when `http.listen` is set (so probes answer
-//! while the rest starts), connects to the database when no store is given (waiting for an
-//! unreachable one, see `database.startup_timeout`), takes the writer lock (unless
-//! [`DaemonOptions::single_writer`] is off, or, with `cluster.enabled`, joins the cluster of
-//! replicas instead, see [`crate::cluster`]), applies migrations when
-//! `database.migrate_on_start` says so, adds the configured `[[meetings]]`, arms the test-only
-//! fault hook ([`crate::fault`]), starts the webhook sinks and the retention task
-//! ([`crate::retention`], when `retention.events` is set) and spawns the scheduler. What the
-//! daemon can do is recorded in its [`Health`] as it happens; a monitor task turns that into
-//! the `roster_sync_ready` / `_database_up` / `_scheduler_last_tick_timestamp_seconds` gauges
-//! and systemd notifications ([`crate::systemd`]: `READY=1` once ready, `WATCHDOG=1` while
-//! live, `STOPPING=1`). Stopping closes the pool once the scheduler has drained. What differs
-//! between callers is passed in, never re-implemented: the roster client (the AWS credential
-//! chain, or one pointed at a simulator), an event sink, a poll observer.
+//! [`Daemon::build`] reads as the list of its steps, each a named function: start the
+//! operations endpoint when `http.listen` is set (so probes answer while the rest starts), open
+//! the database when no store is given (waiting for an unreachable one, see
+//! `database.startup_timeout`), take the writer lock (exclusively, or in shared mode as a
+//! cluster replica with `cluster.enabled`, so the two kinds refuse each other; not at all when
+//! [`DaemonOptions::single_writer`] is off), apply or wait for the migrations, add the
+//! configured `[[meetings]]`, arm the test-only fault hook ([`crate::fault`]), start the webhook
+//! sinks and the retention task ([`crate::retention`], when `retention.events` is set), join
+//! the cluster of replicas ([`crate::cluster`]), assemble the scheduler, and run it until the
+//! token fires. The writer lock's permit ([`crate::permit`]) pauses polling, delivery and
+//! retention while the lock is lost, and `/readyz` says so. What the daemon can do is recorded
+//! in its [`Health`] as it happens; a monitor task turns that into the `roster_sync_ready` /
+//! `_database_up` / `_scheduler_last_tick_timestamp_seconds` gauges and systemd notifications
+//! ([`crate::systemd`]: `READY=1` once ready, `WATCHDOG=1` while live, `STOPPING=1`). Stopping
+//! closes the pool once the scheduler has drained. What differs between callers is passed in,
+//! never re-implemented: the roster client (the AWS credential chain, or one pointed at a
+//! simulator), an event sink, a poll observer.
 //!
 //! It must never parse arguments or print to stdout (that is the commands' job), and never
 //! decide when to stop: the caller's [`CancellationToken`] does.
@@ -272,6 +275,8 @@ async fn prepare_schema(
         store.migrate().await.context("applying migrations")?;
     } else {
         wait_for_migrations(store, health, cancel).await?;
+        // The lock was taken before the holder tables may have existed.
+        store.describe_writer_lock().await;
     }
     // The migrations just answered: the stall clock runs from here until the first tick.
     health.db_answered();

@@ -302,8 +302,8 @@ impl Store {
     /// Applies the migrations this binary embeds that the database lacks.
     ///
     /// On Postgres they run on a session of their own without `statement_timeout`, and a
-    /// writer lock taken before (on a database without the holder table yet) is described in
-    /// `writer_lock_holder` afterwards.
+    /// writer lock taken before (on a database without the holder tables yet) is described in
+    /// `writer_lock_holder` (or, for a replica, `writer_lock_replicas`) afterwards.
     ///
     /// # Errors
     /// [`StoreError::Migrate`] when a migration fails or the database holds migrations this
@@ -317,6 +317,15 @@ impl Store {
             Db::Sqlite(db) => sqlx::migrate!("./migrations/sqlite").run(&db.pool).await?,
         }
         Ok(())
+    }
+
+    /// Describes the writer lock's holder again (see [`Store::migrate`]), for a daemon whose
+    /// migrations another role applied after it took the lock. Best effort; nothing on SQLite
+    /// or without a lock.
+    pub async fn describe_writer_lock(&self) {
+        if let Db::Postgres(pool) = &self.db {
+            self.pg_writer.describe_holder(pool).await;
+        }
     }
 
     /// Versions of the migrations this binary embeds that the database has not applied, oldest
