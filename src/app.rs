@@ -120,10 +120,7 @@ impl Daemon {
         add_configured_meetings(settings, &store).await?;
         arm_fault_hook()?;
         let background = start_background_tasks(settings, &store, &cancel).await?;
-        let client = match options.client {
-            Some(client) => client,
-            None => Arc::new(ChimeClient::from_settings(settings).await),
-        };
+        let client = roster_client(settings, options.client).await;
         let cluster = join_cluster(settings, &store, &client).await?;
         let scheduler = assemble_scheduler(
             settings,
@@ -304,6 +301,15 @@ async fn start_background_tasks(
     crate::retention::spawn(settings, store.clone(), cancel.clone(), &tracker);
     tracker.close();
     Ok(tracker)
+}
+
+/// The client the caller gave (one pointed at a simulator), or one built from the
+/// configuration with the standard AWS credential chain.
+async fn roster_client(settings: &Settings, given: Option<Arc<ChimeClient>>) -> Arc<ChimeClient> {
+    match given {
+        Some(client) => client,
+        None => Arc::new(ChimeClient::from_settings(settings).await),
+    }
 }
 
 /// With `cluster.enabled`: registers this replica and runs its first heartbeat.
