@@ -290,7 +290,7 @@ impl WriterLock {
         if held.is_some() {
             return Ok(());
         }
-        let options = Arc::new(pool.connect_options().as_ref().clone());
+        let options = pool.connect_options();
         let (conn, backend_pid) = match try_lock(&options, role).await? {
             Locked::Held(conn, backend_pid) => (conn, backend_pid),
             Locked::Refused(holders) => {
