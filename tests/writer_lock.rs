@@ -1,6 +1,7 @@
 //! The writer lock of a Postgres database, as the real `roster-sync run` holds it: a daemon that
 //! loses it (its lock session terminated, another process taking the lock meanwhile) pauses
-//! polling and answers 503 on `/readyz` until it holds the lock again; and a single-writer
+//! polling and answers 503 on `/readyz` until it holds the lock again, and retention deletes
+//! or delivers meanwhile; and a single-writer
 //! daemon and cluster replicas refuse to run beside each other, naming the other process.
 //!
 //! The simulator runs in the test's runtime, so the binary is driven with `tokio::process`.
@@ -8,14 +9,24 @@
 mod common;
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::TimeDelta;
 use common::{BIN, TestDb};
-use roster_sync::domain::Region;
+use roster_sync::config::{Secret, Settings, WebhookEntry};
+use roster_sync::domain::{
+    Attendee, AttendeeId, Capabilities, Change, ExternalUserId, LeftReason, MeetingId, Region,
+};
+use roster_sync::retention::{Deleted, Retention};
+use roster_sync::store::{ApplyOutcome, PollRecord, Store};
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The writer lock's advisory key ("rstrwrtr"), as `pg_locks` shows it: high and low halves.
 const WRITER_LOCK: i64 = 0x7273_7472_7772_7472;
@@ -127,6 +138,37 @@ async fn refused(mut child: Child, limit: Duration, what: &str) -> String {
     stderr
 }
 
+/// Terminates the session holding the writer lock and takes the lock on `other` before the
+/// daemon takes it back (trying again if the daemon was quicker).
+async fn take_the_writer_lock_away(other: &mut PgConnection) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+               AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = 1",
+        )
+        .bind(WRITER_LOCK >> 32)
+        .bind(WRITER_LOCK & 0xffff_ffff)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(WRITER_LOCK)
+            .fetch_one(&mut *other)
+            .await
+            .unwrap();
+        if taken {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out taking the writer lock from the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn losing_the_writer_lock_pauses_polling_and_readyz_until_the_lock_is_taken_back() {
     let Some(db) = common::postgres_db().await else {
@@ -173,32 +215,7 @@ async fn losing_the_writer_lock_pauses_polling_and_readyz_until_the_lock_is_take
 
     // The lock's session dies and another process takes the lock before the daemon can.
     let mut other = PgConnection::connect(&db.url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
-               AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = 1",
-        )
-        .bind(WRITER_LOCK >> 32)
-        .bind(WRITER_LOCK & 0xffff_ffff)
-        .execute(&mut other)
-        .await
-        .unwrap();
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(WRITER_LOCK)
-            .fetch_one(&mut other)
-            .await
-            .unwrap();
-        if taken {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out taking the writer lock from the daemon"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    take_the_writer_lock_away(&mut other).await;
 
     eventually(
         "/readyz answers 503 naming the writer lock",
@@ -331,5 +348,202 @@ async fn a_cluster_replica_is_refused_while_a_single_writer_runs_naming_it() {
         "the single writer runs on"
     );
     terminate(&mut single).await;
+    db.finish().await;
+}
+
+/// A tracked meeting in which ana joined `days_ago` days ago and left a day later: two events.
+async fn ana_came_and_went(store: &Store, meeting: &MeetingId, days_ago: i64) {
+    if store.get_meeting(meeting).await.unwrap().is_none() {
+        store
+            .add_meeting(
+                meeting,
+                &Region::parse("us-east-1").unwrap(),
+                None,
+                roster_sync::domain::now(),
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    let ana = Attendee {
+        attendee_id: AttendeeId::parse("00000000-0000-0000-0000-000000000001").unwrap(),
+        external_user_id: ExternalUserId::new("ana".to_owned()),
+        capabilities: Capabilities::DEFAULT,
+    };
+    for (days, change) in [
+        (days_ago, Change::joined(&ana)),
+        (days_ago - 1, Change::left(&ana, LeftReason::Removed)),
+    ] {
+        let snapshot = store.snapshot(meeting).await.unwrap();
+        let at = roster_sync::domain::now() - TimeDelta::days(days);
+        let applied = store
+            .apply(PollRecord {
+                meeting_id: meeting,
+                expected_seq: snapshot.poll_seq,
+                started_at: at,
+                observed_at: at,
+                previous_poll_at: snapshot.last_polled_at,
+                changes: &[change],
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(applied, ApplyOutcome::Applied { .. }),
+            "{applied:?}"
+        );
+    }
+}
+
+fn meeting_aa() -> MeetingId {
+    MeetingId::parse("00000000-0000-4000-8000-0000000000aa").unwrap()
+}
+
+#[tokio::test]
+async fn retention_deletes_nothing_while_the_writer_lock_is_lost() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let store = &db.store;
+    let meeting = meeting_aa();
+    // Ana came and went ten days ago: both events are past a one-day retention.
+    ana_came_and_went(store, &meeting, 10).await;
+    let mut settings = Settings::defaults().unwrap();
+    settings.retention.events = Some(Duration::from_secs(86_400));
+    settings.validate().unwrap();
+    let retention = Retention::from_settings(&settings, store.clone()).unwrap();
+    store.acquire_writer_lock().await.unwrap();
+
+    let mut other = PgConnection::connect(&db.url).await.unwrap();
+    take_the_writer_lock_away(&mut other).await;
+    let permit = store.writer_permit();
+    eventually(
+        "the store notices the lost lock",
+        Duration::from_secs(10),
+        || {
+            let held = permit.is_held();
+            async move { !held }
+        },
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let deleted = retention
+        .pass(roster_sync::domain::now(), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        Deleted::default(),
+        "nothing is deleted without the lock"
+    );
+    assert_eq!(store.events_for_meeting(&meeting).await.unwrap().len(), 2);
+
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(WRITER_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    eventually(
+        "the store holds the lock again",
+        Duration::from_secs(10),
+        || {
+            let held = permit.is_held();
+            async move { held }
+        },
+    )
+    .await;
+    let deleted = retention
+        .pass(roster_sync::domain::now(), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(deleted.events, 2, "{deleted:?}");
+    other.close().await.unwrap();
+    db.finish().await;
+}
+
+/// Counts the POSTs a webhook receiver on 127.0.0.1 gets, answering each 204.
+async fn counting_receiver() -> (String, Arc<AtomicUsize>) {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(posts): axum::extract::State<Arc<AtomicUsize>>| async move {
+                    posts.fetch_add(1, Ordering::SeqCst);
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(Arc::clone(&posts));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, posts)
+}
+
+#[tokio::test]
+async fn a_webhook_sink_delivers_nothing_while_the_writer_lock_is_lost() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let store = &db.store;
+    store.acquire_writer_lock().await.unwrap();
+    let (url, posts) = counting_receiver().await;
+    let mut settings = Settings::defaults().unwrap();
+    settings.webhook.poll_interval = Duration::from_millis(20);
+    settings.webhooks = vec![WebhookEntry {
+        name: "audit".into(),
+        url,
+        secret: Some(Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
+        secret_env: None,
+        kinds: Vec::new(),
+        meeting_labels: Vec::new(),
+        external_user_ids: Vec::new(),
+    }];
+    settings.validate().unwrap();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    roster_sync::sinks::spawn_webhooks(&settings, store.clone(), cancel.clone(), &tracker)
+        .await
+        .unwrap();
+    tracker.close();
+
+    let mut other = PgConnection::connect(&db.url).await.unwrap();
+    take_the_writer_lock_away(&mut other).await;
+    let permit = store.writer_permit();
+    eventually(
+        "the store notices the lost lock",
+        Duration::from_secs(10),
+        || {
+            let held = permit.is_held();
+            async move { !held }
+        },
+    )
+    .await;
+    // Events recorded meanwhile (by whichever process writes now) are not delivered from here.
+    ana_came_and_went(store, &meeting_aa(), 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        0,
+        "no delivery without the lock"
+    );
+
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(WRITER_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    eventually(
+        "delivery resumes with the lock",
+        Duration::from_secs(20),
+        || {
+            let delivered = posts.load(Ordering::SeqCst);
+            async move { delivered > 0 }
+        },
+    )
+    .await;
+    cancel.cancel();
+    tracker.wait().await;
+    other.close().await.unwrap();
     db.finish().await;
 }
