@@ -1,20 +1,23 @@
 //! The one place the daemon is assembled: `run`, `demo`, `roster-bench` and the in-process
 //! tests all start it through [`Daemon::build`], so they cannot drift apart.
 //!
-//! Building starts the operations endpoint first when `http.listen` is set (so probes answer
-//! while the rest starts), connects to the database when no store is given (waiting for an
-//! unreachable one, see `database.startup_timeout`), takes the writer lock (unless
-//! [`DaemonOptions::single_writer`] is off, or, with `cluster.enabled`, joins the cluster of
-//! replicas instead, see [`crate::cluster`]), applies migrations when
-//! `database.migrate_on_start` says so, adds the configured `[[meetings]]`, arms the test-only
-//! fault hook ([`crate::fault`]), starts the webhook sinks and the retention task
-//! ([`crate::retention`], when `retention.events` is set) and spawns the scheduler. What the
-//! daemon can do is recorded in its [`Health`] as it happens; a monitor task turns that into
-//! the `roster_sync_ready` / `_database_up` / `_scheduler_last_tick_timestamp_seconds` gauges
-//! and systemd notifications ([`crate::systemd`]: `READY=1` once ready, `WATCHDOG=1` while
-//! live, `STOPPING=1`). Stopping closes the pool once the scheduler has drained. What differs
-//! between callers is passed in, never re-implemented: the roster client (the AWS credential
-//! chain, or one pointed at a simulator), an event sink, a poll observer.
+//! [`Daemon::build`] reads as the list of its steps, each a named function: start the
+//! operations endpoint when `http.listen` is set (so probes answer while the rest starts), open
+//! the database when no store is given (waiting for an unreachable one, see
+//! `database.startup_timeout`), take the writer lock (exclusively, or in shared mode as a
+//! cluster replica with `cluster.enabled`, so the two kinds refuse each other; not at all when
+//! [`DaemonOptions::single_writer`] is off), apply or wait for the migrations, add the
+//! configured `[[meetings]]`, arm the test-only fault hook ([`crate::fault`]), start the webhook
+//! sinks and the retention task ([`crate::retention`], when `retention.events` is set), join
+//! the cluster of replicas ([`crate::cluster`]), assemble the scheduler, and run it until the
+//! token fires. The writer lock's permit ([`crate::permit`]) pauses polling, delivery and
+//! retention while the lock is lost, and `/readyz` says so. What the daemon can do is recorded
+//! in its [`Health`] as it happens; a monitor task turns that into the `roster_sync_ready` /
+//! `_database_up` / `_scheduler_last_tick_timestamp_seconds` gauges and systemd notifications
+//! ([`crate::systemd`]: `READY=1` once ready, `WATCHDOG=1` while live, `STOPPING=1`). Stopping
+//! closes the pool once the scheduler has drained. What differs between callers is passed in,
+//! never re-implemented: the roster client (the AWS credential chain, or one pointed at a
+//! simulator), an event sink, a poll observer.
 //!
 //! It must never parse arguments or print to stdout (that is the commands' job), and never
 //! decide when to stop: the caller's [`CancellationToken`] does.
@@ -27,8 +30,10 @@ use anyhow::Context;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::chime::ChimeClient;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::health::Health;
 use crate::http::Ops;
@@ -61,8 +66,10 @@ pub struct DaemonOptions {
     pub events: Option<broadcast::Sender<StoredEvent>>,
     /// Sees every finished poll (the benchmark's sweep tracking).
     pub poll_observer: Option<PollObserver>,
-    /// Take the store's writer lock, so a second daemon on the same database is refused
-    /// (default). `cluster.enabled` turns it off: there, meeting leases keep replicas apart.
+    /// Take the store's writer lock (default): exclusively, so a second daemon on the same
+    /// database is refused, or with `cluster.enabled` in shared mode, so replicas run side by
+    /// side (meeting leases keep them apart) while a single writer and replicas refuse each
+    /// other.
     pub single_writer: bool,
 }
 
@@ -92,9 +99,10 @@ impl Daemon {
     ///
     /// # Errors
     /// `http.listen` cannot be bound, the database stays unreachable past
-    /// `database.startup_timeout` (or refuses us), another process holds the writer lock,
-    /// migrations or a configured meeting cannot be written, `ROSTER_SYNC_FAULT` names no
-    /// known fault, or a webhook cannot be started.
+    /// `database.startup_timeout` (or refuses us), another process holds the writer lock (a
+    /// single writer, or cluster replicas when this one is a single writer), migrations or a
+    /// configured meeting cannot be written, `ROSTER_SYNC_FAULT` names no known fault, or a
+    /// webhook cannot be started.
     pub async fn build(
         settings: &Settings,
         store: Option<Store>,
@@ -105,160 +113,39 @@ impl Daemon {
         let ops = Ops::install(health.clone());
         let notifier = Notifier::from_env();
         let monitor = tokio::spawn(monitor(health.clone(), notifier.clone(), cancel.clone()));
-        let http = if settings.http.listen.is_empty() {
-            None
-        } else {
-            let addr: SocketAddr = settings.http.listen.parse().context("http.listen")?;
-            Some(
-                crate::http::serve(addr, ops.clone(), cancel.clone())
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (http.listen)"))?,
-            )
-        };
-        let http_addr = http.as_ref().map(|(addr, _)| *addr);
-
-        // A store the caller gave is the caller's to close; one opened here is closed here.
-        let owns_store = store.is_none();
-        let store = match store {
-            Some(store) => store,
-            None => {
-                health.waiting_for_db();
-                let url = settings.database_url();
-                Store::connect_patiently(
-                    &url,
-                    daemon_pool(settings),
-                    settings.database.startup_timeout,
-                    &cancel,
-                    |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "waiting for the database"),
-                )
-                .await
-                .with_context(|| format!("cannot open database {}", redact_url(&url)))?
-            }
-        };
-        health.db_answered();
-        // Cluster mode: replicas share the database through leases instead of one writer.
-        if options.single_writer && !settings.cluster.enabled {
-            store.acquire_writer_lock().await?;
-        }
-        if settings.database.migrate_on_start {
-            store.migrate().await.context("applying migrations")?;
-        } else {
-            wait_for_migrations(&store, &health, &cancel).await?;
-        }
-        // The migrations just answered: the stall clock runs from here until the first tick.
-        health.db_answered();
-        health.set_migrated();
+        let http = serve_operations(settings, &ops, &cancel).await?;
+        let (store, owns_store) = open_store(settings, store, &health, &cancel).await?;
+        take_writer_lock(settings, options.single_writer, &store, &health).await?;
+        prepare_schema(settings, &store, &health, &cancel).await?;
         add_configured_meetings(settings, &store).await?;
-        if let Some(fault) = crate::fault::arm_from_env()? {
-            tracing::warn!(fault = fault.as_str(), "test-only fault injection is armed");
-        }
-        let sinks = tokio_util::task::TaskTracker::new();
-        // Before the scheduler starts: a new sink's cursor is placed before this daemon's
-        // first event.
-        crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &sinks).await?;
-        crate::retention::spawn(settings, store.clone(), cancel.clone(), &sinks);
-        sinks.close();
-
-        let client = match options.client {
-            Some(client) => client,
-            None => Arc::new(ChimeClient::from_settings(settings).await),
-        };
-        let cluster = if settings.cluster.enabled {
-            Some(
-                crate::cluster::Cluster::join(settings, store.clone(), Arc::clone(&client))
-                    .await
-                    .context("joining the cluster (cluster.enabled)")?,
-            )
-        } else {
-            None
-        };
-        let mut scheduler = Scheduler::new(
-            Arc::clone(&client),
-            store.clone(),
-            SchedulerOptions::from_settings(settings),
-        )
-        .with_health(health.clone());
-        if let Some(cluster) = &cluster {
-            scheduler = scheduler.with_cluster(cluster.replica_id().clone());
-        }
-        if let Some(tx) = options.events {
-            scheduler = scheduler.with_event_sink(tx);
-        }
-        if let Some(observer) = options.poll_observer {
-            scheduler = scheduler.with_poll_observer(move |r: &PollReport<'_>| observer(r));
-        }
-
-        let regions = polled_regions(settings, &store).await;
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            database_kind = match store.backend() {
-                Backend::Postgres => "postgres",
-                Backend::Sqlite => "sqlite",
-            },
-            database = %redact_url(&settings.database_url()),
-            regions = %regions,
-            rate = settings.rate.requests_per_second,
-            burst = settings.rate.burst,
-            interval = ?settings.poll.interval,
-            "roster-sync running"
+        arm_fault_hook()?;
+        let background = start_background_tasks(settings, &store, &cancel).await?;
+        let client = roster_client(settings, options.client).await;
+        let cluster = join_cluster(settings, &store, &client).await?;
+        let scheduler = assemble_scheduler(
+            settings,
+            &store,
+            &client,
+            &health,
+            cluster.as_ref(),
+            options.events,
+            options.poll_observer,
         );
-        metrics::gauge!("roster_sync_poll_interval_seconds")
-            .set(settings.poll.interval.as_secs_f64());
-        let lost = store.writer_lock_lost();
-        let task = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let upkeep = tokio::spawn(upkeep(ops.clone(), cancel.clone()));
-                let lost_lock = {
-                    let cancel = cancel.clone();
-                    async move {
-                        tokio::select! {
-                            () = lost.cancelled() => true,
-                            () = cancel.cancelled() => false,
-                        }
-                    }
-                };
-                let stop = {
-                    let cancel = cancel.clone();
-                    let health = health.clone();
-                    let notifier = notifier.clone();
-                    async move {
-                        cancel.cancelled().await;
-                        health.set_stopping();
-                        notifier.stopping();
-                    }
-                };
-                let (lost_lock, (), ()) =
-                    tokio::join!(lost_lock, stop, scheduler.run(cancel.clone()));
-                // After the drain: no poll of ours is writing, so the leases can go.
-                if let Some(cluster) = cluster {
-                    cluster.leave().await;
-                }
-                // The scheduler stops only when cancelled; this also covers a future early
-                // return, so the endpoint and the upkeep never outlive it.
-                cancel.cancel();
-                let _ = upkeep.await;
-                sinks.wait().await;
-                if owns_store
-                    && tokio::time::timeout(CLOSE_WITHIN, store.close())
-                        .await
-                        .is_err()
-                {
-                    tracing::warn!("the database connections did not close in time");
-                }
-                if let Some((_, served)) = http {
-                    let _ = served.await;
-                }
-                let _ = monitor.await;
-                tracing::info!("roster-sync stopped");
-                if lost_lock {
-                    anyhow::bail!(
-                        "stopped: another roster-sync took this database's writer lock while the database was unreachable"
-                    );
-                }
-                Ok(())
-            })
-        };
+        announce(settings, &store).await;
+        let http_addr = http.as_ref().map(|(addr, _)| *addr);
+        let task = tokio::spawn(run_until_stopped(Running {
+            cancel: cancel.clone(),
+            scheduler,
+            cluster,
+            background,
+            store,
+            owns_store,
+            http,
+            ops,
+            health,
+            notifier,
+            monitor,
+        }));
         Ok(Daemon {
             cancel,
             client,
@@ -287,8 +174,7 @@ impl Daemon {
     /// (up to `shutdown.grace`) and pending bookkeeping written.
     ///
     /// # Errors
-    /// The daemon's task panicked, or the daemon stopped because another process took its
-    /// writer lock.
+    /// The daemon's task panicked.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("the daemon task failed")?
     }
@@ -301,6 +187,247 @@ impl Daemon {
         self.cancel.cancel();
         self.wait().await
     }
+}
+
+/// The operations endpoint's address and task.
+type Served = (SocketAddr, JoinHandle<()>);
+
+/// Starts the operations endpoint when `http.listen` is set, first of all, so probes answer
+/// while the rest starts.
+async fn serve_operations(
+    settings: &Settings,
+    ops: &Ops,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<Served>> {
+    if settings.http.listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = settings.http.listen.parse().context("http.listen")?;
+    let served = crate::http::serve(addr, ops.clone(), cancel.clone())
+        .await
+        .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+    Ok(Some(served))
+}
+
+/// The store the caller gave, or the configured database, waited for while it is unreachable
+/// (`database.startup_timeout`); and whether the daemon owns it (a store the caller gave is
+/// the caller's to close, one opened here is closed here).
+async fn open_store(
+    settings: &Settings,
+    given: Option<Store>,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Store, bool)> {
+    let opened = match given {
+        Some(store) => (store, false),
+        None => {
+            health.waiting_for_db();
+            let url = settings.database_url();
+            let store = Store::connect_patiently(
+                &url,
+                daemon_pool(settings),
+                settings.database.startup_timeout,
+                cancel,
+                |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "waiting for the database"),
+            )
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
+            (store, true)
+        }
+    };
+    health.db_answered();
+    Ok(opened)
+}
+
+/// Takes the writer lock (unless `enabled` is off): exclusively for a single writer, in shared
+/// mode for a cluster replica, so the two kinds refuse each other. `/readyz` then reports the
+/// lock's permit, which every loop that writes consults through the store.
+async fn take_writer_lock(
+    settings: &Settings,
+    enabled: bool,
+    store: &Store,
+    health: &Health,
+) -> anyhow::Result<()> {
+    if !enabled {
+        return Ok(());
+    }
+    if settings.cluster.enabled {
+        store.acquire_replica_lock().await?;
+    } else {
+        store.acquire_writer_lock().await?;
+    }
+    health.watch_writer(store.writer_permit());
+    Ok(())
+}
+
+/// Applies the migrations when `database.migrate_on_start` says so, else waits until another
+/// role has applied them.
+async fn prepare_schema(
+    settings: &Settings,
+    store: &Store,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    if settings.database.migrate_on_start {
+        store.migrate().await.context("applying migrations")?;
+    } else {
+        wait_for_migrations(store, health, cancel).await?;
+        // The lock was taken before the holder tables may have existed.
+        store.describe_writer_lock().await;
+    }
+    // The migrations just answered: the stall clock runs from here until the first tick.
+    health.db_answered();
+    health.set_migrated();
+    Ok(())
+}
+
+/// Arms the test-only fault hook when `ROSTER_SYNC_FAULT` names one.
+fn arm_fault_hook() -> anyhow::Result<()> {
+    if let Some(fault) = crate::fault::arm_from_env()? {
+        tracing::warn!(fault = fault.as_str(), "test-only fault injection is armed");
+    }
+    Ok(())
+}
+
+/// Starts the webhook sinks and retention on one tracker. Before the scheduler starts, so a
+/// new sink's cursor is placed before this daemon's first event.
+async fn start_background_tasks(
+    settings: &Settings,
+    store: &Store,
+    cancel: &CancellationToken,
+) -> anyhow::Result<TaskTracker> {
+    let tracker = TaskTracker::new();
+    crate::sinks::spawn_webhooks(settings, store.clone(), cancel.clone(), &tracker).await?;
+    crate::retention::spawn(settings, store.clone(), cancel.clone(), &tracker);
+    tracker.close();
+    Ok(tracker)
+}
+
+/// The client the caller gave (one pointed at a simulator), or one built from the
+/// configuration with the standard AWS credential chain.
+async fn roster_client(settings: &Settings, given: Option<Arc<ChimeClient>>) -> Arc<ChimeClient> {
+    match given {
+        Some(client) => client,
+        None => Arc::new(ChimeClient::from_settings(settings).await),
+    }
+}
+
+/// With `cluster.enabled`: registers this replica and runs its first heartbeat.
+async fn join_cluster(
+    settings: &Settings,
+    store: &Store,
+    client: &Arc<ChimeClient>,
+) -> anyhow::Result<Option<Cluster>> {
+    if !settings.cluster.enabled {
+        return Ok(None);
+    }
+    let cluster = Cluster::join(settings, store.clone(), Arc::clone(client))
+        .await
+        .context("joining the cluster (cluster.enabled)")?;
+    Ok(Some(cluster))
+}
+
+/// The scheduler with everything the caller and the configuration add to it.
+fn assemble_scheduler(
+    settings: &Settings,
+    store: &Store,
+    client: &Arc<ChimeClient>,
+    health: &Health,
+    cluster: Option<&Cluster>,
+    events: Option<broadcast::Sender<StoredEvent>>,
+    poll_observer: Option<PollObserver>,
+) -> Scheduler<ChimeClient> {
+    let mut scheduler = Scheduler::new(
+        Arc::clone(client),
+        store.clone(),
+        SchedulerOptions::from_settings(settings),
+    )
+    .with_health(health.clone());
+    if let Some(cluster) = cluster {
+        scheduler = scheduler.with_cluster(cluster.replica_id().clone());
+    }
+    if let Some(tx) = events {
+        scheduler = scheduler.with_event_sink(tx);
+    }
+    if let Some(observer) = poll_observer {
+        scheduler = scheduler.with_poll_observer(move |r: &PollReport<'_>| observer(r));
+    }
+    scheduler
+}
+
+/// The startup line (version, database, regions, rate) and the interval gauge.
+async fn announce(settings: &Settings, store: &Store) {
+    let regions = polled_regions(settings, store).await;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        database_kind = match store.backend() {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        },
+        database = %redact_url(&settings.database_url()),
+        regions = %regions,
+        rate = settings.rate.requests_per_second,
+        burst = settings.rate.burst,
+        interval = ?settings.poll.interval,
+        "roster-sync running"
+    );
+    metrics::gauge!("roster_sync_poll_interval_seconds").set(settings.poll.interval.as_secs_f64());
+}
+
+/// What the running daemon's task owns.
+struct Running {
+    cancel: CancellationToken,
+    scheduler: Scheduler<ChimeClient>,
+    cluster: Option<Cluster>,
+    /// The webhook sinks and retention.
+    background: TaskTracker,
+    store: Store,
+    owns_store: bool,
+    http: Option<Served>,
+    ops: Ops,
+    health: Health,
+    notifier: Notifier,
+    monitor: JoinHandle<()>,
+}
+
+/// Runs the scheduler until `cancel` fires, then stops in order: the scheduler drains, the
+/// cluster leases go, the sinks and retention end, the pool closes (if the daemon opened it),
+/// the endpoint and the monitor stop.
+async fn run_until_stopped(r: Running) -> anyhow::Result<()> {
+    let upkeep = tokio::spawn(upkeep(r.ops.clone(), r.cancel.clone()));
+    let stop = {
+        let cancel = r.cancel.clone();
+        let health = r.health.clone();
+        let notifier = r.notifier.clone();
+        async move {
+            cancel.cancelled().await;
+            health.set_stopping();
+            notifier.stopping();
+        }
+    };
+    let ((), ()) = tokio::join!(stop, r.scheduler.run(r.cancel.clone()));
+    // After the drain: no poll of ours is writing, so the leases can go.
+    if let Some(cluster) = r.cluster {
+        cluster.leave().await;
+    }
+    // The scheduler stops only when cancelled; this also covers a future early return, so
+    // the endpoint and the upkeep never outlive it.
+    r.cancel.cancel();
+    let _ = upkeep.await;
+    r.background.wait().await;
+    if r.owns_store
+        && tokio::time::timeout(CLOSE_WITHIN, r.store.close())
+            .await
+            .is_err()
+    {
+        tracing::warn!("the database connections did not close in time");
+    }
+    if let Some((_, served)) = r.http {
+        let _ = served.await;
+    }
+    let _ = r.monitor.await;
+    tracing::info!("roster-sync stopped");
+    Ok(())
 }
 
 /// `[[meetings]]` from the configuration are added on every start (idempotent).

@@ -8,15 +8,18 @@
 //!   keeps ticking (each attempt is bounded by the pool's acquire timeout), while a loop stuck
 //!   on a call that hangs stops ticking: liveness fails so the supervisor restarts the process.
 //! - **Ready** (`/readyz`): the database answered within [`DB_FRESH`], migrations are applied,
-//!   the meeting list is loaded, and no region's credentials are refused.
+//!   the meeting list is loaded, no region's credentials are refused, and the writer permit is
+//!   held (a daemon that lost its writer lock answers 503 with the reason until it has it back).
 //!
 //! It only records and answers; it never acts on what it sees.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::permit::WriterPermit;
 
 /// How recently the database must have answered for the daemon to be ready.
 pub const DB_FRESH: Duration = Duration::from_secs(15);
@@ -38,6 +41,8 @@ struct Inner {
     meetings_loaded: AtomicBool,
     regions_down: AtomicUsize,
     stopping: AtomicBool,
+    /// The store's writer permit, once the daemon took its lock: not ready while revoked.
+    writer: OnceLock<WriterPermit>,
 }
 
 impl Health {
@@ -53,6 +58,7 @@ impl Health {
             meetings_loaded: AtomicBool::new(false),
             regions_down: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            writer: OnceLock::new(),
         }))
     }
 
@@ -95,6 +101,12 @@ impl Health {
 
     pub fn set_regions_down(&self, n: usize) {
         self.0.regions_down.store(n, Ordering::Relaxed);
+    }
+
+    /// Reports `permit` on `/readyz`: not ready, with its reason, while it is revoked (the
+    /// writer lock was lost). Set once; later calls are ignored.
+    pub fn watch_writer(&self, permit: WriterPermit) {
+        let _ = self.0.writer.set(permit);
     }
 
     /// Shutdown began: not ready any more, still alive.
@@ -162,6 +174,9 @@ impl Health {
         if !self.0.meetings_loaded.load(Ordering::Relaxed) {
             not.push("the meeting list is not loaded yet".to_owned());
         }
+        if let Some(why) = self.0.writer.get().and_then(WriterPermit::why_not) {
+            not.push(why);
+        }
         let down = self.0.regions_down.load(Ordering::Relaxed);
         if down > 0 {
             not.push(format!(
@@ -191,6 +206,21 @@ mod tests {
         assert!(h.ready().is_err(), "a silent database is not ready");
         h.waiting_for_db();
         assert!(h.ready().is_err());
+    }
+
+    #[test]
+    fn a_revoked_writer_permit_is_not_ready_and_names_the_reason() {
+        let h = Health::new(Duration::from_secs(60));
+        h.db_answered();
+        h.set_migrated();
+        h.set_meetings_loaded();
+        let grantor = crate::permit::PermitGrantor::new();
+        h.watch_writer(grantor.permit());
+        assert!(h.ready().is_ok());
+        grantor.revoke("the writer lock was lost".into());
+        assert_eq!(h.ready().unwrap_err(), ["the writer lock was lost"]);
+        grantor.grant();
+        assert!(h.ready().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,9 @@
 //! was stopped before the cutoff and none of its events is left. The first pass runs when
 //! the daemon starts, then one every [`EVERY`].
 //!
+//! It deletes nothing while the store's writer permit is revoked (the writer lock was lost
+//! to another process): the pass waits for it, and a pass under way stops between batches.
+//!
 //! It never deletes the current roster (`roster_attendees`) or an active meeting, and never
 //! moves a webhook cursor.
 
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::permit::WriterPermit;
 use crate::store::{Result, Store};
 
 /// Events deleted per transaction.
@@ -46,6 +50,8 @@ pub struct Deleted {
 /// The retention of one daemon: its store, what it keeps, and the configured sink names.
 pub struct Retention {
     store: Store,
+    /// The store's writer permit: no batch is deleted while it is revoked.
+    permit: WriterPermit,
     keep: Duration,
     configured_sinks: Vec<String>,
 }
@@ -55,6 +61,7 @@ impl Retention {
     pub fn from_settings(settings: &Settings, store: Store) -> Option<Self> {
         let keep = settings.retention.events?;
         Some(Self {
+            permit: store.writer_permit(),
             store,
             keep,
             configured_sinks: settings.webhooks.iter().map(|w| w.name.clone()).collect(),
@@ -97,7 +104,7 @@ impl Retention {
             .map(|c| c.last_event_id)
             .min()
             .unwrap_or(i64::MAX);
-        let events = in_batches(cancel, DELETED, || {
+        let events = in_batches(cancel, &self.permit, DELETED, || {
             self.store
                 .delete_expired_events(cutoff, delivered_through, BATCH)
         })
@@ -106,7 +113,7 @@ impl Retention {
         let meetings = if cancel.is_cancelled() {
             0
         } else {
-            in_batches(cancel, DELETED_MEETINGS, || {
+            in_batches(cancel, &self.permit, DELETED_MEETINGS, || {
                 self.store.delete_expired_meetings(cutoff, BATCH)
             })
             .await?
@@ -123,6 +130,10 @@ impl Retention {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = every.tick() => {}
+            }
+            // A daemon that lost its writer lock deletes nothing until it holds it again.
+            if !self.permit.wait_held(&cancel).await {
+                break;
             }
             match self.pass(crate::domain::now(), &cancel).await {
                 Ok(Deleted {
@@ -141,10 +152,12 @@ impl Retention {
     }
 }
 
-/// Runs `delete` (one batch of at most [`BATCH`] rows) until a batch comes back short or
-/// `cancel` fires, pausing between batches; counts the rows in the counter `metric`.
+/// Runs `delete` (one batch of at most [`BATCH`] rows) until a batch comes back short,
+/// `cancel` fires or `permit` is revoked, pausing between batches; counts the rows in the
+/// counter `metric`.
 async fn in_batches<F, Fut>(
     cancel: &CancellationToken,
+    permit: &WriterPermit,
     metric: &'static str,
     delete: F,
 ) -> Result<u64>
@@ -154,6 +167,9 @@ where
 {
     let mut deleted = 0;
     loop {
+        if !permit.is_held() {
+            return Ok(deleted);
+        }
         let batch = delete().await?;
         deleted += batch;
         metrics::counter!(metric).increment(batch);

@@ -39,6 +39,7 @@ use crate::chime::RosterSource;
 use crate::config::{PollStrategy, Settings};
 use crate::domain::{MeetingId, Region};
 use crate::health::Health;
+use crate::permit::WriterPermit;
 use crate::store::{LeaseToken, MeetingsVersion, ReplicaId, Store, StoredEvent};
 
 pub use bookkeeping::{BOOKKEEPING_BATCH, BOOKKEEPING_EVERY};
@@ -219,11 +220,16 @@ pub struct Scheduler<S: RosterSource> {
     fences: HashMap<MeetingId, LeaseToken>,
     /// Woken when a poll pauses and gives its pages back, so a waiting meeting can use them.
     wake: Arc<Notify>,
+    /// The store's writer permit: while it is revoked (the writer lock was lost) no poll is
+    /// launched; polls in flight then finish, fenced by `poll_seq` like any poll that races
+    /// another writer.
+    permit: WriterPermit,
 }
 
 impl<S: RosterSource> Scheduler<S> {
     /// A scheduler with no meetings yet; the first [`Scheduler::tick`] reads them.
     pub fn new(source: Arc<S>, store: Store, opts: SchedulerOptions) -> Self {
+        let permit = store.writer_permit();
         Self {
             source,
             store,
@@ -250,6 +256,7 @@ impl<S: RosterSource> Scheduler<S> {
             cluster: None,
             fences: HashMap::new(),
             wake: Arc::new(Notify::new()),
+            permit,
         }
     }
 
@@ -384,6 +391,10 @@ impl<S: RosterSource> Scheduler<S> {
         }
         if self.db_down {
             // A poll now could not be recorded: keep the quota for when the database is back.
+            return;
+        }
+        if !self.permit.is_held() {
+            // Another process may be the writer now: poll nothing until the lock is back.
             return;
         }
         self.queue.promote(now);

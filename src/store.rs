@@ -19,6 +19,7 @@ use crate::domain::{
     Attendee, AttendeeId, Capabilities, Capability, Change, EventKind, ExternalUserId, LeftReason,
     MeetingId, Region,
 };
+use crate::permit::WriterPermit;
 use crate::redact::redact_url;
 
 mod alerting;
@@ -124,6 +125,15 @@ pub(crate) fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// How a process holds the writer lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterRole {
+    /// A daemon without `cluster.enabled`: the only writer, holding the lock exclusively.
+    Single,
+    /// A cluster replica: one of several, holding the lock in shared mode.
+    Replica,
 }
 
 /// Which database a [`Store`] talks to.
@@ -292,8 +302,8 @@ impl Store {
     /// Applies the migrations this binary embeds that the database lacks.
     ///
     /// On Postgres they run on a session of their own without `statement_timeout`, and a
-    /// writer lock taken before (on a database without the holder table yet) is described in
-    /// `writer_lock_holder` afterwards.
+    /// writer lock taken before (on a database without the holder tables yet) is described in
+    /// `writer_lock_holder` (or, for a replica, `writer_lock_replicas`) afterwards.
     ///
     /// # Errors
     /// [`StoreError::Migrate`] when a migration fails or the database holds migrations this
@@ -307,6 +317,15 @@ impl Store {
             Db::Sqlite(db) => sqlx::migrate!("./migrations/sqlite").run(&db.pool).await?,
         }
         Ok(())
+    }
+
+    /// Describes the writer lock's holder again (see [`Store::migrate`]), for a daemon whose
+    /// migrations another role applied after it took the lock. Best effort; nothing on SQLite
+    /// or without a lock.
+    pub async fn describe_writer_lock(&self) {
+        if let Db::Postgres(pool) = &self.db {
+            self.pg_writer.describe_holder(pool).await;
+        }
     }
 
     /// Versions of the migrations this binary embeds that the database has not applied, oldest
@@ -361,30 +380,50 @@ impl Store {
     /// database would poll every meeting twice and their snapshots would fight (the
     /// `poll_seq` fence keeps each poll whole, not the pair sensible). Several replicas share
     /// a Postgres database only with `cluster.enabled`, whose meeting leases replace this lock:
-    /// the daemon then does not take it.
+    /// each replica takes it in shared mode instead ([`Store::acquire_replica_lock`]).
     ///
-    /// SQLite: an exclusive OS lock on `<database>.lock`. Postgres: a session-level advisory
-    /// lock (`pg_try_advisory_lock`) on a dedicated connection held for the store's life. When
-    /// that connection drops (the server restarted), the lock is taken again as soon as the
-    /// database answers; if another process took it meanwhile, [`Store::writer_lock_lost`]
-    /// fires and the holder must stop writing.
+    /// SQLite: an exclusive OS lock on `<database>.lock`, which the kernel holds until the
+    /// process exits: it cannot be lost, so the [`Store::writer_permit`] stays held. Postgres:
+    /// a session-level advisory lock (`pg_try_advisory_lock`) on a dedicated connection held
+    /// for the store's life and checked every 250 ms. When that session ends (terminated, or
+    /// the server restarted) the permit is revoked at once and the lock is taken again as soon
+    /// as the database answers and no other process holds it; the permit is granted again
+    /// then.
     ///
     /// # Errors
-    /// [`StoreError::Locked`] when another process holds the lock (the message names the
-    /// database); [`StoreError::File`] when the SQLite lock file cannot be opened;
-    /// [`StoreError::Connect`] / [`StoreError::Sqlx`] when Postgres cannot be asked.
+    /// [`StoreError::Locked`] when another process holds the lock, a single writer or cluster
+    /// replicas (the message names the database and them); [`StoreError::File`] when the
+    /// SQLite lock file cannot be opened; [`StoreError::Connect`] / [`StoreError::Sqlx`] when
+    /// Postgres cannot be asked.
     pub async fn acquire_writer_lock(&self) -> Result<()> {
         match &self.db {
-            Db::Postgres(pool) => self.pg_writer.acquire(pool).await,
+            Db::Postgres(pool) => self.pg_writer.acquire(pool, WriterRole::Single).await,
             Db::Sqlite(db) => db.acquire_writer_lock(),
         }
     }
 
-    /// Cancelled when the writer lock was lost to another process (Postgres only, after the
-    /// lock's connection dropped and someone else took the lock before it was back). A fresh,
-    /// never-cancelled token when no lock was taken.
-    pub fn writer_lock_lost(&self) -> tokio_util::sync::CancellationToken {
-        self.pg_writer.lost()
+    /// The writer lock as a cluster replica holds it: the same advisory key in shared mode
+    /// (`pg_try_advisory_lock_shared`), so replicas run beside each other while a single-writer
+    /// daemon and replicas refuse each other. Kept, checked and retaken like
+    /// [`Store::acquire_writer_lock`]. A no-op on SQLite, where cluster mode is refused.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when a single-writer daemon holds the lock (the message names
+    /// it); [`StoreError::Connect`] / [`StoreError::Sqlx`] when Postgres cannot be asked.
+    pub async fn acquire_replica_lock(&self) -> Result<()> {
+        match &self.db {
+            Db::Postgres(pool) => self.pg_writer.acquire(pool, WriterRole::Replica).await,
+            Db::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// Whether this process may write now: revoked while the Postgres writer lock is lost,
+    /// granted again once it is retaken. Always held on SQLite and when no lock was taken.
+    pub fn writer_permit(&self) -> WriterPermit {
+        match &self.db {
+            Db::Postgres(_) => self.pg_writer.permit(),
+            Db::Sqlite(_) => WriterPermit::always(),
+        }
     }
 
     /// Starts tracking a meeting. Idempotent: an active meeting in the same region stays as it

@@ -20,6 +20,7 @@ use super::{Outcome, record_delivery, record_lag};
 use crate::config::{WebhookEntry, WebhookSettings};
 use crate::events::EventFilter;
 use crate::events::EventJson;
+use crate::permit::WriterPermit;
 use crate::signing::{check_url, signature, signing_key};
 use crate::store::{CursorClaim, Store, StoreError};
 
@@ -101,6 +102,9 @@ pub struct Sink {
     pending: Option<Batch>,
     /// Changes when events are committed: ends an idle wait early ([`Sink::with_wakeups`]).
     wakeups: Option<watch::Receiver<u64>>,
+    /// The store's writer permit: no attempt is made while it is revoked (the daemon lost its
+    /// writer lock), so only the writer delivers.
+    permit: WriterPermit,
 }
 
 impl Sink {
@@ -117,6 +121,7 @@ impl Sink {
         check_url(&entry.url)?;
         let url = entry.url.parse().map_err(|e| format!("{e}"))?;
         let key = signing_key(&entry.secret_value()?)?;
+        let permit = store.writer_permit();
         Ok(Self {
             name: entry.name.clone(),
             url,
@@ -129,6 +134,7 @@ impl Sink {
             cursor: None,
             pending: None,
             wakeups: None,
+            permit,
         })
     }
 
@@ -309,6 +315,9 @@ impl Sink {
         let mut failed_attempts: u64 = 0;
         tracing::info!(sink = %self.name, "webhook sink started");
         loop {
+            if !self.permit.wait_held(&cancel).await {
+                break;
+            }
             let step = tokio::select! {
                 () = cancel.cancelled() => break,
                 step = self.step() => step,

@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 
-use super::{Db, Result, Store, StoreError, StoredEvent};
+use super::{Db, Result, Store, StoredEvent};
 use crate::domain::MeetingId;
 
 /// The Postgres channel that hears of every commit that recorded events. The payload is
@@ -29,8 +29,8 @@ pub struct LabeledEvent {
 macro_rules! on_backend {
     ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
         match &$store.db {
-            Db::Postgres(pool) => super::postgres::alerting::$function(pool, $($arg),*).await,
-            Db::Sqlite(db) => super::sqlite::alerting::$function(&db.pool, $($arg),*).await,
+            Db::Postgres(pool) => on_postgres::alerting::$function(pool, $($arg),*).await,
+            Db::Sqlite(db) => on_sqlite::alerting::$function(&db.pool, $($arg),*).await,
         }
     };
 }
@@ -227,21 +227,6 @@ impl Store {
     }
 }
 
-/// The payload of the `NOTIFY` for one transaction's events (all of one meeting).
-pub(super) fn notify_payload(events: &[StoredEvent]) -> Result<Option<String>> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        return Ok(None);
-    };
-    let payload = serde_json::json!({
-        "meeting_id": first.meeting_id.as_str(),
-        "first_event_id": first.event_id,
-        "last_event_id": last.event_id,
-    });
-    serde_json::to_string(&payload)
-        .map(Some)
-        .map_err(|e| StoreError::InvalidRecord(format!("cannot encode the notification: {e}")))
-}
-
 macro_rules! alerting_queries {
     () => {
         /// The alerting queries (see `store/alerting.rs`).
@@ -379,4 +364,17 @@ macro_rules! alerting_queries {
         }
     };
 }
-pub(super) use alerting_queries;
+
+/// The alerting queries compiled for Postgres, beside the backend's helpers they use. They are
+/// instantiated here rather than in the backend files so that the backends never name this
+/// module (which names them to dispatch).
+mod on_postgres {
+    use crate::store::postgres::{Database, queries, ts};
+    alerting_queries!();
+}
+
+/// The alerting queries compiled for SQLite.
+mod on_sqlite {
+    use crate::store::sqlite::{Database, queries, ts};
+    alerting_queries!();
+}

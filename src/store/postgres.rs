@@ -5,6 +5,8 @@
 //! `store/shared.rs`.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,9 +15,10 @@ use sqlx::{Connection as _, Postgres, Transaction};
 
 use super::shared::{event_columns, shared_queries};
 use super::{
-    EVENT_VALUES, PollRecord, Result, StoreError, StoredEvent, UnchangedPoll, event_values,
-    redact_url,
+    EVENT_VALUES, PollRecord, Result, StoreError, StoredEvent, UnchangedPoll, WriterRole,
+    event_values, redact_url,
 };
+use crate::permit::{PermitGrantor, WriterPermit};
 
 shared_queries!(
     database = sqlx::Postgres,
@@ -25,9 +28,7 @@ shared_queries!(
                       AND l.expires_at > now() FOR SHARE)"
 );
 pub(super) use queries::*;
-type Database = sqlx::Postgres;
-super::alerting::alerting_queries!();
-super::retention::retention_queries!();
+pub(super) type Database = sqlx::Postgres;
 
 /// How long to wait for a connection before reporting the database unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,8 +42,12 @@ const LOCK_TIMEOUT: &str = "10s";
 /// see [`WriterLock`]. The bytes spell "rstrwrtr".
 const WRITER_LOCK: i64 = 0x7273_7472_7772_7472;
 
-/// How often the writer lock's connection is checked.
-const WRITER_LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the writer lock's connection is checked (and, once lost, the lock tried again):
+/// with [`WRITER_LOCK_CHECK_TIMEOUT`], a lost lock pauses the daemon within a second.
+const WRITER_LOCK_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// A check of the writer lock that gets no answer within this counts as a lost lock.
+const WRITER_LOCK_CHECK_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// Key of the transaction-scoped advisory lock every event writer takes; see
 /// [`serialize_event_writers`]. The bytes spell "rstrevnt".
@@ -102,11 +107,11 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
 }
 
 /// Postgres timestamps are `timestamptz`, which sqlx encodes from `DateTime<Utc>` as is.
-fn ts(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(super) fn ts(t: DateTime<Utc>) -> DateTime<Utc> {
     t
 }
 
-async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+pub(super) async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
     Ok(pool.begin().await?)
 }
 
@@ -165,11 +170,26 @@ async fn insert_events(conn: &mut PgConnection, rec: &PollRecord<'_>) -> Result<
     Ok(events)
 }
 
+/// The payload of the `NOTIFY` for one transaction's events (all of one meeting).
+fn notify_payload(events: &[StoredEvent]) -> Result<Option<String>> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(None);
+    };
+    let payload = serde_json::json!({
+        "meeting_id": first.meeting_id.as_str(),
+        "first_event_id": first.event_id,
+        "last_event_id": last.event_id,
+    });
+    serde_json::to_string(&payload)
+        .map(Some)
+        .map_err(|e| StoreError::InvalidRecord(format!("cannot encode the notification: {e}")))
+}
+
 /// Tells `LISTEN`ers on [`EVENTS_CHANNEL`](super::EVENTS_CHANNEL) which events this transaction
 /// inserted. Postgres delivers a notification only when (and if) the transaction commits, so
 /// listeners never hear of events they cannot read yet.
 async fn announce_events(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<()> {
-    let Some(payload) = super::alerting::notify_payload(events)? else {
+    let Some(payload) = notify_payload(events)? else {
         return Ok(());
     };
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -234,17 +254,23 @@ pub(super) async fn record_unchanged_polls(
     Ok(recorded.into_iter().collect())
 }
 
-/// The writer lock of one database: `pg_try_advisory_lock` on a connection of its own, kept
-/// open (and checked every [`WRITER_LOCK_CHECK_EVERY`]) by a task for the store's life. When
-/// the connection drops the server has released the lock; the task takes it again as soon as
-/// the database answers, or, if another process got it first, cancels [`WriterLock::lost`].
+/// The writer lock of one database: an advisory lock on [`WRITER_LOCK`], taken on a connection
+/// of its own, exclusively by a single-writer daemon (`pg_try_advisory_lock`) and in shared
+/// mode by each cluster replica (`pg_try_advisory_lock_shared`): replicas run side by side, but
+/// a single writer and replicas refuse each other. A task checks every
+/// [`WRITER_LOCK_CHECK_EVERY`] that the session still holds the lock. The moment it does not
+/// (the session was terminated, the server restarted, the check got no answer within
+/// [`WRITER_LOCK_CHECK_TIMEOUT`]) the writer permit is revoked, so polling, webhook delivery and
+/// retention pause; the task then tries to take the lock back at the same pace and grants the
+/// permit again once it holds it.
 ///
-/// Whoever takes the lock describes itself in `writer_lock_holder` (host, pid, version and the
-/// lock session's backend pid), so a refused second daemon can name it.
+/// Whoever takes the lock describes itself (host, pid, version and the lock session's backend
+/// pid): a single writer in `writer_lock_holder`, a replica in `writer_lock_replicas`, so a
+/// refused process can name the one in its way.
 #[derive(Debug, Default)]
 pub(crate) struct WriterLock {
     held: tokio::sync::Mutex<Option<Keeper>>,
-    lost: tokio_util::sync::CancellationToken,
+    grantor: Arc<PermitGrantor>,
 }
 
 #[derive(Debug)]
@@ -253,44 +279,64 @@ struct Keeper {
     _stop: tokio_util::sync::DropGuard,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    /// `pg_backend_pid()` of the session that took the lock.
-    backend_pid: i32,
+    role: WriterRole,
+    /// `pg_backend_pid()` of the session that holds the lock (it changes when it is retaken).
+    backend_pid: Arc<AtomicI32>,
 }
 
 impl WriterLock {
-    pub(crate) async fn acquire(&self, pool: &PgPool) -> Result<()> {
+    pub(crate) async fn acquire(&self, pool: &PgPool, role: WriterRole) -> Result<()> {
         let mut held = self.held.lock().await;
         if held.is_some() {
             return Ok(());
         }
         let options = pool.connect_options();
-        let (conn, backend_pid) = match try_lock(&options).await? {
+        let (conn, backend_pid) = match try_lock(&options, role).await? {
             Locked::Held(conn, backend_pid) => (conn, backend_pid),
-            Locked::Refused(holder) => return Err(StoreError::Locked(refusal(&options, holder))),
+            Locked::Refused(holders) => {
+                return Err(StoreError::Locked(refusal(&options, role, &holders)));
+            }
         };
+        self.grantor.grant();
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(keep(conn, options, stop.clone(), self.lost.clone()));
+        let backend_pid = Arc::new(AtomicI32::new(backend_pid));
+        let task = tokio::spawn(keep(
+            Keep {
+                options,
+                role,
+                stop: stop.clone(),
+                grantor: Arc::clone(&self.grantor),
+                backend_pid: Arc::clone(&backend_pid),
+            },
+            conn,
+        ));
         *held = Some(Keeper {
             _stop: stop.clone().drop_guard(),
             stop,
             task,
+            role,
             backend_pid,
         });
         Ok(())
     }
 
-    pub(crate) fn lost(&self) -> tokio_util::sync::CancellationToken {
-        self.lost.clone()
+    /// Held while this process holds the lock (and before it took one).
+    pub(crate) fn permit(&self) -> WriterPermit {
+        self.grantor.permit()
     }
 
     /// Writes the holder row again, once migrations created its table (the lock is taken
     /// before migrating, on a database that may not have the table yet). Best effort.
     pub(crate) async fn describe_holder(&self, pool: &PgPool) {
-        let backend_pid = match &*self.held.lock().await {
-            Some(keeper) => keeper.backend_pid,
+        let (role, backend_pid) = match &*self.held.lock().await {
+            Some(keeper) => (keeper.role, keeper.backend_pid.load(Ordering::Relaxed)),
             None => return,
         };
-        if let Err(e) = write_holder(pool, backend_pid).await {
+        let described = match pool.acquire().await {
+            Ok(mut conn) => describe_self(&mut conn, role, backend_pid).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = described {
             tracing::debug!(error = %e, "cannot describe the writer lock's holder");
         }
     }
@@ -308,11 +354,20 @@ impl WriterLock {
 enum Locked {
     /// A new connection holding it, and its backend pid.
     Held(PgConnection, i32),
-    /// Another session holds it; who, when its row says so.
-    Refused(Option<Holder>),
+    /// Other sessions hold it; who, as far as their rows say.
+    Refused(Holders),
 }
 
-/// The process holding the writer lock, as its `writer_lock_holder` row describes it.
+/// The processes holding the writer lock's key, as their rows describe them.
+#[derive(Debug, Default)]
+struct Holders {
+    /// The single writer holding it exclusively.
+    single: Option<Holder>,
+    /// The cluster replicas holding it in shared mode.
+    replicas: Vec<Holder>,
+}
+
+/// One process holding the writer lock's key, as its row describes it.
 #[derive(Debug)]
 struct Holder {
     host: String,
@@ -321,119 +376,207 @@ struct Holder {
     locked_at: DateTime<Utc>,
 }
 
-/// Tries the writer lock on a new connection; on success describes this process in
-/// `writer_lock_holder` (best effort: before the first migration the table does not exist).
-async fn try_lock(options: &PgConnectOptions) -> Result<Locked> {
+/// The writer lock's key as `pg_locks` shows a bigint advisory key: its high half (`classid`)
+/// and low half (`objid`), with `objsubid = 1`.
+fn key_halves() -> (i64, i64) {
+    (WRITER_LOCK >> 32, WRITER_LOCK & 0xffff_ffff)
+}
+
+/// Tries the writer lock in `role`'s mode on a new connection; on success describes this
+/// process (best effort: before the migrations the tables do not exist).
+async fn try_lock(options: &PgConnectOptions, role: WriterRole) -> Result<Locked> {
     let mut conn = PgConnection::connect_with(options)
         .await
         .map_err(|source| StoreError::Connect {
             url: describe(options),
             source,
         })?;
-    let (locked, backend_pid): (bool, i32) =
-        sqlx::query_as("SELECT pg_try_advisory_lock($1), pg_backend_pid()")
-            .bind(WRITER_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
+    let sql = match role {
+        WriterRole::Single => "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
+        WriterRole::Replica => "SELECT pg_try_advisory_lock_shared($1), pg_backend_pid()",
+    };
+    let (locked, backend_pid): (bool, i32) = sqlx::query_as(sql)
+        .bind(WRITER_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
     if locked {
-        if let Err(e) = write_holder(&mut conn, backend_pid).await {
+        if let Err(e) = describe_self(&mut conn, role, backend_pid).await {
             tracing::debug!(error = %e, "cannot describe the writer lock's holder yet");
         }
         Ok(Locked::Held(conn, backend_pid))
     } else {
-        let holder = read_holder(&mut conn).await;
+        let holders = read_holders(&mut conn).await;
         let _ = conn.close().await;
-        Ok(Locked::Refused(holder))
+        Ok(Locked::Refused(holders))
     }
 }
 
-/// Upserts the one `writer_lock_holder` row: this process, holding the lock on the session
-/// `backend_pid`.
-async fn write_holder<'c, E>(executor: E, backend_pid: i32) -> Result<()>
-where
-    E: sqlx::Executor<'c, Database = Postgres>,
-{
-    sqlx::query(
-        "INSERT INTO writer_lock_holder (host, pid, version, backend_pid) \
-         VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (singleton) DO UPDATE \
-         SET host = EXCLUDED.host, pid = EXCLUDED.pid, version = EXCLUDED.version, \
-             backend_pid = EXCLUDED.backend_pid, locked_at = now()",
-    )
-    .bind(super::hostname())
-    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
-    .bind(env!("CARGO_PKG_VERSION"))
-    .bind(backend_pid)
-    .execute(executor)
-    .await?;
+/// Describes this process as the holder of the lock on the session `backend_pid`: the one
+/// `writer_lock_holder` row for a single writer; for a replica its `writer_lock_replicas` row,
+/// after deleting the rows of sessions that no longer hold the lock.
+async fn describe_self(conn: &mut PgConnection, role: WriterRole, backend_pid: i32) -> Result<()> {
+    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    match role {
+        WriterRole::Single => {
+            sqlx::query(
+                "INSERT INTO writer_lock_holder (host, pid, version, backend_pid) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (singleton) DO UPDATE \
+                 SET host = EXCLUDED.host, pid = EXCLUDED.pid, version = EXCLUDED.version, \
+                     backend_pid = EXCLUDED.backend_pid, locked_at = now()",
+            )
+            .bind(super::hostname())
+            .bind(pid)
+            .bind(env!("CARGO_PKG_VERSION"))
+            .bind(backend_pid)
+            .execute(&mut *conn)
+            .await?;
+        }
+        WriterRole::Replica => {
+            let (high, low) = key_halves();
+            sqlx::query(
+                "DELETE FROM writer_lock_replicas AS r \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_locks AS l \
+                                   WHERE l.locktype = 'advisory' AND l.granted \
+                                     AND l.pid = r.backend_pid AND l.mode = 'ShareLock' \
+                                     AND l.classid::int8 = $1 AND l.objid::int8 = $2 \
+                                     AND l.objsubid = 1)",
+            )
+            .bind(high)
+            .bind(low)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO writer_lock_replicas (backend_pid, host, pid, version) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (backend_pid) DO UPDATE \
+                 SET host = EXCLUDED.host, pid = EXCLUDED.pid, version = EXCLUDED.version, \
+                     locked_at = now()",
+            )
+            .bind(backend_pid)
+            .bind(super::hostname())
+            .bind(pid)
+            .bind(env!("CARGO_PKG_VERSION"))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
     Ok(())
 }
 
-/// The holder row, if the session it names holds the writer lock now (a row left behind by
-/// a process that died is not believed). `None` also when the table is missing or unreadable.
-async fn read_holder(conn: &mut PgConnection) -> Option<Holder> {
-    // A bigint advisory key shows in pg_locks as its high half (classid) and low half (objid).
-    let high = WRITER_LOCK >> 32;
-    let low = WRITER_LOCK & 0xffff_ffff;
-    let row: Option<(String, i32, String, DateTime<Utc>)> = sqlx::query_as(
+/// Who holds the writer lock's key now: the rows whose session holds it in the matching mode
+/// (a row left by a process that died is not believed). Empty when the tables are missing or
+/// unreadable.
+async fn read_holders(conn: &mut PgConnection) -> Holders {
+    let (high, low) = key_halves();
+    let single: Option<(String, i32, String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT h.host, h.pid, h.version, h.locked_at FROM writer_lock_holder AS h \
          WHERE EXISTS (SELECT 1 FROM pg_locks AS l \
                        WHERE l.locktype = 'advisory' AND l.granted AND l.pid = h.backend_pid \
-                         AND l.classid::int8 = $1 AND l.objid::int8 = $2 AND l.objsubid = 1)",
+                         AND l.mode = 'ExclusiveLock' AND l.classid::int8 = $1 \
+                         AND l.objid::int8 = $2 AND l.objsubid = 1)",
     )
     .bind(high)
     .bind(low)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await
     .ok()
     .flatten();
-    row.map(|(host, pid, version, locked_at)| Holder {
+    let replicas: Vec<(String, i32, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT r.host, r.pid, r.version, r.locked_at FROM writer_lock_replicas AS r \
+         WHERE EXISTS (SELECT 1 FROM pg_locks AS l \
+                       WHERE l.locktype = 'advisory' AND l.granted AND l.pid = r.backend_pid \
+                         AND l.mode = 'ShareLock' AND l.classid::int8 = $1 \
+                         AND l.objid::int8 = $2 AND l.objsubid = 1) \
+         ORDER BY r.locked_at, r.pid",
+    )
+    .bind(high)
+    .bind(low)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    let holder = |(host, pid, version, locked_at)| Holder {
         host,
         pid,
         version,
         locked_at,
-    })
+    };
+    Holders {
+        single: single.map(holder),
+        replicas: replicas.into_iter().map(holder).collect(),
+    }
 }
 
-/// Keeps the lock's connection open until `stop`; retakes the lock after the connection drops.
-async fn keep(
-    mut conn: PgConnection,
-    options: std::sync::Arc<PgConnectOptions>,
+/// What the keeper task needs besides the lock's connection.
+struct Keep {
+    options: Arc<PgConnectOptions>,
+    role: WriterRole,
     stop: tokio_util::sync::CancellationToken,
-    lost: tokio_util::sync::CancellationToken,
-) {
-    let database = describe(&options);
+    grantor: Arc<PermitGrantor>,
+    backend_pid: Arc<AtomicI32>,
+}
+
+/// Keeps the lock's connection open until `stop`, checking that it still holds the lock. When
+/// it does not, revokes the permit (logging once) and takes the lock back as soon as it can.
+async fn keep(k: Keep, mut conn: PgConnection) {
+    let database = describe(&k.options);
     loop {
         tokio::select! {
-            () = stop.cancelled() => {
+            () = k.stop.cancelled() => {
                 let _ = conn.close().await;
                 return;
             }
             () = tokio::time::sleep(WRITER_LOCK_CHECK_EVERY) => {}
         }
-        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+        if still_holds(&mut conn).await {
             continue;
         }
-        tracing::warn!(%database, "the writer lock's connection dropped; taking the lock again when the database answers");
+        // The session is gone or no longer holds the lock: whatever is left of it goes too.
+        drop(conn);
+        k.grantor.revoke(
+            "the writer lock was lost (its database session ended); taking it back".to_owned(),
+        );
+        tracing::warn!(%database, "lost the writer lock: polling, webhook delivery and retention pause until this daemon holds it again");
         conn = loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = k.stop.cancelled() => return,
                 () = tokio::time::sleep(WRITER_LOCK_CHECK_EVERY) => {}
             }
-            match try_lock(&options).await {
-                Ok(Locked::Held(conn, _)) => {
-                    tracing::info!(%database, "writer lock held again");
+            match try_lock(&k.options, k.role).await {
+                Ok(Locked::Held(conn, backend_pid)) => {
+                    k.backend_pid.store(backend_pid, Ordering::Relaxed);
+                    k.grantor.grant();
+                    tracing::info!(%database, "writer lock held again; resuming");
                     break conn;
                 }
-                Ok(Locked::Refused(holder)) => {
-                    tracing::error!(%database, holder = %holder_text(holder.as_ref()), "another roster-sync took the writer lock while the database was unreachable; this one must stop writing");
-                    lost.cancel();
-                    return;
-                }
-                Err(_) => {}
+                Ok(Locked::Refused(holders)) => k.grantor.revoke(format!(
+                    "the writer lock was lost and is held by {}; taking it back once it is free",
+                    holders_text(&holders)
+                )),
+                Err(e) => k.grantor.revoke(format!(
+                    "the writer lock was lost and the database does not answer ({e}); taking it back once it does"
+                )),
             }
         };
     }
+}
+
+/// Whether the lock's session answers, within [`WRITER_LOCK_CHECK_TIMEOUT`], that it holds the
+/// writer lock.
+async fn still_holds(conn: &mut PgConnection) -> bool {
+    let (high, low) = key_halves();
+    let check = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks \
+                        WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() \
+                          AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = 1)",
+    )
+    .bind(high)
+    .bind(low)
+    .fetch_one(conn);
+    matches!(
+        tokio::time::timeout(WRITER_LOCK_CHECK_TIMEOUT, check).await,
+        Ok(Ok(true))
+    )
 }
 
 /// `host:port/database` of a connection's options (never a password).
@@ -446,24 +589,58 @@ fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
-/// "pid 4242 on host web-1 (version 0.1.0, since …)", or why the holder is unknown.
-fn holder_text(holder: Option<&Holder>) -> String {
-    match holder {
-        Some(h) => format!(
-            "pid {} on host {} (version {}, holding it since {})",
-            h.pid,
-            h.host,
-            h.version,
-            h.locked_at.format("%Y-%m-%d %H:%M:%S UTC")
-        ),
-        None => "holder unknown: its writer_lock_holder row is missing (an older roster-sync, or migrations not applied)".to_owned(),
+/// "pid 4242 on host web-1 (version 0.1.0, holding it since …)".
+fn holder_text(h: &Holder) -> String {
+    format!(
+        "pid {} on host {} (version {}, holding it since {})",
+        h.pid,
+        h.host,
+        h.version,
+        h.locked_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+/// Every holder, for a log line or `/readyz`.
+fn holders_text(holders: &Holders) -> String {
+    match (&holders.single, holders.replicas.as_slice()) {
+        (Some(single), _) => format!("a single-writer roster-sync, {}", holder_text(single)),
+        (None, []) => {
+            "another session (its row is missing: an older roster-sync, or migrations not applied)"
+                .to_owned()
+        }
+        (None, replicas) => format!("cluster replicas: {}", replicas_text(replicas)),
     }
 }
 
-fn refusal(options: &PgConnectOptions, holder: Option<Holder>) -> String {
-    format!(
-        "database {} is already in use: another roster-sync holds its writer lock, {} (one daemon per database; several replicas need cluster.enabled)",
-        describe(options),
-        holder_text(holder.as_ref())
-    )
+fn replicas_text(replicas: &[Holder]) -> String {
+    replicas
+        .iter()
+        .map(holder_text)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why `role` may not take the lock, naming the processes in its way.
+fn refusal(options: &PgConnectOptions, role: WriterRole, holders: &Holders) -> String {
+    let database = describe(options);
+    const UNKNOWN: &str = "holder unknown: its writer_lock_holder row is missing (an older roster-sync, or migrations not applied)";
+    match (role, &holders.single, holders.replicas.as_slice()) {
+        (WriterRole::Single, None, replicas) if !replicas.is_empty() => format!(
+            "database {database} is already in use by {} cluster replica(s) (cluster.enabled): {}; a single-writer roster-sync cannot run beside them (enable cluster.enabled to join them, or stop them first)",
+            replicas.len(),
+            replicas_text(replicas)
+        ),
+        (WriterRole::Single, single, _) => format!(
+            "database {database} is already in use: another roster-sync holds its writer lock, {} (one daemon per database; several replicas need cluster.enabled)",
+            single
+                .as_ref()
+                .map_or_else(|| UNKNOWN.to_owned(), holder_text)
+        ),
+        (WriterRole::Replica, single, _) => format!(
+            "database {database} is already in use by a single-writer roster-sync (without cluster.enabled), {}; cluster replicas cannot run beside it (stop it, or run it with cluster.enabled too)",
+            single
+                .as_ref()
+                .map_or_else(|| UNKNOWN.to_owned(), holder_text)
+        ),
+    }
 }

@@ -31,8 +31,8 @@ pub struct WebhookCursor {
 macro_rules! on_backend {
     ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
         match &$store.db {
-            Db::Postgres(pool) => super::postgres::retention::$function(pool, $($arg),*).await,
-            Db::Sqlite(db) => super::sqlite::retention::$function(&db.pool, $($arg),*).await,
+            Db::Postgres(pool) => on_postgres::retention::$function(pool, $($arg),*).await,
+            Db::Sqlite(db) => on_sqlite::retention::$function(&db.pool, $($arg),*).await,
         }
     };
 }
@@ -263,4 +263,16 @@ macro_rules! retention_queries {
         }
     };
 }
-pub(super) use retention_queries;
+
+/// The retention queries compiled for Postgres, beside the backend's helpers they use (here,
+/// not in the backend files, so that the backends never name this module).
+mod on_postgres {
+    use crate::store::postgres::{Database, begin_write, ts};
+    retention_queries!();
+}
+
+/// The retention queries compiled for SQLite.
+mod on_sqlite {
+    use crate::store::sqlite::{Database, begin_write, ts};
+    retention_queries!();
+}

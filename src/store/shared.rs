@@ -743,7 +743,7 @@ macro_rules! shared_queries {
 
             /// Decodes rows selected or returned with `event_columns!()`, sorted by `event_id`
             /// (`RETURNING` does not promise an order).
-            pub(super) fn events_from_rows(rows: &[DbRow]) -> Result<Vec<StoredEvent>> {
+            pub(in crate::store) fn events_from_rows(rows: &[DbRow]) -> Result<Vec<StoredEvent>> {
                 let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
                 events.sort_by_key(|e| e.event_id);
                 Ok(events)

@@ -29,9 +29,7 @@ shared_queries!(
     lease_fence = " AND $4 IS NULL"
 );
 pub(super) use queries::*;
-type Database = sqlx::Sqlite;
-super::alerting::alerting_queries!();
-super::retention::retention_queries!();
+pub(super) type Database = sqlx::Sqlite;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,14 +166,14 @@ impl SqliteDb {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> String {
+pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.format(TIMESTAMP_FORMAT).to_string()
 }
 
 /// `BEGIN IMMEDIATE` takes the write lock at the start, so the transaction cannot fail half
 /// way with SQLITE_BUSY when it upgrades from reading to writing; it waits up to the busy
 /// timeout for the lock instead.
-async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
+pub(super) async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
     Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,14 +22,14 @@ use roster_sync::sim::churn::{ChurnPlan, Fleet, churn, guid};
 use roster_sync::sim::control::Driver;
 use roster_sync::store::{Backend, Store, StoredEvent};
 
+use crate::args::{BenchArgs, RuntimeKind};
 use crate::floor;
 use crate::gaps::Gaps;
-use crate::latency::{Changes, receive_events};
+use crate::latency::{Changes, lock, receive_events};
 use crate::process::{cpu_seconds, peak_rss_mb, release_free_memory, reset_peak_rss};
 use crate::scratch::BenchDb;
 use crate::sim_process::SimProcess;
 use crate::sweeps::{Sweep, Sweeps};
-use crate::{BenchArgs, RuntimeKind};
 
 /// Events buffered between the scheduler's sink and the latency matcher. Small: the receiver
 /// keeps up, and a full ring of events is memory the daemon would not hold (a lagging
@@ -445,10 +445,6 @@ async fn wait_for(sweeps: &Mutex<Sweeps>, limit: Duration, done: impl Fn(&Sweeps
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("(gave up waiting after {limit:?})");
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(crate) fn ratio(a: f64, b: f64) -> f64 {

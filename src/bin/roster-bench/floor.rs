@@ -16,9 +16,9 @@ use roster_sync::config::Settings;
 use roster_sync::domain::{MeetingId, Region};
 use roster_sync::sim::control::Driver;
 
+use crate::args::{BenchArgs, RuntimeKind};
 use crate::process::cpu_seconds;
 use crate::sim_process::SimProcess;
-use crate::{BenchArgs, RuntimeKind};
 
 /// Polls kept in flight at once: the default `poll.concurrency`.
 pub const FLOOR_CONCURRENCY: u64 = 16;

@@ -3,7 +3,7 @@
 //! matched by meeting, attendee and kind.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -11,8 +11,6 @@ use tokio::time::Instant;
 use roster_sync::domain::EventKind;
 use roster_sync::sim::churn::{Made, guid};
 use roster_sync::store::StoredEvent;
-
-use crate::capacity::lock;
 
 /// A change the churn made: meeting, attendee, kind.
 pub type ChangeKey = (u128, u128, EventKind);
@@ -132,6 +130,12 @@ pub async fn receive_events(
             Err(broadcast::error::RecvError::Closed) => return received,
         }
     }
+}
+
+/// The guard of `m`, also after a thread panicked while holding it (the measurements stay
+/// readable).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -33,9 +33,9 @@ use roster_sync::sim::churn::{ChurnPlan, churn, guid};
 use roster_sync::sim::control::Driver;
 use roster_sync::store::Store;
 
-use crate::BenchArgs;
-use crate::capacity::{lock, pages, percentile, ratio, settle_limit, setup};
-use crate::latency::Changes;
+use crate::args::BenchArgs;
+use crate::capacity::{pages, percentile, ratio, settle_limit, setup};
+use crate::latency::{Changes, lock};
 use crate::process::{cpu_seconds_of, peak_rss_mb_of};
 use crate::scratch::BenchDb;
 use crate::sim_process::SimProcess;

@@ -27,7 +27,7 @@ enum Cleanup {
 }
 
 impl BenchDb {
-    pub async fn create(args: &crate::BenchArgs) -> anyhow::Result<Self> {
+    pub async fn create(args: &crate::args::BenchArgs) -> anyhow::Result<Self> {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let tag = &tag[..12];
         match &args.database_url {

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::BenchArgs;
+use crate::args::BenchArgs;
 
 /// The simulator's burst for a quota of `quota` requests/s, as the real service's (2 × rate).
 pub fn sim_burst(quota: f64) -> u32 {
