@@ -1,7 +1,8 @@
 //! Sinks: where recorded events go after `store.apply` committed them. Postgres `NOTIFY` is
 //! sent by the store inside the recording transaction; this module holds the consumers that
-//! read `roster_events` after a cursor: the webhook sinks (`[[webhooks]]`, see
-//! [`webhook`]) and the event filter they share with `roster-sync events`.
+//! read `roster_events` after a cursor: the webhook sinks (`[[webhooks]]`, see [`webhook`]).
+//! The JSON they deliver and the filter they select with are the wire format in
+//! [`crate::event_json`], shared with `roster-sync events`.
 //!
 //! A sink never writes `roster_events` and never slows the poll loop: it reads committed
 //! rows at its own pace, from its own durable cursor.

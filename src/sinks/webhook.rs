@@ -21,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, record_delivery, record_lag};
 use crate::config::{WebhookEntry, WebhookSettings};
-use crate::events::EventFilter;
-use crate::events::EventJson;
+use crate::event_json::{EventFilter, EventJson};
 use crate::signing::{check_url, signature, signing_key};
 use crate::store::{CursorClaim, Store, StoreError};
 
@@ -141,7 +140,7 @@ impl Sink {
             name: entry.name.clone(),
             url,
             key,
-            filter: EventFilter::for_webhook(entry)?,
+            filter: filter_of(entry)?,
             batch_size: i64::from(settings.batch),
             timeout: settings.timeout,
             store,
@@ -285,8 +284,8 @@ impl Sink {
     fn request(&self, read: &[crate::store::LabeledEvent], batch: &Batch) -> Option<Request> {
         let events: Vec<EventJson> = read
             .iter()
-            .filter(|e| self.filter.matches(e))
             .map(EventJson::from)
+            .filter(|e| self.filter.matches(e))
             .collect();
         let (first, last) = (events.first()?, events.last()?);
         let id = format!("{}-{}-{}", self.name, first.event_id, last.event_id);
@@ -496,6 +495,24 @@ impl Sink {
         self.release().await;
         tracing::info!(sink = %self.name, "webhook sink stopped");
     }
+}
+
+/// The filter of a validated `[[webhooks]]` entry.
+///
+/// # Errors
+/// A kind that is not an event kind (validation at start rules this out).
+fn filter_of(entry: &WebhookEntry) -> Result<EventFilter, String> {
+    let kinds = entry
+        .kinds
+        .iter()
+        .map(|k| k.parse().map_err(|e| format!("{e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(EventFilter {
+        meeting: None,
+        kinds,
+        meeting_labels: entry.meeting_labels.clone(),
+        external_user_ids: entry.external_user_ids.clone(),
+    })
 }
 
 /// The shortest wait of a sink in standby between two looks at the claim.

@@ -10,11 +10,12 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 
 use super::{Db, Result, Store, StoreError, StoredEvent};
-use crate::domain::MeetingId;
+use crate::domain::{Capabilities, MeetingId};
+use crate::event_json::{EventJson, NotifyPayload};
 
-/// The Postgres channel that hears of every commit that recorded events. The payload is
-/// `{"meeting_id":"…","first_event_id":N,"last_event_id":M}`; listeners read the rows
-/// themselves (a payload is limited to 8000 bytes, and a listener may have missed some).
+/// The Postgres channel that hears of every commit that recorded events. The payload is a
+/// [`NotifyPayload`]; listeners read the rows themselves (a payload is limited to 8000 bytes,
+/// and a listener may have missed some).
 pub const EVENTS_CHANNEL: &str = "roster_events";
 
 /// An event with the label of its meeting, as `events` prints it and webhooks deliver it.
@@ -286,14 +287,49 @@ pub(super) fn notify_payload(events: &[StoredEvent]) -> Result<Option<String>> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(None);
     };
-    let payload = serde_json::json!({
-        "meeting_id": first.meeting_id.as_str(),
-        "first_event_id": first.event_id,
-        "last_event_id": last.event_id,
-    });
-    serde_json::to_string(&payload)
+    let payload = NotifyPayload {
+        meeting_id: first.meeting_id.as_str().to_owned(),
+        first_event_id: first.event_id,
+        last_event_id: last.event_id,
+    };
+    payload
+        .to_json()
         .map(Some)
         .map_err(|e| StoreError::InvalidRecord(format!("cannot encode the notification: {e}")))
+}
+
+/// A stored event in its wire form ([`crate::event_json`]), with its meeting's label.
+impl From<&LabeledEvent> for EventJson {
+    fn from(e: &LabeledEvent) -> Self {
+        let event = &e.event;
+        let split = |c: Option<Capabilities>| match c {
+            Some(c) => [
+                Some(c.audio.as_str()),
+                Some(c.video.as_str()),
+                Some(c.content.as_str()),
+            ],
+            None => [None; 3],
+        };
+        let [audio, video, content] = split(event.after);
+        let [previous_audio, previous_video, previous_content] = split(event.before);
+        Self {
+            event_id: event.event_id,
+            meeting_id: event.meeting_id.as_str().to_owned(),
+            meeting_label: e.meeting_label.clone(),
+            attendee_id: event.attendee_id.as_str().to_owned(),
+            external_user_id: event.external_user_id.as_str().to_owned(),
+            kind: event.kind,
+            reason: event.reason.map(|r| r.as_str()),
+            audio,
+            video,
+            content,
+            previous_audio,
+            previous_video,
+            previous_content,
+            observed_at: event.observed_at,
+            previous_poll_at: event.previous_poll_at,
+        }
+    }
 }
 
 macro_rules! alerting_queries {
