@@ -22,7 +22,10 @@ use roster_sync::store::{ApplyOutcome, PollRecord, Store};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-both_backends!(a_person_forgotten_while_a_batch_waits_for_a_retry_is_never_delivered);
+both_backends!(
+    a_person_forgotten_while_a_batch_waits_for_a_retry_is_never_delivered,
+    a_claim_taken_over_after_it_expired_can_no_longer_move_the_cursor,
+);
 
 fn attendee(n: u32, user: &str) -> Attendee {
     Attendee {
@@ -202,6 +205,78 @@ async fn a_person_forgotten_while_a_batch_waits_for_a_retry_is_never_delivered(d
     assert!(after_forget.iter().any(
         |(status, body)| *status == StatusCode::OK && body.contains("keep-me@partner.example")
     ));
+}
+
+/// Claims expire and are taken over; the cursor then moves only for the new holder, never
+/// back, and the old holder's move is refused.
+async fn a_claim_taken_over_after_it_expired_can_no_longer_move_the_cursor(db: &TestDb) {
+    let store = &db.store;
+    assert_eq!(
+        store.webhook_cursor("sink", domain::now()).await.unwrap(),
+        0
+    );
+    let long = Duration::from_secs(600);
+    let old = store
+        .claim_webhook_cursor("sink", "old:1:a", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .expect("an unclaimed cursor can be claimed");
+    // Once it expired, another holder gets it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        if let Some(claim) = store
+            .claim_webhook_cursor("sink", "new:2:b", long)
+            .await
+            .unwrap()
+        {
+            break claim;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the first claim to expire"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        store
+            .claim_webhook_cursor("sink", "old:1:a", long)
+            .await
+            .unwrap()
+            .is_none(),
+        "a live claim is not taken over"
+    );
+    assert!(
+        store
+            .advance_claimed_cursor(new, "sink", 7, domain::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_claimed_cursor(old, "sink", 3, domain::now())
+            .await
+            .unwrap(),
+        "the superseded holder cannot move the cursor"
+    );
+    assert!(
+        !store
+            .advance_claimed_cursor(old, "sink", 9, domain::now())
+            .await
+            .unwrap(),
+        "nor forward"
+    );
+    assert_eq!(store.peek_webhook_cursor("sink").await.unwrap(), Some(7));
+    // A clean stop gives the claim up: another holder takes it at once.
+    store
+        .release_webhook_claim("sink", "new:2:b")
+        .await
+        .unwrap();
+    let next = store
+        .claim_webhook_cursor("sink", "old:1:a", long)
+        .await
+        .unwrap()
+        .expect("a released claim is free");
+    assert_eq!(next.cursor(), 7);
 }
 
 /// The binary with a clean environment and placeholder AWS credentials, killed when dropped.
