@@ -372,7 +372,8 @@ impl Sink {
     }
 
     /// Delivers until `cancel` fires: steps while there is work, waits when idle, and after a
-    /// failure waits the backoff (or the receiver's `Retry-After`, if longer) before retrying
+    /// failure waits the backoff (or the receiver's `Retry-After`, if longer, up to
+    /// `webhook.backoff_cap`) before retrying
     /// the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
     /// were committed, whichever comes first.
     ///
@@ -456,10 +457,11 @@ impl Sink {
                         DeliveryError::Rejected { retry_after, .. } => *retry_after,
                         _ => None,
                     };
-                    let wait = backoff
-                        .next()
-                        .unwrap_or(settings.backoff_cap)
-                        .max(retry_after.unwrap_or_default());
+                    let wait = retry_wait(
+                        backoff.next().unwrap_or(settings.backoff_cap),
+                        retry_after,
+                        settings.backoff_cap,
+                    );
                     failed_attempts += 1;
                     if failed_attempts == 1 {
                         tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook sink failing");
@@ -515,6 +517,13 @@ fn filter_of(entry: &WebhookEntry) -> Result<EventFilter, String> {
     })
 }
 
+/// The wait before retrying a failed batch: the backoff, or the receiver's `Retry-After` when
+/// longer, but never more than `cap` (`webhook.backoff_cap`): a `Retry-After` is the network's
+/// to send, and a huge one (`18446744073709551615`) must not park the sink until a restart.
+fn retry_wait(backoff: Duration, retry_after: Option<Duration>, cap: Duration) -> Duration {
+    backoff.max(retry_after.unwrap_or_default()).min(cap)
+}
+
 /// The shortest wait of a sink in standby between two looks at the claim.
 const MIN_STANDBY_WAIT: Duration = Duration::from_millis(10);
 
@@ -555,4 +564,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_waits_for_the_receivers_retry_after_but_never_past_the_cap() {
+        let (second, cap) = (Duration::from_secs(1), Duration::from_secs(300));
+        assert_eq!(retry_wait(second, None, cap), second);
+        assert_eq!(
+            retry_wait(second, Some(Duration::from_secs(30)), cap),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_wait(Duration::from_secs(60), Some(second), cap),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            retry_wait(second, Some(Duration::from_secs(u64::MAX)), cap),
+            cap
+        );
+        assert_eq!(retry_wait(Duration::MAX, None, cap), cap);
+    }
 }
