@@ -373,8 +373,7 @@ impl Sink {
 
     /// Delivers until `cancel` fires: steps while there is work, waits when idle, and after a
     /// failure waits the backoff (or the receiver's `Retry-After`, if longer, up to
-    /// `webhook.backoff_cap`) before retrying
-    /// the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
+    /// `webhook.backoff_cap`) before retrying the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
     /// were committed, whichever comes first.
     ///
     /// It logs state changes, not attempts: one warning when a healthy sink fails ("webhook
