@@ -1,5 +1,6 @@
 //! `roster-sync events`: prints recorded events in `event_id` order, and with `--follow` keeps
-//! printing them as they commit. Also the one JSON shape of an event, shared with webhooks.
+//! printing them as they commit. The JSON it prints is the wire format webhooks deliver too
+//! ([`crate::event_json`]).
 //!
 //! Following reads after the last id printed, so it neither skips nor repeats an event across
 //! wakeups, timeouts and lost connections. On Postgres it wakes on `NOTIFY` (with a fallback
@@ -8,89 +9,12 @@
 use std::io::Write;
 use std::time::Duration;
 
+use crate::config::Settings;
+use crate::domain::{Capabilities, EventKind, MeetingId};
+use crate::event_json::{EventFilter, EventJson};
+use crate::store::{EventWakeups, LabeledEvent, Store};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use serde::Serialize;
-
-use crate::config::{Settings, WebhookEntry};
-use crate::domain::{Capabilities, EventKind, MeetingId};
-use crate::store::{EventWakeups, LabeledEvent, Store};
-
-/// Which events a consumer wants. Every list empty (or `None`) means everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EventFilter {
-    pub meeting: Option<MeetingId>,
-    pub kinds: Vec<EventKind>,
-    pub meeting_labels: Vec<String>,
-    /// Patterns: `*` matches any run of characters, `?` one character, the rest itself.
-    pub external_user_ids: Vec<String>,
-}
-
-impl EventFilter {
-    /// The filter of a validated `[[webhooks]]` entry.
-    ///
-    /// # Errors
-    /// A kind that is not an event kind (validation at start rules this out).
-    pub fn for_webhook(entry: &WebhookEntry) -> Result<Self, String> {
-        let kinds = entry
-            .kinds
-            .iter()
-            .map(|k| k.parse().map_err(|e| format!("{e}")))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            meeting: None,
-            kinds,
-            meeting_labels: entry.meeting_labels.clone(),
-            external_user_ids: entry.external_user_ids.clone(),
-        })
-    }
-
-    pub fn matches(&self, e: &LabeledEvent) -> bool {
-        let event = &e.event;
-        self.meeting.as_ref().is_none_or(|m| *m == event.meeting_id)
-            && (self.kinds.is_empty() || self.kinds.contains(&event.kind))
-            && (self.meeting_labels.is_empty()
-                || e.meeting_label
-                    .as_ref()
-                    .is_some_and(|l| self.meeting_labels.contains(l)))
-            && (self.external_user_ids.is_empty()
-                || self
-                    .external_user_ids
-                    .iter()
-                    .any(|p| glob_matches(p, event.external_user_id.as_str())))
-    }
-}
-
-/// `*` matches any run of characters (none included), `?` exactly one, anything else itself.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    // Greedy matching with backtracking to the last `*`: linear for patterns with one `*`,
-    // never exponential.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some('*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == '?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
-}
 
 /// Events read per query.
 const PAGE: i64 = 500;
@@ -134,59 +58,6 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
         .map_err(|_| format!("{s:?} is not one of joined, left, capabilities_changed"))
 }
 
-/// An event as `events --format json` prints it and webhooks deliver it.
-#[derive(Clone, Debug, Serialize)]
-pub struct EventJson {
-    pub event_id: i64,
-    pub meeting_id: String,
-    pub meeting_label: Option<String>,
-    pub attendee_id: String,
-    pub external_user_id: String,
-    pub kind: EventKind,
-    pub reason: Option<&'static str>,
-    pub audio: Option<&'static str>,
-    pub video: Option<&'static str>,
-    pub content: Option<&'static str>,
-    pub previous_audio: Option<&'static str>,
-    pub previous_video: Option<&'static str>,
-    pub previous_content: Option<&'static str>,
-    pub observed_at: chrono::DateTime<chrono::Utc>,
-    pub previous_poll_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl From<&LabeledEvent> for EventJson {
-    fn from(e: &LabeledEvent) -> Self {
-        let event = &e.event;
-        let split = |c: Option<Capabilities>| match c {
-            Some(c) => [
-                Some(c.audio.as_str()),
-                Some(c.video.as_str()),
-                Some(c.content.as_str()),
-            ],
-            None => [None; 3],
-        };
-        let [audio, video, content] = split(event.after);
-        let [previous_audio, previous_video, previous_content] = split(event.before);
-        Self {
-            event_id: event.event_id,
-            meeting_id: event.meeting_id.to_string(),
-            meeting_label: e.meeting_label.clone(),
-            attendee_id: event.attendee_id.to_string(),
-            external_user_id: event.external_user_id.as_str().to_owned(),
-            kind: event.kind,
-            reason: event.reason.map(|r| r.as_str()),
-            audio,
-            video,
-            content,
-            previous_audio,
-            previous_video,
-            previous_content,
-            observed_at: event.observed_at,
-            previous_poll_at: event.previous_poll_at,
-        }
-    }
-}
-
 /// Writes events to stdout, flushing each line so a pipe reader sees it at once.
 struct Printer {
     format: EventsFormat,
@@ -207,11 +78,11 @@ impl Printer {
         Ok(())
     }
 
-    fn print(&mut self, e: &LabeledEvent) -> anyhow::Result<()> {
+    fn print(&mut self, e: &LabeledEvent, json: &EventJson) -> anyhow::Result<()> {
         let mut out = self.out.lock();
         match self.format {
             EventsFormat::Json => {
-                serde_json::to_writer(&mut out, &EventJson::from(e))?;
+                serde_json::to_writer(&mut out, json)?;
                 writeln!(out)?;
             }
             EventsFormat::Table => {
@@ -282,8 +153,9 @@ async fn drain(
             .await
             .context("reading events")?;
         for e in &page {
-            if filter.matches(e) {
-                match printer.print(e) {
+            let json = EventJson::from(e);
+            if filter.matches(&json) {
+                match printer.print(e, &json) {
                     Ok(()) => {}
                     Err(err) if is_broken_pipe(&err) => return Ok(Drained::ReaderGone),
                     Err(err) => return Err(err.context("writing to stdout")),
@@ -371,26 +243,5 @@ pub async fn run(settings: &Settings, args: EventsArgs) -> anyhow::Result<()> {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_patterns_match_like_shell_globs() {
-        assert!(glob_matches("*@partner.example", "ana@partner.example"));
-        assert!(glob_matches("*@partner.example", "@partner.example"));
-        assert!(!glob_matches(
-            "*@partner.example",
-            "ana@partner.example.com"
-        ));
-        assert!(glob_matches("a?c*", "abcdef"));
-        assert!(glob_matches("*a*b*", "xxaxxbxx"));
-        assert!(!glob_matches("*a*b*", "xxbxxaxx"));
-        assert!(glob_matches("exact", "exact"));
-        assert!(!glob_matches("exact", "exactly"));
-        assert!(glob_matches("«*»", "«Zoë»"));
     }
 }

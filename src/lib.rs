@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod domain;
+pub mod event_json;
 pub mod events;
 pub mod fault;
 pub mod forget;

@@ -1,7 +1,8 @@
 //! Sinks: where recorded events go after `store.apply` committed them. Postgres `NOTIFY` is
 //! sent by the store inside the recording transaction; this module holds the consumers that
-//! read `roster_events` after a cursor: the webhook sinks (`[[webhooks]]`, see
-//! [`webhook`]) and the event filter they share with `roster-sync events`.
+//! read `roster_events` after a cursor: the webhook sinks (`[[webhooks]]`, see [`webhook`]).
+//! The JSON they deliver and the filter they select with are the wire format in
+//! [`crate::event_json`], shared with `roster-sync events`.
 //!
 //! A sink never writes `roster_events` and never slows the poll loop: it reads committed
 //! rows at its own pace, from its own durable cursor.
@@ -39,6 +40,11 @@ impl Outcome {
         }
     }
 }
+
+/// Connections of the sinks' own pool on Postgres: each sink holds one only for a statement
+/// (claims and cursor moves are autocommitted, never open across a post), so two serve any
+/// number of sinks.
+pub const SINK_CONNECTIONS: u32 = 2;
 
 const DELIVERIES: &str = "roster_sync_webhook_deliveries_total";
 const LAG: &str = "roster_sync_webhook_lag_events";
@@ -79,8 +85,10 @@ fn record_lag(sink: &str, events: i64) {
 /// were started.
 ///
 /// Idle sinks wake as soon as this daemon commits events ([`Store::committed`]); on Postgres
-/// one `LISTEN` connection, taken from the pool, also wakes them for other writers' commits.
-/// Otherwise they look every `webhook.poll_interval`.
+/// one `LISTEN` connection of its own (outside every pool) also wakes them for other writers'
+/// commits. Otherwise they look every `webhook.poll_interval`. On Postgres the sinks read and
+/// claim through a pool of their own ([`SINK_CONNECTIONS`], [`Store::with_own_pool`]), so
+/// `database.max_connections` is the scheduler's alone and any value of it works with sinks.
 ///
 /// Every sink's cursor is read, or created for a new sink, before this returns: the daemon
 /// calls it before its first poll, so a sink added to the configuration receives every event
@@ -100,6 +108,9 @@ pub async fn spawn_webhooks(
         return Ok(0);
     }
     describe_metrics();
+    // The sinks' own connections: a sink never waits for, or holds, one the scheduler needs.
+    let store = store.with_own_pool(SINK_CONNECTIONS);
+    let claim_ttl = webhook::claim_ttl(settings.webhook.timeout, settings.cluster.lease_ttl);
     let client = webhook::http_client()
         .map_err(|e| anyhow::anyhow!("cannot build the webhook HTTPS client: {e}"))?;
     let mut sinks = settings
@@ -108,6 +119,7 @@ pub async fn spawn_webhooks(
         .enumerate()
         .map(|(i, entry)| {
             webhook::Sink::new(entry, &settings.webhook, store.clone(), client.clone())
+                .map(|sink| sink.with_claim_ttl(claim_ttl))
                 .map_err(|why| anyhow::anyhow!("webhooks[{i}] ({}): {why}", entry.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -121,7 +133,7 @@ pub async fn spawn_webhooks(
         tracing::debug!(sink = %sink.name(), cursor, "webhook cursor");
     }
     // The store wakes the sinks after this daemon's commits; on Postgres one LISTEN
-    // connection (taken from the pool) also passes on other writers' commits.
+    // connection (of its own, outside every pool) also passes on other writers' commits.
     let wakeups = store.committed();
     match store.event_wakeups().await {
         Ok(Some(listener)) => {

@@ -731,7 +731,7 @@ fn wait_with_deadline(child: &mut std::process::Child) -> std::process::ExitStat
     }
 }
 
-/// Replicas on one Postgres database run the same sinks: the cursor's row lock lets one of
+/// Replicas on one Postgres database run the same sinks: the claim on the cursor lets one of
 /// them post a batch at a time, so the receiver gets each event once, in order.
 #[tokio::test]
 async fn replicas_running_the_same_sink_deliver_each_batch_once() {

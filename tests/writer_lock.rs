@@ -146,6 +146,7 @@ async fn take_the_writer_lock_away(other: &mut PgConnection) {
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_locks \
              WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = 1",
         )
         .bind(WRITER_LOCK >> 32)

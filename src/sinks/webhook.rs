@@ -1,10 +1,13 @@
 //! One webhook sink: reads the events after its durable cursor, POSTs them in batches signed
 //! per the Standard Webhooks specification, and moves the cursor only after a 2xx answer.
 //!
-//! Delivery is at-least-once and in `event_id` order: a failed batch is retried, unchanged
-//! (same `webhook-id`, same body), until the receiver takes it; nothing after it is sent
-//! before. It must never log or send the secret, and never send a JoinToken (no event holds
-//! one).
+//! Delivery is at-least-once and in `event_id` order: a failed batch is retried until the
+//! receiver takes it, nothing after it is sent before, and each attempt rebuilds the batch
+//! from the database (same `webhook-id` and body while its rows are unchanged), so an event
+//! erased meanwhile (`forget`, retention) is never sent again. Each attempt runs under an
+//! expiring claim on the sink's cursor ([`Store::claim_webhook_cursor`]), never inside an open
+//! transaction. It must never log or send the secret, and never send a JoinToken (no event
+//! holds one).
 
 use std::time::Duration;
 
@@ -18,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, record_delivery, record_lag};
 use crate::config::{WebhookEntry, WebhookSettings};
-use crate::events::EventFilter;
-use crate::events::EventJson;
+use crate::event_json::{EventFilter, EventJson};
 use crate::permit::WriterPermit;
 use crate::signing::{check_url, signature, signing_key};
 use crate::store::{CursorClaim, Store, StoreError};
@@ -58,20 +60,28 @@ pub fn http_client() -> std::io::Result<HttpClient> {
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
-/// A batch waiting for a 2xx: retried exactly as it is.
-#[derive(Clone, Debug)]
+/// A batch waiting for a 2xx: which events it spans, not their content. Every attempt reads
+/// them again from the database, so an event erased since the last attempt is not sent.
+#[derive(Clone, Copy, Debug)]
 struct Batch {
-    /// `{sink}-{first event_id}-{last event_id}`: the same on every retry, so receivers can
-    /// drop a batch they already took.
-    id: String,
-    body: Bytes,
-    /// Events in the body.
-    events: usize,
     /// The cursor the batch was read after: it is retried only while the cursor is still
     /// there (another replica may have delivered it meanwhile).
     after: i64,
     /// The cursor after this batch: the last event read, delivered or filtered out.
     through: i64,
+    /// The body's `timestamp` at the first attempt, kept so that a retry of unchanged rows
+    /// sends the same body.
+    timestamp: chrono::DateTime<chrono::Utc>,
+}
+
+/// One attempt's request: the batch's events as they are in the database now.
+struct Request {
+    /// `{sink}-{first event_id}-{last event_id}`: the same on every retry of the same events,
+    /// so receivers can drop a batch they already took.
+    id: String,
+    body: Bytes,
+    /// Events in the body.
+    events: usize,
 }
 
 /// What one [`Sink::step`] did.
@@ -79,8 +89,12 @@ struct Batch {
 pub enum Step {
     /// No event after the cursor.
     Idle,
-    /// Another process (a replica on the same database) is delivering this sink right now.
+    /// Another process (a replica on the same database) holds this sink's claim.
     Standby,
+    /// The receiver took a batch of `events`, but another process had claimed the sink
+    /// since (this one was paused past its claim): the cursor is the new holder's to move,
+    /// and it may send the batch again (at least once).
+    Superseded { events: usize },
     /// Every event read was left out by the filters; the cursor moved past them.
     Skipped { through: i64 },
     /// A batch of `events` was taken by the receiver; the cursor is at `through`.
@@ -97,6 +111,11 @@ pub struct Sink {
     timeout: Duration,
     store: Store,
     client: HttpClient,
+    /// Who this sink claims the cursor as: `host:pid:nonce`, unique per sink instance, so an
+    /// operator (or a test) can tell from `webhook_cursors.claimed_by` which process holds it.
+    holder: String,
+    /// How long a claim lasts unless renewed ([`Sink::with_claim_ttl`]).
+    claim_ttl: Duration,
     /// `None` until read from the database.
     cursor: Option<i64>,
     pending: Option<Batch>,
@@ -126,11 +145,18 @@ impl Sink {
             name: entry.name.clone(),
             url,
             key,
-            filter: EventFilter::for_webhook(entry)?,
+            filter: filter_of(entry)?,
             batch_size: i64::from(settings.batch),
             timeout: settings.timeout,
             store,
             client,
+            holder: format!(
+                "{}:{}:{}",
+                crate::store::hostname(),
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            claim_ttl: default_claim_ttl(settings.timeout),
             cursor: None,
             pending: None,
             wakeups: None,
@@ -144,6 +170,21 @@ impl Sink {
     pub fn with_wakeups(mut self, wakeups: watch::Receiver<u64>) -> Self {
         self.wakeups = Some(wakeups);
         self
+    }
+
+    /// How long this sink's claim on its cursor lasts without renewal: past it, another
+    /// process may take the sink over. It must exceed `webhook.timeout`, so a claim outlives
+    /// the post made under it; the daemon passes `webhook.timeout + cluster.lease_ttl / 2`
+    /// ([`claim_ttl`]).
+    #[must_use]
+    pub fn with_claim_ttl(mut self, ttl: Duration) -> Self {
+        self.claim_ttl = ttl;
+        self
+    }
+
+    /// The claim holder this sink writes to `webhook_cursors.claimed_by`.
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     pub fn name(&self) -> &str {
@@ -170,15 +211,19 @@ impl Sink {
     }
 
     /// Makes one delivery attempt: the pending batch if a previous attempt failed, else the
-    /// next events after the cursor.
+    /// next events after the cursor. Either way the events are read from the database now.
     ///
     /// # Errors
     /// The receiver did not answer 2xx, or the database failed; the batch stays pending.
     pub async fn step(&mut self) -> Result<Step, DeliveryError> {
         self.open_cursor().await?;
-        // The durable cursor, read under a claim that keeps other replicas out until this
-        // attempt ends: two replicas never post the same batch at once.
-        let Some(claim) = self.store.claim_webhook_cursor(&self.name).await? else {
+        // The durable cursor, under a claim that keeps other processes out until it expires:
+        // two replicas never post the same batch at once while both are running.
+        let Some(claim) = self
+            .store
+            .claim_webhook_cursor(&self.name, &self.holder, self.claim_ttl)
+            .await?
+        else {
             // Keep the lag this process reports true to the shared cursor.
             if let Some(cursor) = self.store.peek_webhook_cursor(&self.name).await? {
                 self.cursor = Some(cursor);
@@ -187,66 +232,107 @@ impl Sink {
         };
         let cursor = claim.cursor();
         self.cursor = Some(cursor);
-        let batch = match self.pending.take() {
-            Some(batch) if batch.after == cursor => batch,
-            _ => {
-                let read = self
-                    .store
-                    .labeled_events_after(cursor, None, self.batch_size)
-                    .await?;
+        let pending = self.pending.take().filter(|batch| batch.after == cursor);
+        let mut read = self
+            .store
+            .labeled_events_after(cursor, None, self.batch_size)
+            .await?;
+        let batch = match pending {
+            Some(batch) => {
+                // The same span as before: event ids are never reused, so nothing new can
+                // appear inside it; only erased events are missing.
+                read.retain(|e| e.event.event_id <= batch.through);
+                batch
+            }
+            None => {
                 let Some(last) = read.last() else {
                     return Ok(Step::Idle);
                 };
-                let through = last.event.event_id;
-                let events: Vec<EventJson> = read
-                    .iter()
-                    .filter(|e| self.filter.matches(e))
-                    .map(EventJson::from)
-                    .collect();
-                let (Some(first), Some(last)) = (events.first(), events.last()) else {
-                    self.advance(claim, through).await?;
-                    return Ok(Step::Skipped { through });
-                };
-                let body = serde_json::json!({
-                    "type": "roster.events",
-                    "timestamp": crate::domain::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    "data": { "events": events },
-                });
                 Batch {
-                    id: format!("{}-{}-{}", self.name, first.event_id, last.event_id),
-                    body: Bytes::from(body.to_string()),
-                    events: events.len(),
                     after: cursor,
-                    through,
+                    through: last.event.event_id,
+                    timestamp: crate::domain::now(),
                 }
             }
         };
-        if let Err(e) = self.post(&batch).await {
+        let Some(request) = self.request(&read, &batch) else {
+            return if self.advance(claim, batch.through).await? {
+                Ok(Step::Skipped {
+                    through: batch.through,
+                })
+            } else {
+                Ok(Step::Standby)
+            };
+        };
+        if let Err(e) = self.post(&request).await {
             self.pending = Some(batch);
             return Err(e);
         }
-        let step = Step::Delivered {
-            events: batch.events,
-            through: batch.through,
-        };
-        if let Err(e) = self.advance(claim, batch.through).await {
-            // Delivered but not recorded: the next attempt sends it again (at-least-once),
-            // under the same id.
-            self.pending = Some(batch);
-            return Err(e.into());
+        match self.advance(claim, batch.through).await {
+            Ok(true) => Ok(Step::Delivered {
+                events: request.events,
+                through: batch.through,
+            }),
+            Ok(false) => Ok(Step::Superseded {
+                events: request.events,
+            }),
+            Err(e) => {
+                // Delivered but not recorded: the next attempt sends it again (at-least-once),
+                // under the same id while its rows are unchanged.
+                self.pending = Some(batch);
+                Err(e.into())
+            }
         }
-        Ok(step)
     }
 
-    async fn advance(&mut self, claim: CursorClaim, through: i64) -> Result<(), StoreError> {
-        self.store
+    /// The request for `batch` from the events `read` (those after its cursor, up to its
+    /// end): `None` when the filters leave none of them.
+    fn request(&self, read: &[crate::store::LabeledEvent], batch: &Batch) -> Option<Request> {
+        let events: Vec<EventJson> = read
+            .iter()
+            .map(EventJson::from)
+            .filter(|e| self.filter.matches(e))
+            .collect();
+        let (first, last) = (events.first()?, events.last()?);
+        let id = format!("{}-{}-{}", self.name, first.event_id, last.event_id);
+        let body = serde_json::json!({
+            "type": "roster.events",
+            "timestamp": batch.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "data": { "events": events },
+        });
+        Some(Request {
+            id,
+            body: Bytes::from(body.to_string()),
+            events: events.len(),
+        })
+    }
+
+    /// Moves the cursor to `through` under `claim`: `false` when another process claimed the
+    /// sink since (the cursor is left to it).
+    async fn advance(&mut self, claim: CursorClaim, through: i64) -> Result<bool, StoreError> {
+        let moved = self
+            .store
             .advance_claimed_cursor(claim, &self.name, through, crate::domain::now())
             .await?;
-        self.cursor = Some(through);
-        Ok(())
+        if moved {
+            self.cursor = Some(through);
+        }
+        Ok(moved)
     }
 
-    async fn post(&self, batch: &Batch) -> Result<(), DeliveryError> {
+    /// Gives the claim up (a clean stop), so another process takes over without waiting for
+    /// it to expire. Best effort: an expired claim is taken over anyway.
+    pub async fn release(&self) {
+        if let Err(e) = self
+            .store
+            .release_webhook_claim(&self.name, &self.holder)
+            .await
+        {
+            tracing::debug!(sink = %self.name, error = %e, "cannot release the webhook claim; it expires by itself");
+        }
+    }
+
+    async fn post(&self, batch: &Request) -> Result<(), DeliveryError> {
         let timestamp = crate::domain::now().timestamp();
         let request = http::Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -292,8 +378,8 @@ impl Sink {
     }
 
     /// Delivers until `cancel` fires: steps while there is work, waits when idle, and after a
-    /// failure waits the backoff (or the receiver's `Retry-After`, if longer) before retrying
-    /// the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
+    /// failure waits the backoff (or the receiver's `Retry-After`, if longer, up to
+    /// `webhook.backoff_cap`) before retrying the same batch. An idle sink waits `poll_interval`, or until its wakeups say events
     /// were committed, whichever comes first.
     ///
     /// It logs state changes, not attempts: one warning when a healthy sink fails ("webhook
@@ -324,7 +410,10 @@ impl Sink {
             };
             let worked = matches!(
                 step,
-                Ok(Step::Idle | Step::Skipped { .. } | Step::Delivered { .. })
+                Ok(Step::Idle
+                    | Step::Skipped { .. }
+                    | Step::Delivered { .. }
+                    | Step::Superseded { .. })
             );
             if worked && failed_attempts > 0 {
                 tracing::info!(sink = %self.name, failed_attempts, "webhook sink recovered");
@@ -332,9 +421,24 @@ impl Sink {
             }
             let idle = matches!(step, Ok(Step::Idle | Step::Standby));
             let wait = match step {
-                Ok(Step::Idle | Step::Standby) => {
+                Ok(Step::Idle) => {
                     backoff = new_backoff();
                     settings.poll_interval
+                }
+                Ok(Step::Standby) => {
+                    backoff = new_backoff();
+                    // Look again well before the holder's claim can have expired, so a
+                    // stopped holder is replaced soon after its claim lapses.
+                    settings
+                        .poll_interval
+                        .min(self.claim_ttl.saturating_sub(settings.timeout))
+                        .max(MIN_STANDBY_WAIT)
+                }
+                Ok(Step::Superseded { events }) => {
+                    backoff = new_backoff();
+                    record_delivery(&self.name, Outcome::Delivered);
+                    tracing::info!(sink = %self.name, events, "webhook batch delivered after another process took the sink over; the cursor is left to it");
+                    Duration::ZERO
                 }
                 Ok(Step::Skipped { .. }) => {
                     record_delivery(&self.name, Outcome::Skipped);
@@ -361,10 +465,11 @@ impl Sink {
                         DeliveryError::Rejected { retry_after, .. } => *retry_after,
                         _ => None,
                     };
-                    let wait = backoff
-                        .next()
-                        .unwrap_or(settings.backoff_cap)
-                        .max(retry_after.unwrap_or_default());
+                    let wait = retry_wait(
+                        backoff.next().unwrap_or(settings.backoff_cap),
+                        retry_after,
+                        settings.backoff_cap,
+                    );
                     failed_attempts += 1;
                     if failed_attempts == 1 {
                         tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook sink failing");
@@ -397,8 +502,52 @@ impl Sink {
                 }
             }
         }
+        self.release().await;
         tracing::info!(sink = %self.name, "webhook sink stopped");
     }
+}
+
+/// The filter of a validated `[[webhooks]]` entry.
+///
+/// # Errors
+/// A kind that is not an event kind (validation at start rules this out).
+fn filter_of(entry: &WebhookEntry) -> Result<EventFilter, String> {
+    let kinds = entry
+        .kinds
+        .iter()
+        .map(|k| k.parse().map_err(|e| format!("{e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(EventFilter {
+        meeting: None,
+        kinds,
+        meeting_labels: entry.meeting_labels.clone(),
+        external_user_ids: entry.external_user_ids.clone(),
+    })
+}
+
+/// The wait before retrying a failed batch: the backoff, or the receiver's `Retry-After` when
+/// longer, but never more than `cap` (`webhook.backoff_cap`): a `Retry-After` is the network's
+/// to send, and a huge one (`18446744073709551615`) must not park the sink until a restart.
+fn retry_wait(backoff: Duration, retry_after: Option<Duration>, cap: Duration) -> Duration {
+    backoff.max(retry_after.unwrap_or_default()).min(cap)
+}
+
+/// The shortest wait of a sink in standby between two looks at the claim.
+const MIN_STANDBY_WAIT: Duration = Duration::from_millis(10);
+
+/// A sink's claim lifetime without a cluster: `webhook.timeout` plus 15 s (half the default
+/// `cluster.lease_ttl`).
+fn default_claim_ttl(timeout: Duration) -> Duration {
+    claim_ttl(timeout, Duration::from_secs(30))
+}
+
+/// How long a sink's claim on its cursor lasts: `webhook.timeout + cluster.lease_ttl / 2`.
+/// A post under the claim ends (answered or timed out) before it expires, and a sink in
+/// standby looks again at least every `min(webhook.poll_interval, lease_ttl / 2)`, so another
+/// process resumes delivery within `webhook.timeout + cluster.lease_ttl` of the holder
+/// stopping, as a meeting lease is taken over within `cluster.lease_ttl`.
+pub fn claim_ttl(timeout: Duration, lease_ttl: Duration) -> Duration {
+    timeout.saturating_add(lease_ttl / 2)
 }
 
 /// Returns when events were committed since the last return ([`Sink::with_wakeups`]);
@@ -423,4 +572,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_waits_for_the_receivers_retry_after_but_never_past_the_cap() {
+        let (second, cap) = (Duration::from_secs(1), Duration::from_secs(300));
+        assert_eq!(retry_wait(second, None, cap), second);
+        assert_eq!(
+            retry_wait(second, Some(Duration::from_secs(30)), cap),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_wait(Duration::from_secs(60), Some(second), cap),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            retry_wait(second, Some(Duration::from_secs(u64::MAX)), cap),
+            cap
+        );
+        assert_eq!(retry_wait(Duration::MAX, None, cap), cap);
+    }
 }

@@ -9,12 +9,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 
-use super::{Db, Result, Store, StoredEvent};
-use crate::domain::MeetingId;
+use super::{Db, Result, Store, StoreError, StoredEvent};
+use crate::domain::{Capabilities, MeetingId};
+use crate::event_json::EventJson;
 
-/// The Postgres channel that hears of every commit that recorded events. The payload is
-/// `{"meeting_id":"…","first_event_id":N,"last_event_id":M}`; listeners read the rows
-/// themselves (a payload is limited to 8000 bytes, and a listener may have missed some).
+/// The Postgres channel that hears of every commit that recorded events. The payload is a
+/// [`NotifyPayload`]; listeners read the rows themselves (a payload is limited to 8000 bytes,
+/// and a listener may have missed some).
 pub const EVENTS_CHANNEL: &str = "roster_events";
 
 /// An event with the label of its meeting, as `events` prints it and webhooks deliver it.
@@ -53,53 +54,102 @@ impl EventWakeups {
     }
 }
 
-/// One replica's turn to deliver a webhook sink's next batch ([`Store::claim_webhook_cursor`]).
-/// On Postgres it holds the cursor's row lock in an open transaction until
-/// [`Store::advance_claimed_cursor`] commits it or the claim is dropped (rolled back), so
-/// replicas sharing a database never deliver the same sink at once.
+/// One process's turn to deliver a webhook sink's next batch ([`Store::claim_webhook_cursor`]):
+/// the cursor as it was when claimed, and the claim's token, which every move of the cursor
+/// must present. The claim is a row value, not a lock: no transaction stays open while the
+/// batch is posted, and a claim nobody renews lapses at `claim_expires_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CursorClaim {
     cursor: i64,
-    txn: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    token: i64,
 }
 
 impl CursorClaim {
-    /// The sink's durable cursor, read under the claim.
+    /// The sink's durable cursor, read when the claim was taken.
     pub fn cursor(&self) -> i64 {
         self.cursor
     }
 }
 
 impl Store {
-    /// Claims sink `name`'s cursor for one delivery. `None` when another process holds it
-    /// (a replica delivering the same sink right now: Postgres `FOR UPDATE SKIP LOCKED`), or
-    /// when the cursor does not exist yet ([`Store::webhook_cursor`] creates it).
+    /// Claims (or renews) sink `name`'s cursor for `holder` until `ttl` from now, by the
+    /// database's clock on Postgres (`now()`; SQLite has no server, its clock is this
+    /// process's). `None` when another holder's claim has not expired yet, or when the cursor
+    /// does not exist yet ([`Store::webhook_cursor`] creates it).
     ///
-    /// The Postgres claim keeps one pooled connection in a transaction while the batch is
-    /// posted (bounded by `webhook.timeout`). SQLite has one writing process (the writer
-    /// lock), so its claim is the cursor alone and holds nothing.
+    /// The claim is taken in one autocommitted statement and holds no connection afterwards.
+    /// Every claim gets a new token, so a holder whose claim lapsed and was taken over cannot
+    /// move the cursor any more ([`Store::advance_claimed_cursor`]).
     ///
     /// # Errors
     /// [`StoreError::Sqlx`] when the database fails.
-    pub async fn claim_webhook_cursor(&self, name: &str) -> Result<Option<CursorClaim>> {
-        match &self.db {
+    pub async fn claim_webhook_cursor(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<CursorClaim>> {
+        let row: Option<(i64, i64)> = match &self.db {
             Db::Postgres(pool) => {
-                let mut txn = pool.begin().await?;
-                let cursor: Option<i64> = sqlx::query_scalar(
-                    "SELECT last_event_id FROM webhook_cursors WHERE name = $1 \
-                     FOR UPDATE SKIP LOCKED",
+                sqlx::query_as(
+                    "UPDATE webhook_cursors \
+                     SET claimed_by = $2, claim_token = claim_token + 1, \
+                         claim_expires_at = now() + make_interval(secs => $3) \
+                     WHERE name = $1 \
+                       AND (claimed_by IS NULL OR claimed_by = $2 OR claim_expires_at <= now()) \
+                     RETURNING last_event_id, claim_token",
                 )
                 .bind(name)
-                .fetch_optional(&mut *txn)
-                .await?;
-                Ok(cursor.map(|cursor| CursorClaim {
-                    cursor,
-                    txn: Some(txn),
-                }))
-            }
-            Db::Sqlite(_) => Ok(self
-                .peek_webhook_cursor(name)
+                .bind(holder)
+                .bind(ttl.as_secs_f64())
+                .fetch_optional(pool)
                 .await?
-                .map(|cursor| CursorClaim { cursor, txn: None })),
+            }
+            Db::Sqlite(db) => {
+                let now = crate::domain::now();
+                let expires = chrono::TimeDelta::from_std(ttl)
+                    .ok()
+                    .and_then(|ttl| now.checked_add_signed(ttl))
+                    .ok_or_else(|| {
+                        StoreError::InvalidRecord(format!("claim ttl {ttl:?} is out of range"))
+                    })?;
+                sqlx::query_as(
+                    "UPDATE webhook_cursors \
+                     SET claimed_by = $2, claim_token = claim_token + 1, claim_expires_at = $3 \
+                     WHERE name = $1 \
+                       AND (claimed_by IS NULL OR claimed_by = $2 OR claim_expires_at <= $4) \
+                     RETURNING last_event_id, claim_token",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(super::sqlite::ts(expires))
+                .bind(super::sqlite::ts(now))
+                .fetch_optional(&db.pool)
+                .await?
+            }
+        };
+        Ok(row.map(|(cursor, token)| CursorClaim { cursor, token }))
+    }
+
+    /// A store on the same database for the webhook sinks, so they never take a connection
+    /// the scheduler needs: on Postgres a pool of its own of at most `max_connections`
+    /// (opened lazily, same connection settings), sharing this store's [`Store::committed`]
+    /// wakeups and its writer lock's permit, so the sinks pause while the daemon has lost the
+    /// lock (never close it: it would release the shared lock; the daemon closes its own). On
+    /// SQLite, a clone: its one writing process serialises writes anyway, and the sinks'
+    /// statements are short.
+    pub fn with_own_pool(&self, max_connections: u32) -> Store {
+        match &self.db {
+            Db::Postgres(pool) => Store {
+                db: Db::Postgres(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(max_connections.max(1))
+                        .connect_lazy_with((*pool.connect_options()).clone()),
+                ),
+                pg_writer: self.pg_writer.clone(),
+                committed: self.committed.clone(),
+            },
+            Db::Sqlite(_) => self.clone(),
         }
     }
 
@@ -112,7 +162,11 @@ impl Store {
         on_backend!(self, peek_webhook_cursor(name))
     }
 
-    /// Moves a claimed cursor to `last_event_id` (never back) and ends the claim.
+    /// Moves a claimed cursor to `last_event_id` (never back) and clears its last error, if
+    /// the claim is still the latest one taken: `false` (nothing changed) when another holder
+    /// has claimed the sink since, so a holder that was paused past its claim never moves the
+    /// cursor the new holder owns. A claim that lapsed without being taken over still counts:
+    /// nobody else delivered meanwhile.
     ///
     /// # Errors
     /// [`StoreError::Sqlx`] when the database fails; the cursor stays where it was.
@@ -122,25 +176,21 @@ impl Store {
         name: &str,
         last_event_id: i64,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        match claim.txn {
-            Some(mut txn) => {
-                sqlx::query(
-                    "UPDATE webhook_cursors \
-                     SET last_event_id = GREATEST(last_event_id, $2), updated_at = $3, \
-                         last_error = NULL, last_error_at = NULL \
-                     WHERE name = $1",
-                )
-                .bind(name)
-                .bind(last_event_id)
-                .bind(now)
-                .execute(&mut *txn)
-                .await?;
-                txn.commit().await?;
-                Ok(())
-            }
-            None => self.advance_webhook_cursor(name, last_event_id, now).await,
-        }
+    ) -> Result<bool> {
+        on_backend!(
+            self,
+            advance_claimed_cursor(name, claim.token, last_event_id, now)
+        )
+    }
+
+    /// Gives up `holder`'s claim on sink `name` (a clean stop), so another process takes the
+    /// sink over at once instead of when the claim expires. Nothing happens if the claim is
+    /// someone else's by now.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn release_webhook_claim(&self, name: &str, holder: &str) -> Result<()> {
+        on_backend!(self, release_webhook_claim(name, holder))
     }
 
     /// At most `limit` events with `event_id > after_event_id` (of one meeting, if given), in
@@ -211,18 +261,58 @@ impl Store {
         on_backend!(self, record_webhook_failure(name, error, now))
     }
 
-    /// A `LISTEN` on [`EVENTS_CHANNEL`] on Postgres; `None` on SQLite, whose consumers poll.
+    /// A `LISTEN` on [`EVENTS_CHANNEL`] on Postgres, on a connection of its own outside the
+    /// store's pool; `None` on SQLite, whose consumers poll.
     ///
     /// # Errors
     /// [`StoreError::Sqlx`] when the listening connection cannot be opened.
     pub async fn event_wakeups(&self) -> Result<Option<EventWakeups>> {
         match &self.db {
             Db::Postgres(pool) => {
-                let mut listener = PgListener::connect_with(pool).await?;
+                // A pool of one connection of its own: a LISTEN holds its connection for as
+                // long as it listens, which must never be one the scheduler needs.
+                let own = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with((*pool.connect_options()).clone());
+                let mut listener = PgListener::connect_with(&own).await?;
                 listener.listen(EVENTS_CHANNEL).await?;
                 Ok(Some(EventWakeups { listener }))
             }
             Db::Sqlite(_) => Ok(None),
+        }
+    }
+}
+
+/// A stored event in its wire form ([`crate::event_json`]), with its meeting's label.
+impl From<&LabeledEvent> for EventJson {
+    fn from(e: &LabeledEvent) -> Self {
+        let event = &e.event;
+        let split = |c: Option<Capabilities>| match c {
+            Some(c) => [
+                Some(c.audio.as_str()),
+                Some(c.video.as_str()),
+                Some(c.content.as_str()),
+            ],
+            None => [None; 3],
+        };
+        let [audio, video, content] = split(event.after);
+        let [previous_audio, previous_video, previous_content] = split(event.before);
+        Self {
+            event_id: event.event_id,
+            meeting_id: event.meeting_id.as_str().to_owned(),
+            meeting_label: e.meeting_label.clone(),
+            attendee_id: event.attendee_id.as_str().to_owned(),
+            external_user_id: event.external_user_id.as_str().to_owned(),
+            kind: event.kind,
+            reason: event.reason.map(|r| r.as_str()),
+            audio,
+            video,
+            content,
+            previous_audio,
+            previous_video,
+            previous_content,
+            observed_at: event.observed_at,
+            previous_poll_at: event.previous_poll_at,
         }
     }
 }
@@ -339,6 +429,45 @@ macro_rules! alerting_queries {
                 .bind(name)
                 .bind(last_event_id)
                 .bind(ts(now))
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            pub(in crate::store) async fn advance_claimed_cursor(
+                pool: &Pool,
+                name: &str,
+                token: i64,
+                last_event_id: i64,
+                now: DateTime<Utc>,
+            ) -> Result<bool> {
+                let moved = sqlx::query(
+                    "UPDATE webhook_cursors \
+                     SET last_event_id = CASE WHEN last_event_id < $3 THEN $3 \
+                                              ELSE last_event_id END, \
+                         updated_at = $4, last_error = NULL, last_error_at = NULL \
+                     WHERE name = $1 AND claim_token = $2",
+                )
+                .bind(name)
+                .bind(token)
+                .bind(last_event_id)
+                .bind(ts(now))
+                .execute(pool)
+                .await?;
+                Ok(moved.rows_affected() == 1)
+            }
+
+            pub(in crate::store) async fn release_webhook_claim(
+                pool: &Pool,
+                name: &str,
+                holder: &str,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE webhook_cursors SET claimed_by = NULL, claim_expires_at = NULL \
+                     WHERE name = $1 AND claimed_by = $2",
+                )
+                .bind(name)
+                .bind(holder)
                 .execute(pool)
                 .await?;
                 Ok(())

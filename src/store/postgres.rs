@@ -175,12 +175,13 @@ fn notify_payload(events: &[StoredEvent]) -> Result<Option<String>> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(None);
     };
-    let payload = serde_json::json!({
-        "meeting_id": first.meeting_id.as_str(),
-        "first_event_id": first.event_id,
-        "last_event_id": last.event_id,
-    });
-    serde_json::to_string(&payload)
+    let payload = crate::event_json::NotifyPayload {
+        meeting_id: first.meeting_id.as_str().to_owned(),
+        first_event_id: first.event_id,
+        last_event_id: last.event_id,
+    };
+    payload
+        .to_json()
         .map(Some)
         .map_err(|e| StoreError::InvalidRecord(format!("cannot encode the notification: {e}")))
 }
