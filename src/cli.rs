@@ -223,13 +223,8 @@ async fn cluster(settings: &Settings, format: ListFormat) -> anyhow::Result<()> 
     match format {
         ListFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&replicas)?)?,
         ListFormat::Table => {
-            writeln!(
-                out,
-                "{:<36}  {:<20}  {:>7}  {:>9}  {:>8}  {:>6}  RATE SHARE",
-                "REPLICA", "HOST", "PID", "HEARTBEAT", "MEETINGS", "PAGES"
-            )?;
-            for r in replicas {
-                let rps = settings.rate.requests_per_second;
+            let rps = settings.rate.requests_per_second;
+            let rows = replicas.into_iter().map(|r| {
                 let share = if r.rate_share.is_empty() {
                     "-".to_owned()
                 } else {
@@ -239,18 +234,26 @@ async fn cluster(settings: &Settings, format: ListFormat) -> anyhow::Result<()> 
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                writeln!(
-                    out,
-                    "{:<36}  {:<20}  {:>7}  {:>8.1}s  {:>8}  {:>6}  {}",
-                    r.replica_id,
-                    r.host,
-                    r.pid,
-                    r.heartbeat_age_seconds,
-                    r.meetings,
-                    r.pages,
-                    share
-                )?;
-            }
+                vec![
+                    Cell::left(r.replica_id.to_string()),
+                    Cell::left(r.host),
+                    Cell::right(r.pid.to_string()),
+                    Cell::right(format!("{:.1}s", r.heartbeat_age_seconds)),
+                    Cell::right(r.meetings.to_string()),
+                    Cell::right(r.pages.to_string()),
+                    Cell::left(share),
+                ]
+            });
+            let header = [
+                "REPLICA",
+                "HOST",
+                "PID",
+                "HEARTBEAT",
+                "MEETINGS",
+                "PAGES",
+                "RATE SHARE",
+            ];
+            write_table(&mut out, &header, rows.collect())?;
         }
     }
     Ok(())
@@ -350,12 +353,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                     writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?
                 }
                 ListFormat::Table => {
-                    writeln!(
-                        out,
-                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  LAST ERROR",
-                        "MEETING", "REGION", "STATUS", "LAST POLLED", "FAILURES", "LABEL", "OWNER"
-                    )?;
-                    for m in list {
+                    let rows = list.into_iter().map(|m| {
                         let error = match (&m.last_error_code, &m.last_error) {
                             (_, None) => "-".to_owned(),
                             (Some(code), Some(e)) => format!("[{code}] {e}"),
@@ -366,24 +364,89 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                         let owner = owner_of(&m.meeting_id)
                             .map(|o| o.chars().take(8).collect::<String>())
                             .unwrap_or_else(|| "-".into());
-                        writeln!(
-                            out,
-                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  {}",
-                            m.meeting_id,
-                            m.region,
-                            m.status.as_str(),
-                            m.last_polled_at
-                                .map(crate::report::timestamp)
-                                .unwrap_or_else(|| "-".into()),
-                            m.consecutive_failures,
-                            m.label.as_deref().unwrap_or("-"),
-                            owner,
-                            error
-                        )?;
-                    }
+                        let polled = m.last_polled_at.map(crate::report::timestamp);
+                        vec![
+                            Cell::left(m.meeting_id.to_string()),
+                            Cell::left(m.region.to_string()),
+                            Cell::left(m.status.as_str().to_owned()),
+                            Cell::left(polled.unwrap_or_else(|| "-".into())),
+                            Cell::left(m.consecutive_failures.to_string()),
+                            Cell::left(m.label.clone().unwrap_or_else(|| "-".into())),
+                            Cell::left(owner),
+                            Cell::left(error),
+                        ]
+                    });
+                    let header = [
+                        "MEETING",
+                        "REGION",
+                        "STATUS",
+                        "LAST POLLED",
+                        "FAILURES",
+                        "LABEL",
+                        "OWNER",
+                        "LAST ERROR",
+                    ];
+                    write_table(&mut out, &header, rows.collect())?;
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// One value of a table printed by [`write_table`], aligned to the left or the right.
+struct Cell {
+    text: String,
+    right: bool,
+}
+
+impl Cell {
+    fn left(text: String) -> Self {
+        Self { text, right: false }
+    }
+
+    fn right(text: String) -> Self {
+        Self { text, right: true }
+    }
+}
+
+/// A table whose columns are as wide as their widest value (in characters, so labels with
+/// accents or CJK characters line up), two spaces apart; the last column is not padded.
+fn write_table(out: &mut impl Write, header: &[&str], rows: Vec<Vec<Cell>>) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.text.chars().count());
+        }
+    }
+    let header: Vec<Cell> = header
+        .iter()
+        .zip(
+            rows.first()
+                .into_iter()
+                .flatten()
+                .map(|c| c.right)
+                .chain(std::iter::repeat(false)),
+        )
+        .map(|(h, right)| Cell {
+            text: (*h).to_owned(),
+            right,
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let last = i + 1 == row.len();
+            match (cell.right, last) {
+                (_, true) if !cell.right => line.push_str(&cell.text),
+                (true, _) => line.push_str(&format!("{:>width$}", cell.text)),
+                (false, _) => line.push_str(&format!("{:<width$}", cell.text)),
+            }
+        }
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -90,6 +91,9 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
             source,
         })?;
     }
+    if let Some(path) = &path {
+        create_owner_only(path)?;
+    }
     let pool = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .connect_with(options)
@@ -100,6 +104,50 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
         path,
         writer_lock: Arc::default(),
     })
+}
+
+/// The mode of every file of the database: attendance is personal data, readable by the
+/// daemon's user only. The process umask can only remove bits from it.
+const OWNER_ONLY: u32 = 0o600;
+
+/// Creates the database file `0600` if it is missing, so that SQLite, which gives the `-wal`
+/// and `-shm` files it creates the mode of the database file, creates them `0600` too. An
+/// existing database (and its `-wal`/`-shm`) with wider modes is tightened where this process
+/// may, with a warning where it may not.
+fn create_owner_only(path: &Path) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(OWNER_ONLY)
+        .open(path)
+        .map_err(|source| StoreError::File {
+            action: "create the database file",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    tighten(&file, path);
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        if let Ok(f) = File::open(&side) {
+            tighten(&f, Path::new(&side));
+        }
+    }
+    Ok(())
+}
+
+/// Removes group and other permissions from an open file that has any; a file of another
+/// user cannot be changed, which is logged (its owner chose its mode).
+fn tighten(file: &File, path: &Path) {
+    let Ok(meta) = file.metadata() else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & !OWNER_ONLY == 0 {
+        return;
+    }
+    if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode & OWNER_ONLY)) {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), error = %e, "cannot make the file readable by its owner only");
+    }
 }
 
 impl SqliteDb {
@@ -135,8 +183,10 @@ impl SqliteDb {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(OWNER_ONLY)
             .open(&lock_path)
             .map_err(|e| file_error("open the lock file", e))?;
+        tighten(&file, &lock_path);
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
