@@ -79,7 +79,7 @@ pub const DEFAULT_MAX_RESULTS: usize = 10;
 const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Seconds a random 503 asks the caller to wait.
-const FAULT_RETRY_AFTER_SECS: u32 = 1;
+const FAULT_RETRY_AFTER_SECS: u64 = 1;
 
 /// How the simulator behaves. The defaults are the real service's quota and limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -312,7 +312,7 @@ pub(crate) enum ApiError {
         status: StatusCode,
         error_type: Option<String>,
         body: FaultBody,
-        retry_after: Option<u32>,
+        retry_after: Option<u64>,
         message: String,
     },
 }

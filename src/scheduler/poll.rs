@@ -162,6 +162,14 @@ impl fmt::Display for PollFailure {
     }
 }
 
+/// How long a meeting waits after a failed poll: its own `backoff`, or longer when the
+/// service asked for it (`Retry-After`), but never longer than `cap`
+/// (`poll.failure_backoff_cap`): a `Retry-After` is the network's word, and any number of
+/// seconds can arrive in it.
+pub fn next_poll_wait(backoff: Duration, failure: &PollFailure, cap: Duration) -> Duration {
+    backoff.max(failure.retry_after.unwrap_or_default().min(cap))
+}
+
 /// What the scheduler remembers of a meeting's recorded state between polls: enough to
 /// record an unchanged poll without reading the snapshot. 40 bytes instead of a roster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

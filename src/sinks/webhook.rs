@@ -355,7 +355,7 @@ impl Sink {
                     let wait = backoff
                         .next()
                         .unwrap_or(settings.backoff_cap)
-                        .max(retry_after.unwrap_or_default());
+                        .max(retry_after.unwrap_or_default().min(settings.backoff_cap));
                     failed_attempts += 1;
                     if failed_attempts == 1 {
                         tracing::warn!(sink = %self.name, error = %e, retry_in = ?wait, "webhook sink failing");
