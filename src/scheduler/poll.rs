@@ -171,12 +171,17 @@ pub fn next_poll_wait(backoff: Duration, failure: &PollFailure, cap: Duration) -
 }
 
 /// What the scheduler remembers of a meeting's recorded state between polls: enough to
-/// record an unchanged poll without reading the snapshot. 40 bytes instead of a roster.
+/// record an unchanged poll without reading the snapshot. 48 bytes instead of a roster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {
     pub poll_seq: i64,
     pub last_polled_at: Option<chrono::DateTime<chrono::Utc>>,
     pub fingerprint: Fingerprint,
+    /// A complete poll was recorded in the region the meeting is tracked in now
+    /// ([`Snapshot::answered_in_current_region`]). Only then can a `NotFoundException` mean
+    /// that the meeting ended. A region move bumps `poll_seq`, so a `Known` from before the
+    /// move fences nothing and is replaced by a fresh read.
+    pub answered_here: bool,
 }
 
 impl Known {
@@ -185,6 +190,7 @@ impl Known {
             poll_seq: snapshot.poll_seq,
             last_polled_at: snapshot.last_polled_at,
             fingerprint: domain::fingerprint(&snapshot.attendees),
+            answered_here: snapshot.answered_in_current_region(),
         }
     }
 }
@@ -302,7 +308,7 @@ pub(super) async fn poll<S: RosterSource>(
     let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
-            let answered_before = known.last_polled_at.is_some();
+            let answered_before = known.answered_here;
             let confirmed = unless_cancelled(
                 cancel,
                 confirm_end(source, meeting, region, &e, answered_before),
@@ -376,6 +382,7 @@ pub(super) async fn poll<S: RosterSource>(
         poll_seq,
         last_polled_at: Some(started_at),
         fingerprint,
+        answered_here: true,
     };
     if changes.is_empty() && bookkeeping == Bookkeeping::Deferred {
         return Polled {
@@ -463,7 +470,8 @@ async fn confirm_end<S: RosterSource>(
         return Err(PollFailure::service(list, error, None));
     }
     if !answered_before {
-        // A wrong id or a wrong region: nothing was ever recorded, so nothing can end.
+        // A wrong id or a wrong region (also after a move): nothing was recorded in this
+        // region, so nothing can end.
         let context = format!(
             "meeting not found in region {region}: it has never answered there; check its id and region"
         );
