@@ -29,7 +29,8 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 fn column_starts(header: &str) -> Vec<usize> {
     let chars: Vec<char> = header.chars().collect();
     let mut starts = vec![0];
-    for i in 2..chars.len() {
+    let first = chars.iter().position(|c| *c != ' ').unwrap_or(0);
+    for i in (first + 2)..chars.len() {
         if chars[i] != ' ' && chars[i - 1] == ' ' && chars[i - 2] == ' ' {
             starts.push(i);
         }
@@ -170,4 +171,61 @@ fn a_refused_webhook_url_is_named_without_its_credentials() {
         assert!(!stderr.contains(secret), "{secret} shown:\n{stderr}");
         assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
     }
+}
+
+#[tokio::test]
+async fn events_table_columns_line_up_with_long_and_non_ascii_external_user_ids() {
+    use roster_sync::domain::{
+        self, Attendee, AttendeeId, Capabilities, ExternalUserId, MeetingId, Region, Roster,
+    };
+    use roster_sync::store::PollRecord;
+    let db = common::sqlite_db().await;
+    let id = MeetingId::parse("55555555-5555-5555-5555-555555555555").unwrap();
+    db.store
+        .add_meeting(
+            &id,
+            &Region::parse("us-east-1").unwrap(),
+            None,
+            domain::now(),
+            false,
+        )
+        .await
+        .unwrap();
+    let names = [
+        "a",
+        "Zoë «Ångström» d'Arc",
+        "日本語の名前",
+        "someone.with.a.very.long.external.user.id@partner.example.com",
+    ];
+    let roster = Roster::new(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Attendee {
+                attendee_id: AttendeeId::parse(&format!("00000000-0000-0000-0000-{i:012}"))
+                    .unwrap(),
+                external_user_id: ExternalUserId::new(*n),
+                capabilities: Capabilities::DEFAULT,
+            })
+            .collect(),
+    );
+    let changes = roster_sync::diff::diff(&[], &roster);
+    let now = domain::now();
+    db.store
+        .apply(PollRecord {
+            meeting_id: &id,
+            expected_seq: 0,
+            started_at: now,
+            observed_at: now,
+            previous_poll_at: None,
+            changes: &changes,
+        })
+        .await
+        .unwrap();
+    let (out, stdout, stderr) =
+        run(roster_sync(&["events", "--format", "table"]).env("DATABASE_URL", &db.url));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    assert_aligned(&stdout);
+    db.finish().await;
 }
