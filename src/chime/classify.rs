@@ -4,6 +4,10 @@
 //! It must never turn a status alone into [`ChimeError::NotFound`] or
 //! [`ChimeError::Forbidden`] (an HTML 404 from a proxy or a 403 from IAM says nothing about a
 //! meeting), and never quote a response body (it can hold JoinTokens).
+//!
+//! A `Retry-After` (header or modelled member, on any status) is read as delta-seconds or an
+//! HTTP date and bounded by [`MAX_RETRY_AFTER`]; anything else is ignored. The network can send
+//! any number there, so no wait it asks for reaches a clock unbounded.
 
 use std::time::Duration;
 

@@ -3,8 +3,10 @@
 //!
 //! It owns the two rules that keep invented facts out of the record:
 //! - **A meeting ends only when the service says so about that meeting**: `ListAttendees`
-//!   answered `NotFoundException` or `ForbiddenException` for a meeting that answered before,
-//!   and `GetMeeting` of the same meeting then answered `NotFoundException`. Every other
+//!   answered `NotFoundException` or `ForbiddenException` for a meeting that answered before
+//!   *in the region it is polled in now* (a complete poll recorded after its last region move:
+//!   [`Known::answered_here`]), and `GetMeeting` of the same meeting then answered
+//!   `NotFoundException`. Every other
 //!   answer (another code, no code, an HTML page, a 401, a 403 from `GetMeeting`, throttling,
 //!   5xx or a transport error on the confirmation) is a failed poll.
 //! - **A departure from a roster that took more than one page is confirmed** with

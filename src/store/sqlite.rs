@@ -1,6 +1,10 @@
 //! The SQLite backend: connecting, the timestamp encoding, the multi-row insert of events, and
 //! the writer lock that keeps a second daemon off the same file. Everything else is in
 //! `store/shared.rs`.
+//!
+//! The database, its `-wal` and `-shm` and the lock file hold personal data: they are created
+//! `0600` whatever the umask (the database file before SQLite opens it, since SQLite gives its
+//! `-wal` and `-shm` the database's mode), and found wider they are tightened.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
