@@ -60,3 +60,24 @@ async fn sqlite_files_are_created_owner_only_under_umask_022() {
         );
     }
 }
+
+#[test]
+fn an_existing_world_readable_database_is_tightened() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("roster.db");
+    std::fs::write(&db, b"").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(common::BIN)
+        .arg("migrate")
+        .env_clear()
+        .envs(common::binary_env())
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .output()
+        .expect("run roster-sync migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&db), Some(0o600));
+}
