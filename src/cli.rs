@@ -224,36 +224,42 @@ async fn cluster(settings: &Settings, format: ListFormat) -> anyhow::Result<()> 
         ListFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&replicas)?)?,
         ListFormat::Table => {
             let rps = settings.rate.requests_per_second;
-            let rows = replicas.into_iter().map(|r| {
-                let share = if r.rate_share.is_empty() {
-                    "-".to_owned()
-                } else {
-                    r.rate_share
-                        .iter()
-                        .map(|(region, f)| format!("{region} {:.2}/s ({:.0}%)", rps * f, f * 100.0))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                vec![
-                    Cell::left(r.replica_id.to_string()),
-                    Cell::left(r.host),
-                    Cell::right(r.pid.to_string()),
-                    Cell::right(format!("{:.1}s", r.heartbeat_age_seconds)),
-                    Cell::right(r.meetings.to_string()),
-                    Cell::right(r.pages.to_string()),
-                    Cell::left(share),
-                ]
-            });
-            let header = [
-                "REPLICA",
-                "HOST",
-                "PID",
-                "HEARTBEAT",
-                "MEETINGS",
-                "PAGES",
-                "RATE SHARE",
+            let rows: Vec<Vec<String>> = replicas
+                .into_iter()
+                .map(|r| {
+                    let share = if r.rate_share.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        r.rate_share
+                            .iter()
+                            .map(|(region, f)| {
+                                format!("{region} {:.2}/s ({:.0}%)", rps * f, f * 100.0)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    vec![
+                        r.replica_id.to_string(),
+                        r.host,
+                        r.pid.to_string(),
+                        format!("{:.1}s", r.heartbeat_age_seconds),
+                        r.meetings.to_string(),
+                        r.pages.to_string(),
+                        share,
+                    ]
+                })
+                .collect();
+            use Align::{Left, Right};
+            let columns = [
+                ("REPLICA", Left),
+                ("HOST", Left),
+                ("PID", Right),
+                ("HEARTBEAT", Right),
+                ("MEETINGS", Right),
+                ("PAGES", Right),
+                ("RATE SHARE", Left),
             ];
-            write_table(&mut out, &header, rows.collect())?;
+            write_table(&mut out, &columns, &rows)?;
         }
     }
     Ok(())
@@ -353,30 +359,33 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                     writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?
                 }
                 ListFormat::Table => {
-                    let rows = list.into_iter().map(|m| {
-                        let error = match (&m.last_error_code, &m.last_error) {
-                            (_, None) => "-".to_owned(),
-                            (Some(code), Some(e)) => format!("[{code}] {e}"),
-                            (None, Some(e)) => e.clone(),
-                        };
-                        // The first 8 characters of the replica id, as `roster-sync cluster`
-                        // prints it in full.
-                        let owner = owner_of(&m.meeting_id)
-                            .map(|o| o.chars().take(8).collect::<String>())
-                            .unwrap_or_else(|| "-".into());
-                        let polled = m.last_polled_at.map(crate::report::timestamp);
-                        vec![
-                            Cell::left(m.meeting_id.to_string()),
-                            Cell::left(m.region.to_string()),
-                            Cell::left(m.status.as_str().to_owned()),
-                            Cell::left(polled.unwrap_or_else(|| "-".into())),
-                            Cell::left(m.consecutive_failures.to_string()),
-                            Cell::left(m.label.clone().unwrap_or_else(|| "-".into())),
-                            Cell::left(owner),
-                            Cell::left(error),
-                        ]
-                    });
-                    let header = [
+                    let rows: Vec<Vec<String>> = list
+                        .into_iter()
+                        .map(|m| {
+                            let error = match (&m.last_error_code, &m.last_error) {
+                                (_, None) => "-".to_owned(),
+                                (Some(code), Some(e)) => format!("[{code}] {e}"),
+                                (None, Some(e)) => e.clone(),
+                            };
+                            // The first 8 characters of the replica id, as `roster-sync
+                            // cluster` prints it in full.
+                            let owner = owner_of(&m.meeting_id)
+                                .map(|o| o.chars().take(8).collect::<String>())
+                                .unwrap_or_else(|| "-".into());
+                            let polled = m.last_polled_at.map(crate::report::timestamp);
+                            vec![
+                                m.meeting_id.to_string(),
+                                m.region.to_string(),
+                                m.status.as_str().to_owned(),
+                                polled.unwrap_or_else(|| "-".into()),
+                                m.consecutive_failures.to_string(),
+                                m.label.unwrap_or_else(|| "-".into()),
+                                owner,
+                                error,
+                            ]
+                        })
+                        .collect();
+                    let columns = [
                         "MEETING",
                         "REGION",
                         "STATUS",
@@ -385,8 +394,9 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                         "LABEL",
                         "OWNER",
                         "LAST ERROR",
-                    ];
-                    write_table(&mut out, &header, rows.collect())?;
+                    ]
+                    .map(|h| (h, Align::Left));
+                    write_table(&mut out, &columns, &rows)?;
                 }
             }
         }
@@ -394,56 +404,41 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
     Ok(())
 }
 
-/// One value of a table printed by [`write_table`], aligned to the left or the right.
-struct Cell {
-    text: String,
-    right: bool,
-}
-
-impl Cell {
-    fn left(text: String) -> Self {
-        Self { text, right: false }
-    }
-
-    fn right(text: String) -> Self {
-        Self { text, right: true }
-    }
+/// How a column of [`write_table`] aligns its values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
 }
 
 /// A table whose columns are as wide as their widest value (in characters, so labels with
-/// accents or CJK characters line up), two spaces apart; the last column is not padded.
-fn write_table(out: &mut impl Write, header: &[&str], rows: Vec<Vec<Cell>>) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.text.chars().count());
+/// accents or CJK characters line up), two spaces apart; a last left-aligned column is not
+/// padded.
+fn write_table(
+    out: &mut impl Write,
+    columns: &[(&str, Align)],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (w, value) in widths.iter_mut().zip(row) {
+            *w = (*w).max(value.chars().count());
         }
     }
-    let header: Vec<Cell> = header
-        .iter()
-        .zip(
-            rows.first()
-                .into_iter()
-                .flatten()
-                .map(|c| c.right)
-                .chain(std::iter::repeat(false)),
-        )
-        .map(|(h, right)| Cell {
-            text: (*h).to_owned(),
-            right,
-        })
-        .collect();
-    for row in std::iter::once(&header).chain(&rows) {
+    let header: Vec<String> = columns.iter().map(|(h, _)| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+        for (i, (value, (width, (_, align)))) in
+            row.iter().zip(widths.iter().zip(columns)).enumerate()
+        {
             if i > 0 {
                 line.push_str("  ");
             }
-            let last = i + 1 == row.len();
-            match (cell.right, last) {
-                (_, true) if !cell.right => line.push_str(&cell.text),
-                (true, _) => line.push_str(&format!("{:>width$}", cell.text)),
-                (false, _) => line.push_str(&format!("{:<width$}", cell.text)),
+            let width = *width;
+            match align {
+                Align::Right => line.push_str(&format!("{value:>width$}")),
+                Align::Left if i + 1 == columns.len() => line.push_str(value),
+                Align::Left => line.push_str(&format!("{value:<width$}")),
             }
         }
         writeln!(out, "{line}")?;
