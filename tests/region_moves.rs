@@ -127,6 +127,7 @@ async fn recorded_in_west(db: &TestDb, sim: &SimHandle, id: &MeetingId) {
 
 both_backends!(
     a_meeting_moved_where_it_does_not_live_is_never_ended,
+    a_meeting_moved_while_the_daemon_polls_it_is_never_ended,
     a_configured_meeting_without_region_stays_in_its_tracked_region,
     a_configured_region_where_the_meeting_is_not_found_is_refused,
     a_configured_region_where_get_meeting_finds_the_meeting_moves_it,
@@ -154,6 +155,39 @@ async fn a_meeting_moved_where_it_does_not_live_is_never_ended(db: &TestDb) {
     assert_eq!(m.region, east());
     assert_eq!(lefts(db).await, 0, "a move invented departures");
     assert_eq!(m.last_error_code.as_deref(), Some("NotFoundException"));
+}
+
+/// The same move while a daemon polls the meeting: what the scheduler remembers of the
+/// meeting from us-west-2 must not count as an answer in us-east-1.
+async fn a_meeting_moved_while_the_daemon_polls_it_is_never_ended(db: &TestDb) {
+    let (sim, id) = meeting_in_west().await;
+    db.store
+        .add_meeting(&id, &west(), None, domain::now(), false)
+        .await
+        .unwrap();
+    let d = daemon(db, &sim, Vec::new()).await;
+    eventually("6 joins recorded in us-west-2", || async {
+        joins(db).await == 6
+    })
+    .await;
+    let seq = meeting(db, &id).await.poll_seq;
+    eventually("two more polls in us-west-2", || async {
+        meeting(db, &id).await.poll_seq >= seq + 2
+    })
+    .await;
+    db.store
+        .add_meeting(&id, &east(), None, domain::now(), true)
+        .await
+        .unwrap();
+    eventually("three failed polls in us-east-1", || async {
+        let m = meeting(db, &id).await;
+        m.consecutive_failures >= 3 || m.status != MeetingStatus::Active
+    })
+    .await;
+    d.stop().await.unwrap();
+    let m = meeting(db, &id).await;
+    assert_eq!(m.status, MeetingStatus::Active);
+    assert_eq!(lefts(db).await, 0, "a move invented departures");
 }
 
 /// An entry without `region` means "the default region" only for a meeting not tracked yet:

@@ -173,7 +173,7 @@ pub fn next_poll_wait(backoff: Duration, failure: &PollFailure, cap: Duration) -
 }
 
 /// What the scheduler remembers of a meeting's recorded state between polls: enough to
-/// record an unchanged poll without reading the snapshot. 48 bytes instead of a roster.
+/// record an unchanged poll without reading the snapshot: a few words instead of a roster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {
     pub poll_seq: i64,
@@ -181,8 +181,8 @@ pub struct Known {
     pub fingerprint: Fingerprint,
     /// A complete poll was recorded in the region the meeting is tracked in now
     /// ([`Snapshot::answered_in_current_region`]). Only then can a `NotFoundException` mean
-    /// that the meeting ended. A region move bumps `poll_seq`, so a `Known` from before the
-    /// move fences nothing and is replaced by a fresh read.
+    /// that the meeting ended. A region move bumps `poll_seq`, so every write made with a
+    /// `Known` from before the move (an ending included) conflicts, and a fresh read follows.
     pub answered_here: bool,
 }
 
