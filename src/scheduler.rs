@@ -718,7 +718,13 @@ impl<S: RosterSource> Scheduler<S> {
         publish(self.events.as_ref(), &id, &region_name, events);
         match next_due {
             Some(due) if !removed => self.queue.schedule(slot, due),
-            _ => self.queue.forget(slot),
+            _ => {
+                self.queue.forget(slot);
+                // A meeting moved to another region while this poll was in flight could not
+                // be queued there until its slot was free: re-read the list at the next refresh
+                // instead of at the next full read.
+                self.version = None;
+            }
         }
     }
 
