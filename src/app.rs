@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::chime::ChimeClient;
+use crate::chime::{ChimeClient, RosterSource};
 use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::health::Health;
@@ -117,10 +117,10 @@ impl Daemon {
         let (store, owns_store) = open_store(settings, store, &health, &cancel).await?;
         take_writer_lock(settings, options.single_writer, &store, &health).await?;
         prepare_schema(settings, &store, &health, &cancel).await?;
-        add_configured_meetings(settings, &store).await?;
+        let client = roster_client(settings, options.client).await;
+        add_configured_meetings(settings, &store, client.as_ref()).await?;
         arm_fault_hook()?;
         let background = start_background_tasks(settings, &store, &cancel).await?;
-        let client = roster_client(settings, options.client).await;
         let cluster = join_cluster(settings, &store, &client).await?;
         let scheduler = assemble_scheduler(
             settings,
@@ -430,8 +430,16 @@ async fn run_until_stopped(r: Running) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `[[meetings]]` from the configuration are added on every start (idempotent).
-async fn add_configured_meetings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+/// `[[meetings]]` from the configuration are added on every start (idempotent). An entry
+/// never moves a meeting already tracked in another region on its word alone: without
+/// `region` the tracked region stays; with one, the meeting moves only once `GetMeeting` finds
+/// it there (a meeting polled where it does not live fails every poll, and before the move
+/// rule it could be ended).
+async fn add_configured_meetings(
+    settings: &Settings,
+    store: &Store,
+    source: &impl RosterSource,
+) -> anyhow::Result<()> {
     for m in &settings.meetings {
         let region = m.region.as_ref().unwrap_or(&settings.chime.region);
         let add = |force| {
@@ -443,22 +451,28 @@ async fn add_configured_meetings(settings: &Settings, store: &Store) -> anyhow::
                 force,
             )
         };
-        let mut outcome = add(false)
+        let outcome = add(false)
             .await
             .with_context(|| format!("adding configured meeting {}", m.id))?;
-        if let AddOutcome::RegionDiffers { .. } = outcome {
-            // The configuration says where the meeting lives: it wins over an earlier
-            // `meetings add`. Only a region move is forced here, never a revival.
-            outcome = add(true)
-                .await
-                .with_context(|| format!("moving configured meeting {}", m.id))?;
-        }
         match outcome {
             AddOutcome::AlreadyEnded => {
                 tracing::warn!(meeting_id = %m.id, "configured meeting has ended; it is not polled (`meetings add --force` tracks it again)");
             }
-            AddOutcome::Moved { from } => {
-                tracing::info!(meeting_id = %m.id, %from, to = %region, "configured meeting moved to the region the configuration names");
+            AddOutcome::RegionDiffers { current } if m.region.is_none() => {
+                tracing::info!(meeting_id = %m.id, region = %current, "configured meeting names no region; it stays in the region it is tracked in");
+            }
+            AddOutcome::RegionDiffers { current } => {
+                match source.get_meeting(&m.id, region).await {
+                    Ok(()) => {
+                        add(true)
+                            .await
+                            .with_context(|| format!("moving configured meeting {}", m.id))?;
+                        tracing::info!(meeting_id = %m.id, from = %current, to = %region, "configured meeting moved to the region the configuration names (GetMeeting found it there)");
+                    }
+                    Err(e) => {
+                        tracing::warn!(meeting_id = %m.id, region = %current, refused = %region, error = %e, "configured region refused: GetMeeting did not find the meeting there; it stays in the region it is tracked in");
+                    }
+                }
             }
             _ => {}
         }

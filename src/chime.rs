@@ -2,7 +2,8 @@
 //! classified [`ChimeError`] out.
 //!
 //! SDK retries are off; this module retries a failed request itself (exponential backoff, full
-//! jitter, at least any Retry-After) so retries never multiply, and spends one token of the
+//! jitter, at least any Retry-After, giving up when one is longer than `retry.cap`) so retries
+//! never multiply and never wait past the cap, and spends one token of the
 //! region's budget for that operation per request. `GetMeeting` and `GetAttendee` confirm an
 //! ending or a departure. `chime/classify.rs` sorts failures into [`ChimeError`] classes;
 //! `chime/convert.rs` turns answers into domain values and drops the JoinToken. It must never

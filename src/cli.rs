@@ -223,34 +223,43 @@ async fn cluster(settings: &Settings, format: ListFormat) -> anyhow::Result<()> 
     match format {
         ListFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&replicas)?)?,
         ListFormat::Table => {
-            writeln!(
-                out,
-                "{:<36}  {:<20}  {:>7}  {:>9}  {:>8}  {:>6}  RATE SHARE",
-                "REPLICA", "HOST", "PID", "HEARTBEAT", "MEETINGS", "PAGES"
-            )?;
-            for r in replicas {
-                let rps = settings.rate.requests_per_second;
-                let share = if r.rate_share.is_empty() {
-                    "-".to_owned()
-                } else {
-                    r.rate_share
-                        .iter()
-                        .map(|(region, f)| format!("{region} {:.2}/s ({:.0}%)", rps * f, f * 100.0))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                writeln!(
-                    out,
-                    "{:<36}  {:<20}  {:>7}  {:>8.1}s  {:>8}  {:>6}  {}",
-                    r.replica_id,
-                    r.host,
-                    r.pid,
-                    r.heartbeat_age_seconds,
-                    r.meetings,
-                    r.pages,
-                    share
-                )?;
-            }
+            let rps = settings.rate.requests_per_second;
+            let rows: Vec<Vec<String>> = replicas
+                .into_iter()
+                .map(|r| {
+                    let share = if r.rate_share.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        r.rate_share
+                            .iter()
+                            .map(|(region, f)| {
+                                format!("{region} {:.2}/s ({:.0}%)", rps * f, f * 100.0)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    vec![
+                        r.replica_id.to_string(),
+                        r.host,
+                        r.pid.to_string(),
+                        format!("{:.1}s", r.heartbeat_age_seconds),
+                        r.meetings.to_string(),
+                        r.pages.to_string(),
+                        share,
+                    ]
+                })
+                .collect();
+            use Align::{Left, Right};
+            let columns = [
+                ("REPLICA", Left),
+                ("HOST", Left),
+                ("PID", Right),
+                ("HEARTBEAT", Right),
+                ("MEETINGS", Right),
+                ("PAGES", Right),
+                ("RATE SHARE", Left),
+            ];
+            write_table(&mut out, &columns, &rows)?;
         }
     }
     Ok(())
@@ -350,40 +359,89 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                     writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?
                 }
                 ListFormat::Table => {
-                    writeln!(
-                        out,
-                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  LAST ERROR",
-                        "MEETING", "REGION", "STATUS", "LAST POLLED", "FAILURES", "LABEL", "OWNER"
-                    )?;
-                    for m in list {
-                        let error = match (&m.last_error_code, &m.last_error) {
-                            (_, None) => "-".to_owned(),
-                            (Some(code), Some(e)) => format!("[{code}] {e}"),
-                            (None, Some(e)) => e.clone(),
-                        };
-                        // The first 8 characters of the replica id, as `roster-sync cluster`
-                        // prints it in full.
-                        let owner = owner_of(&m.meeting_id)
-                            .map(|o| o.chars().take(8).collect::<String>())
-                            .unwrap_or_else(|| "-".into());
-                        writeln!(
-                            out,
-                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  {}",
-                            m.meeting_id,
-                            m.region,
-                            m.status.as_str(),
-                            m.last_polled_at
-                                .map(crate::report::timestamp)
-                                .unwrap_or_else(|| "-".into()),
-                            m.consecutive_failures,
-                            m.label.as_deref().unwrap_or("-"),
-                            owner,
-                            error
-                        )?;
-                    }
+                    let rows: Vec<Vec<String>> = list
+                        .into_iter()
+                        .map(|m| {
+                            let error = match (&m.last_error_code, &m.last_error) {
+                                (_, None) => "-".to_owned(),
+                                (Some(code), Some(e)) => format!("[{code}] {e}"),
+                                (None, Some(e)) => e.clone(),
+                            };
+                            // The first 8 characters of the replica id, as `roster-sync
+                            // cluster` prints it in full.
+                            let owner = owner_of(&m.meeting_id)
+                                .map(|o| o.chars().take(8).collect::<String>())
+                                .unwrap_or_else(|| "-".into());
+                            let polled = m.last_polled_at.map(crate::report::timestamp);
+                            vec![
+                                m.meeting_id.to_string(),
+                                m.region.to_string(),
+                                m.status.as_str().to_owned(),
+                                polled.unwrap_or_else(|| "-".into()),
+                                m.consecutive_failures.to_string(),
+                                m.label.unwrap_or_else(|| "-".into()),
+                                owner,
+                                error,
+                            ]
+                        })
+                        .collect();
+                    let columns = [
+                        "MEETING",
+                        "REGION",
+                        "STATUS",
+                        "LAST POLLED",
+                        "FAILURES",
+                        "LABEL",
+                        "OWNER",
+                        "LAST ERROR",
+                    ]
+                    .map(|h| (h, Align::Left));
+                    write_table(&mut out, &columns, &rows)?;
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// How a column of [`write_table`] aligns its values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A table whose columns are as wide as their widest value (in characters, so labels with
+/// accents or CJK characters line up), two spaces apart; a last left-aligned column is not
+/// padded.
+fn write_table(
+    out: &mut impl Write,
+    columns: &[(&str, Align)],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (w, value) in widths.iter_mut().zip(row) {
+            *w = (*w).max(value.chars().count());
+        }
+    }
+    let header: Vec<String> = columns.iter().map(|(h, _)| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (value, (width, (_, align)))) in
+            row.iter().zip(widths.iter().zip(columns)).enumerate()
+        {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let width = *width;
+            match align {
+                Align::Right => line.push_str(&format!("{value:>width$}")),
+                Align::Left if i + 1 == columns.len() => line.push_str(value),
+                Align::Left => line.push_str(&format!("{value:<width$}")),
+            }
+        }
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }

@@ -668,12 +668,13 @@ impl Settings {
         Some(self.chime.endpoint_url.as_str()).filter(|s| !s.is_empty())
     }
 
-    /// A copy safe to print: the database password is replaced by `***`.
+    /// A copy safe to print: the database password is replaced by `***`, webhook secrets by
+    /// a placeholder and webhook URLs by their origin (scheme, host, port).
     pub fn redacted(&self) -> Self {
         let mut s = self.clone();
         s.database.url = crate::redact::redact_url(&s.database.url);
         for w in &mut s.webhooks {
-            w.url = crate::redact::redact_url(&w.url);
+            w.url = crate::redact::webhook_origin(&w.url);
             if w.secret.is_some() {
                 w.secret = Some(Secret::new(REDACTED));
             }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Daemon, DaemonOptions};
 use crate::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use crate::config::Settings;
+use crate::deadline::Later as _;
 use crate::domain::{Capability, EventKind, MeetingId};
 use crate::redact::redact_url;
 use crate::sim::churn::{self, ChurnPlan, Fleet, Skew, churn};
@@ -170,7 +171,7 @@ pub async fn run(
     });
 
     let started = tokio::time::Instant::now();
-    let stop = started + args.duration;
+    let stop = started.later_by(args.duration);
     let churn = {
         let cancel = cancel.clone();
         let store = store.clone();
@@ -192,7 +193,9 @@ pub async fn run(
                 duration: stop.saturating_duration_since(now),
                 target: args.attendees,
                 end_a_meeting_after: Some(
-                    (started + args.duration.mul_f64(2.0 / 3.0)).saturating_duration_since(now),
+                    started
+                        .later_by(args.duration.mul_f64(2.0 / 3.0))
+                        .saturating_duration_since(now),
                 ),
                 name: person,
                 skew: Skew::Uniform,
@@ -207,7 +210,7 @@ pub async fn run(
     }
     // One more interval so the last changes are seen before stopping.
     tokio::select! {
-        _ = tokio::time::sleep(args.interval + Duration::from_millis(500)) => {}
+        _ = tokio::time::sleep(args.interval.saturating_add(Duration::from_millis(500))) => {}
         _ = cancel.cancelled() => {}
     }
     cancel.cancel();

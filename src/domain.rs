@@ -76,8 +76,9 @@ macro_rules! guid_newtype {
         }
 
         impl fmt::Display for $name {
+            // `pad`, not `write_str`: a table's `{:<36}` must get its width.
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -135,7 +136,7 @@ impl Region {
 
 impl fmt::Display for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -176,7 +177,7 @@ impl fmt::Debug for ExternalUserId {
 
 impl fmt::Display for ExternalUserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -219,7 +220,7 @@ impl FromStr for Capability {
 
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -352,7 +353,7 @@ impl FromStr for EventKind {
 
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -390,7 +391,7 @@ impl FromStr for LeftReason {
 
 impl fmt::Display for LeftReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -455,6 +456,20 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn displayed_values_honour_width_and_alignment() {
+        let region = Region::parse("us-east-1").unwrap();
+        assert_eq!(format!("[{region:<14}]"), "[us-east-1     ]");
+        assert_eq!(format!("[{region:>12}]"), "[   us-east-1]");
+        let id = MeetingId::parse("4f1c7a2e-0b3d-4c5e-9f60-7a8b9c0d1e2f").unwrap();
+        assert_eq!(format!("{id:<40}|").chars().count(), 41);
+        let who = ExternalUserId::new("Zoë");
+        assert_eq!(format!("[{who:<5}]"), "[Zoë  ]");
+        assert_eq!(format!("[{:<8}]", EventKind::Left), "[left    ]");
+        assert_eq!(format!("[{:<8}]", LeftReason::Removed), "[removed ]");
+        assert_eq!(format!("[{:<8}]", Capability::None), "[None    ]");
+    }
 
     #[test]
     fn meeting_id_accepts_guid_and_lowercases_it() {

@@ -109,7 +109,8 @@ impl Printer {
                     crate::report::timestamp(event.observed_at),
                     event.meeting_id,
                     event.kind.as_str(),
-                    event.external_user_id.as_str(),
+                    // Cut, not widened: a streamed table cannot size its columns in advance.
+                    crate::report::truncate(event.external_user_id.as_str(), 24),
                 )?;
             }
         }

@@ -10,6 +10,7 @@ pub mod chime;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod diff;
 pub mod domain;

@@ -1,5 +1,8 @@
 //! Hiding secrets in URLs before they are shown: the database URL appears in error messages,
-//! logs, `roster-sync config` and the demo's banner, and its password must never.
+//! logs, `roster-sync config` and the demo's banner, and its password must never. A webhook
+//! URL is shown as its origin only (`webhook_origin`): receivers put credentials anywhere in
+//! the path and query (Slack's `/services/T…/B…/token`, `?token=`, `?code=`, `?sig=`), so no
+//! part of it after the port is safe to show.
 //!
 //! A leaf: it depends on nothing in the crate, so `config`, `store` and the commands can all
 //! use it.
@@ -57,9 +60,48 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// A webhook URL as `scheme://host[:port]` and nothing else: the user info, path, query and
+/// fragment may all carry a credential. A text that is not a URL with a host is shown as a
+/// placeholder, since it may be a secret pasted in the wrong place.
+pub fn webhook_origin(url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return "(not a URL; not shown)".to_owned();
+    };
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return "(not a URL with a host; not shown)".to_owned();
+    };
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_origin_keeps_scheme_host_and_port_only() {
+        let cases = [
+            (
+                "https://hooks.slack.com/services/T000/B000/XXXXXXXX",
+                "https://hooks.slack.com",
+            ),
+            (
+                "https://h.example/in?token=t&code=c&sig=s",
+                "https://h.example",
+            ),
+            ("https://u:p@h.example:8443/x#f", "https://h.example:8443"),
+            ("http://[::1]:9/x", "http://[::1]:9"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(webhook_origin(url), shown);
+        }
+        for not_url in ["whsec_secret pasted here", "", "/relative/path?token=t"] {
+            let shown = webhook_origin(not_url);
+            assert!(shown.contains("not shown"), "{shown}");
+        }
+    }
 
     #[test]
     fn redact_url_hides_the_password_of_the_user_info() {

@@ -295,7 +295,9 @@ pub fn write_table(
     writeln!(out, "  {} attendee(s)", rows.len())
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to `max` characters (the last one `…` when cut), so a column of a table keeps its
+/// width.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
     } else {

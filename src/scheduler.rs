@@ -37,13 +37,14 @@ use tracing::Instrument;
 
 use crate::chime::RosterSource;
 use crate::config::{PollStrategy, Settings};
+use crate::deadline::Later as _;
 use crate::domain::{MeetingId, Region};
 use crate::health::Health;
 use crate::permit::WriterPermit;
 use crate::store::{LeaseToken, MeetingsVersion, ReplicaId, Store, StoredEvent};
 
 pub use bookkeeping::{BOOKKEEPING_BATCH, BOOKKEEPING_EVERY};
-pub use poll::{Known, PollFailure, PollKind, PollOutcome, poll_once};
+pub use poll::{Known, PollFailure, PollKind, PollOutcome, next_poll_wait, poll_once};
 pub use queue::{DENIED_MEETINGS_TO_TRIP, LOOKAHEAD};
 
 use poll::{Bookkeeping, Polled};
@@ -331,9 +332,9 @@ impl<S: RosterSource> Scheduler<S> {
             self.opts.refresh_every
         };
         [
-            Some(now + IDLE_TICK),
-            self.refreshed_at.map(|t| t + refresh_every),
-            self.gauges_at.map(|t| t + GAUGES_EVERY),
+            Some(now.later_by(IDLE_TICK)),
+            self.refreshed_at.map(|t| t.later_by(refresh_every)),
+            self.gauges_at.map(|t| t.later_by(GAUGES_EVERY)),
             self.batch.due_at(),
             self.queue.next_timer(),
         ]
@@ -447,7 +448,8 @@ impl<S: RosterSource> Scheduler<S> {
                         continue;
                     };
                     if let (false, Some(fresh)) = (m.in_flight, m.fresh_at) {
-                        self.queue.schedule(slot, fresh + self.opts.interval);
+                        self.queue
+                            .schedule(slot, fresh.later_by(self.opts.interval));
                     }
                 }
             }
@@ -465,7 +467,7 @@ impl<S: RosterSource> Scheduler<S> {
         if in_flight > 0 {
             tracing::info!(in_flight, grace = ?self.opts.shutdown_grace, "stopping in-flight polls: fetches are cancelled, writes may finish");
         }
-        let deadline = Instant::now() + self.opts.shutdown_grace;
+        let deadline = Instant::now().later_by(self.opts.shutdown_grace);
         while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, self.running.join_next_with_id()).await {
                 Ok(Some(joined)) => self.joined(joined),
@@ -486,7 +488,7 @@ impl<S: RosterSource> Scheduler<S> {
                 }
             }
         }
-        let flush_by = deadline.max(Instant::now() + FLUSH_AT_STOP_AT_LEAST);
+        let flush_by = deadline.max(Instant::now().later_by(FLUSH_AT_STOP_AT_LEAST));
         if tokio::time::timeout_at(flush_by, self.flush_bookkeeping())
             .await
             .is_err()
@@ -674,8 +676,8 @@ impl<S: RosterSource> Scheduler<S> {
             };
             let wait = cadence::wait(strategy, level, &demand, bounds);
             match strategy {
-                PollStrategy::Uniform => started + spread(wait),
-                PollStrategy::ChangeAware => started + spread(wait).min(bounds.longest),
+                PollStrategy::Uniform => started.later_by(spread(wait)),
+                PollStrategy::ChangeAware => started.later_by(spread(wait).min(bounds.longest)),
             }
         };
         let (next_due, events) = match polled.outcome {
@@ -699,14 +701,15 @@ impl<S: RosterSource> Scheduler<S> {
                 // once, which pauses polling while the database is away.
                 tracing::warn!(meeting_id = %id, region = %region_name, outcome, error = %failure, "poll not recorded");
                 self.refreshed_at = None;
-                (Some(now + spread(interval)), Vec::new())
+                (Some(now.later_by(spread(interval))), Vec::new())
             }
             PollOutcome::Failed(failure) => {
                 state.failures = state.failures.saturating_add(1);
                 let backoff = interval
                     .saturating_mul(1u32 << state.failures.min(16))
                     .min(self.opts.failure_backoff_cap);
-                let wait = spread(backoff).max(failure.retry_after.unwrap_or_default());
+                let wait =
+                    poll::next_poll_wait(spread(backoff), &failure, self.opts.failure_backoff_cap);
                 tracing::warn!(
                     meeting_id = %id,
                     region = %region_name,
@@ -719,14 +722,20 @@ impl<S: RosterSource> Scheduler<S> {
                     error = %failure,
                     "poll failed"
                 );
-                (Some(now + wait), Vec::new())
+                (Some(now.later_by(wait)), Vec::new())
             }
         };
         let removed = state.removed;
         publish(self.events.as_ref(), &id, &region_name, events);
         match next_due {
             Some(due) if !removed => self.queue.schedule(slot, due),
-            _ => self.queue.forget(slot),
+            _ => {
+                self.queue.forget(slot);
+                // A meeting moved to another region while this poll was in flight could not
+                // be queued there until its slot was free: re-read the list at the next refresh
+                // instead of at the next full read.
+                self.version = None;
+            }
         }
     }
 
@@ -752,7 +761,8 @@ impl<S: RosterSource> Scheduler<S> {
                     };
                     if state.failures > 0 && !state.in_flight {
                         state.failures = 0;
-                        let due = now + interval.mul_f64(rand::rng().random_range(0.0..0.1));
+                        let due =
+                            now.later_by(interval.mul_f64(rand::rng().random_range(0.0..0.1)));
                         self.queue.schedule(slot, due);
                     }
                 }

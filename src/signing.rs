@@ -2,7 +2,7 @@
 //! `whsec_` secret stands for, the `webhook-signature` of a message, and which URLs may
 //! receive events.
 //!
-//! A leaf: it imports nothing from the crate, so `config` (validation) and `sinks`
+//! A leaf: it imports only the leaf `redact` from the crate, so `config` (validation) and `sinks`
 //! (delivery) can both use it. It never logs or quotes a secret.
 
 use base64::Engine as _;
@@ -17,18 +17,21 @@ pub const SECRET_PREFIX: &str = "whsec_";
 ///
 /// # Errors
 /// Why the URL is refused.
+/// Messages name the URL by its origin only ([`crate::redact::webhook_origin`]): its path
+/// and query may hold a credential.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
-    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    let uri: http::Uri = url.parse().map_err(|e| format!("is not a URL ({e})"))?;
+    let shown = crate::redact::webhook_origin(url);
+    let host = uri
+        .host()
+        .ok_or_else(|| "is not an absolute URL with a host".to_owned())?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") if ["localhost", "127.0.0.1", "[::1]", "::1"].contains(&host) => Ok(()),
         Some("http") => Err(format!(
-            "{url:?} must use https:// (http:// is only allowed to localhost)"
+            "{shown:?} must use https:// (http:// is only allowed to localhost)"
         )),
-        _ => Err(format!("{url:?} is not an https:// URL")),
+        _ => Err(format!("{shown:?} is not an https:// URL")),
     }
 }
 

@@ -79,7 +79,7 @@ pub const DEFAULT_MAX_RESULTS: usize = 10;
 const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Seconds a random 503 asks the caller to wait.
-const FAULT_RETRY_AFTER_SECS: u32 = 1;
+const FAULT_RETRY_AFTER_SECS: u64 = 1;
 
 /// How the simulator behaves. The defaults are the real service's quota and limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +106,11 @@ pub struct SimConfig {
     /// What a `ListAttendees` NextToken remembers: the last attendee returned, or a position
     /// in the live list (see [`Paging`]).
     pub paging: Paging,
+    /// When true a meeting lives in the control region whose SigV4 credential scope signed its
+    /// CreateMeeting, and every call on it signed for another region answers
+    /// `NotFoundException`, as the service does. Off by default: most tests use one region
+    /// and sign for whichever they like.
+    pub control_regions: bool,
 }
 
 /// How `ListAttendees` pages follow each other. Nothing documents the real NextToken as a
@@ -133,6 +138,7 @@ impl Default for SimConfig {
             exempt_control: false,
             max_attendees: 250,
             paging: Paging::Keyset,
+            control_regions: false,
         }
     }
 }
@@ -312,7 +318,7 @@ pub(crate) enum ApiError {
         status: StatusCode,
         error_type: Option<String>,
         body: FaultBody,
-        retry_after: Option<u32>,
+        retry_after: Option<u64>,
         message: String,
     },
 }
@@ -497,6 +503,8 @@ struct Shared {
     counters: Vec<Counters>,
     total: Counters,
     clock: Clock,
+    /// With [`SimConfig::control_regions`]: the control region each meeting was created in.
+    regions: Mutex<HashMap<Uuid, String>>,
 }
 
 impl Shared {
@@ -562,6 +570,7 @@ pub async fn start(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHan
         counters: Operation::ALL.iter().map(|_| Counters::default()).collect(),
         total: Counters::default(),
         clock: Clock::new(),
+        regions: Mutex::new(HashMap::new()),
         cfg,
     });
     let app = axum::Router::new()

@@ -15,6 +15,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
+use crate::deadline::Later as _;
 use crate::domain::{
     Attendee, AttendeeId, Capabilities, Capability, Change, EventKind, ExternalUserId, LeftReason,
     MeetingId, Region,
@@ -269,7 +270,7 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let now = tokio::time::Instant::now();
-            if deadline.is_some_and(|d| now + wait > d) {
+            if deadline.is_some_and(|d| now.later_by(wait) > d) {
                 return Err(error);
             }
             on_retry(&error, wait);

@@ -4,6 +4,10 @@
 //! It must never turn a status alone into [`ChimeError::NotFound`] or
 //! [`ChimeError::Forbidden`] (an HTML 404 from a proxy or a 403 from IAM says nothing about a
 //! meeting), and never quote a response body (it can hold JoinTokens).
+//!
+//! A `Retry-After` (header or modelled member, on any status) is read as delta-seconds or an
+//! HTTP date and bounded by [`MAX_RETRY_AFTER`]; anything else is ignored. The network can send
+//! any number there, so no wait it asks for reaches a clock unbounded.
 
 use std::time::Duration;
 
@@ -166,8 +170,7 @@ where
         .map(str::to_owned)
         .or(header_request_id);
     let retry_after = retry_after_member(&service)
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|s| parse_retry_after(&s))
         .or(retry_after);
     if code.is_none() && (200..300).contains(&status) {
         // A success status whose body the SDK could not read as an answer.
@@ -244,9 +247,26 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// `Retry-After` as delta-seconds (what the service sends); HTTP dates are not used by it.
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// The longest wait a `Retry-After` is read as. The callers clamp it again to their own cap
+/// (`retry.cap`, `poll.failure_backoff_cap`); this bound only keeps an absurd number from
+/// travelling further than the classifier.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// `Retry-After` (header or the modelled `RetryAfterSeconds` member) as a wait: delta-seconds
+/// (what the service sends; a number too long for any clock reads as [`MAX_RETRY_AFTER`]) or
+/// an HTTP date (the wait until then, none if it is past). Anything else (a negative or
+/// fractional number, garbage) is ignored, as if the header were absent.
+pub(super) fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let wait = (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -372,6 +392,91 @@ mod tests {
                 String::new(),
             );
             assert_eq!(e.retry_after(), Some(Duration::from_secs(3)), "{class:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date_and_bounded() {
+        let secs = |n: u64| Some(Duration::from_secs(n));
+        assert_eq!(parse_retry_after("0"), secs(0));
+        assert_eq!(parse_retry_after(" 3 "), secs(3));
+        assert_eq!(
+            parse_retry_after("18446744073709551615"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), secs(0));
+        for ignored in ["-1", "1.5", "", "soon", "0x10", "+3"] {
+            assert_eq!(parse_retry_after(ignored), None, "{ignored:?}");
+        }
+        let soon = (chrono::Utc::now() + chrono::TimeDelta::seconds(120)).to_rfc2822();
+        let wait = parse_retry_after(&soon).unwrap();
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120));
+    }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        /// Whatever a `Retry-After` holds, on whatever status: the classifier keeps it within
+        /// [`MAX_RETRY_AFTER`], a retry never waits longer than `retry.cap`, the next poll never
+        /// waits longer than `poll.failure_backoff_cap`, and the scheduler's clock arithmetic
+        /// never panics.
+        #[test]
+        fn no_retry_after_can_stretch_a_wait_past_its_cap_or_overflow_a_clock(
+            header in proptest::prop_oneof![
+                any::<String>(),
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|n| n.to_string()),
+                "[0-9]{1,40}".prop_map(String::from),
+                (0i64..4_000_000_000).prop_map(|t| chrono::DateTime::from_timestamp(t, 0)
+                    .unwrap_or_default()
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string()),
+                Just("18446744073709551615".to_owned()),
+            ],
+            class in proptest::sample::select(vec![
+                (Class::Throttled, 429),
+                (Class::Unavailable, 503),
+                (Class::Unavailable, 500),
+                (Class::NotFound, 404),
+                (Class::Forbidden, 403),
+                (Class::Denied, 401),
+                (Class::Refused, 400),
+            ]),
+            retry_cap_ms in 1u64..600_000,
+            backoff_cap_ms in 1u64..3_600_000,
+            backoff_ms in 0u64..3_600_000,
+        ) {
+            use crate::deadline::Later as _;
+            let retry_after = parse_retry_after(&header);
+            prop_assert!(retry_after.is_none_or(|w| w <= MAX_RETRY_AFTER));
+            let (class, status) = class;
+            let e = by_class(class, status, "Whatever".into(), retry_after, None, String::new());
+            prop_assert_eq!(e.retry_after(), retry_after);
+            let retry_cap = Duration::from_millis(retry_cap_ms);
+            let step = Some(retry_cap);
+            if let Some(wait) = super::super::retry_delay(&e, step, retry_cap) {
+                prop_assert!(wait <= retry_cap);
+                let _ = tokio::time::Instant::now().later_by(wait);
+            }
+            let failure = crate::scheduler::PollFailure {
+                code: Some(e.code().to_owned()),
+                message: e.to_string(),
+                retry_after: e.retry_after(),
+                denied: false,
+                status: e.status(),
+                request_id: None,
+            };
+            let cap = Duration::from_millis(backoff_cap_ms);
+            let backoff = Duration::from_millis(backoff_ms).min(cap);
+            let wait = crate::scheduler::next_poll_wait(backoff, &failure, cap);
+            prop_assert!(wait <= cap);
+            let now = tokio::time::Instant::now();
+            prop_assert!(now.later_by(wait) <= now.later_by(cap));
         }
     }
 }

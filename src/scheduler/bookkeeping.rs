@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::deadline::Later as _;
 use crate::store::{Store, UnchangedPoll};
 
 /// Unchanged polls' bookkeeping waits at most this long before it is written.
@@ -47,7 +48,7 @@ impl Batch {
 
     /// When the batch must be written at the latest; `None` while it is empty.
     pub fn due_at(&self) -> Option<Instant> {
-        self.since.map(|t| t + BOOKKEEPING_EVERY)
+        self.since.map(|t| t.later_by(BOOKKEEPING_EVERY))
     }
 
     /// Writes the whole batch. Returns each poll's slot, meeting and whether its fence held;

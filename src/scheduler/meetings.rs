@@ -108,15 +108,14 @@ impl<S: RosterSource> Scheduler<S> {
                 // that is past.
                 Some(at) => {
                     let since = (crate::domain::now() - *at).to_std().unwrap_or_default();
-                    now + self.opts.interval.saturating_sub(since)
+                    now.later_by(self.opts.interval.saturating_sub(since))
                 }
                 // New meetings spread over the first interval instead of all firing at once.
-                None => {
-                    now + self
-                        .opts
+                None => now.later_by(
+                    self.opts
                         .interval
-                        .mul_f64(rand::rng().random_range(0.0..1.0))
-                }
+                        .mul_f64(rand::rng().random_range(0.0..1.0)),
+                ),
             };
             self.queue.insert(meeting_id, region, now, due, generation);
         }

@@ -3,8 +3,10 @@
 //!
 //! It owns the two rules that keep invented facts out of the record:
 //! - **A meeting ends only when the service says so about that meeting**: `ListAttendees`
-//!   answered `NotFoundException` or `ForbiddenException` for a meeting that answered before,
-//!   and `GetMeeting` of the same meeting then answered `NotFoundException`. Every other
+//!   answered `NotFoundException` or `ForbiddenException` for a meeting that answered before
+//!   *in the region it is polled in now* (a complete poll recorded after its last region move:
+//!   [`Known::answered_here`]), and `GetMeeting` of the same meeting then answered
+//!   `NotFoundException`. Every other
 //!   answer (another code, no code, an HTML page, a 401, a 403 from `GetMeeting`, throttling,
 //!   5xx or a transport error on the confirmation) is a failed poll.
 //! - **A departure from a roster that took more than one page is confirmed** with
@@ -162,13 +164,26 @@ impl fmt::Display for PollFailure {
     }
 }
 
+/// How long a meeting waits after a failed poll: its own `backoff`, or longer when the
+/// service asked for it (`Retry-After`), but never longer than `cap`
+/// (`poll.failure_backoff_cap`): a `Retry-After` is the network's word, and any number of
+/// seconds can arrive in it.
+pub fn next_poll_wait(backoff: Duration, failure: &PollFailure, cap: Duration) -> Duration {
+    backoff.max(failure.retry_after.unwrap_or_default().min(cap))
+}
+
 /// What the scheduler remembers of a meeting's recorded state between polls: enough to
-/// record an unchanged poll without reading the snapshot. 40 bytes instead of a roster.
+/// record an unchanged poll without reading the snapshot: a few words instead of a roster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {
     pub poll_seq: i64,
     pub last_polled_at: Option<chrono::DateTime<chrono::Utc>>,
     pub fingerprint: Fingerprint,
+    /// A complete poll was recorded in the region the meeting is tracked in now
+    /// ([`Snapshot::answered_in_current_region`]). Only then can a `NotFoundException` mean
+    /// that the meeting ended. A region move bumps `poll_seq`, so every write made with a
+    /// `Known` from before the move (an ending included) conflicts, and a fresh read follows.
+    pub answered_here: bool,
 }
 
 impl Known {
@@ -177,6 +192,7 @@ impl Known {
             poll_seq: snapshot.poll_seq,
             last_polled_at: snapshot.last_polled_at,
             fingerprint: domain::fingerprint(&snapshot.attendees),
+            answered_here: snapshot.answered_in_current_region(),
         }
     }
 }
@@ -294,7 +310,7 @@ pub(super) async fn poll<S: RosterSource>(
     let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
-            let answered_before = known.last_polled_at.is_some();
+            let answered_before = known.answered_here;
             let confirmed = unless_cancelled(
                 cancel,
                 confirm_end(source, meeting, region, &e, answered_before),
@@ -368,6 +384,7 @@ pub(super) async fn poll<S: RosterSource>(
         poll_seq,
         last_polled_at: Some(started_at),
         fingerprint,
+        answered_here: true,
     };
     if changes.is_empty() && bookkeeping == Bookkeeping::Deferred {
         return Polled {
@@ -455,7 +472,8 @@ async fn confirm_end<S: RosterSource>(
         return Err(PollFailure::service(list, error, None));
     }
     if !answered_before {
-        // A wrong id or a wrong region: nothing was ever recorded, so nothing can end.
+        // A wrong id or a wrong region (also after a move): nothing was recorded in this
+        // region, so nothing can end.
         let context = format!(
             "meeting not found in region {region}: it has never answered there; check its id and region"
         );

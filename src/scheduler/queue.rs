@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use super::cadence::{ChangeRate, Level};
 use super::poll::Known;
 use crate::chime::Pause;
+use crate::deadline::Later as _;
 use crate::domain::{MeetingId, Region};
 
 /// Seconds of a region's current rate that may be promised to polls in flight. Half a second
@@ -169,7 +170,7 @@ impl Breaker {
             None => true,
             Some(d) if !d.probing && now >= d.next_probe => {
                 d.probing = true;
-                d.next_probe = now + interval;
+                d.next_probe = now.later_by(interval);
                 true
             }
             Some(_) => false,
@@ -202,7 +203,7 @@ impl Breaker {
                 let needed = DENIED_MEETINGS_TO_TRIP.min(meetings.max(1));
                 if self.down.is_none() && self.denied.len() >= needed {
                     self.down = Some(Down {
-                        next_probe: now + interval,
+                        next_probe: now.later_by(interval),
                         probing: false,
                     });
                     Transition::Down {
@@ -410,7 +411,7 @@ impl Queue {
             let version = state.version;
             let deadline = longest
                 .zip(state.fresh_at)
-                .map(|(longest, fresh)| fresh + longest)
+                .map(|(longest, fresh)| fresh.later_by(longest))
                 .filter(|&deadline| deadline > due);
             self.timers.push(Reverse((due, slot, version)));
             if let Some(deadline) = deadline {
@@ -451,7 +452,10 @@ impl Queue {
             let key = match (state.fresh_at, self.by_due) {
                 // Waits are planned from the poll's start, which is `fresh_at`.
                 (Some(fresh), Some(longest))
-                    if due.saturating_duration_since(fresh) + URGENT_MARGIN < longest =>
+                    if due
+                        .saturating_duration_since(fresh)
+                        .saturating_add(URGENT_MARGIN)
+                        < longest =>
                 {
                     Some(due)
                 }

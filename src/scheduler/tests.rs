@@ -430,3 +430,36 @@ async fn bookkeeping_of_a_meeting_removed_meanwhile_is_refused() {
     let recorded = store.record_unchanged_polls(&[record]).await.unwrap();
     assert_eq!(recorded, vec![false]);
 }
+
+#[tokio::test]
+async fn a_retry_after_too_long_for_the_clock_leaves_the_loop_running() {
+    let (store, _ids, _dir) = store_with(2).await;
+    let source = Arc::new(Script::new(Vec::new(), 1));
+    *source.roster.lock().unwrap() = Err(ChimeError::Unavailable {
+        status: 503,
+        code: "ServiceUnavailableException".into(),
+        retry_after: Some(Duration::MAX),
+        request_id: None,
+        message: String::new(),
+    });
+    let opts = SchedulerOptions {
+        interval: Duration::from_millis(20),
+        jitter: 0.0,
+        concurrency: 4,
+        failure_backoff_cap: Duration::from_millis(50),
+        refresh_every: Duration::from_secs(60),
+        shutdown_grace: Duration::from_secs(5),
+        strategy: crate::config::PollStrategy::Uniform,
+        max_interval: Duration::from_secs(60),
+    };
+    let scheduler = Scheduler::new(Arc::clone(&source), store.clone(), opts);
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(scheduler.run(cancel.clone()));
+    // Each meeting fails, waits at most failure_backoff_cap, and is asked again.
+    while *source.fetches.lock().unwrap() < 6 {
+        assert!(!run.is_finished(), "the scheduler stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    run.await.expect("the scheduler never panics");
+}

@@ -16,6 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::control::{Created, Driver};
+use crate::deadline::Later as _;
 use crate::domain::{AttendeeId, Capabilities, Capability, EventKind, MeetingId};
 
 /// The capabilities a capability change switches to and from the default.
@@ -200,7 +201,7 @@ pub async fn churn(
 ) -> Churned {
     let mut churned = Churned::default();
     let started = Instant::now();
-    let stop = started + plan.duration;
+    let stop = started.later_by(plan.duration);
     if plan.per_second.is_nan() || plan.per_second <= 0.0 || fleet.is_empty() {
         tokio::select! {
             _ = cancel.cancelled() => {}
@@ -229,7 +230,7 @@ pub async fn churn(
         if let Some(after) = plan.end_a_meeting_after
             && !ended
             && fleet.len() > 1
-            && now >= started + after
+            && now >= started.later_by(after)
         {
             ended = true;
             picker = Picker::new(plan.skew, fleet.len() - 1);

@@ -44,7 +44,7 @@ pub struct ScriptedFault {
     /// The JSON body's `Message`; `None` writes one naming the operation (and page).
     pub message: Option<String>,
     /// Sent as `Retry-After` (seconds) when set, on any status.
-    pub retry_after: Option<u32>,
+    pub retry_after: Option<u64>,
 }
 
 impl ScriptedFault {
@@ -99,7 +99,7 @@ impl ScriptedFault {
         self
     }
 
-    pub fn retry_after(mut self, seconds: u32) -> Self {
+    pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
     }

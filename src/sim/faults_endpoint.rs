@@ -50,7 +50,7 @@ struct FaultSpec {
     #[serde(default)]
     times: Option<u32>,
     #[serde(default)]
-    retry_after: Option<u32>,
+    retry_after: Option<u64>,
 }
 
 impl FaultSpec {

@@ -65,6 +65,15 @@ impl Route {
     }
 }
 
+/// The region of a SigV4 `Authorization` header's credential scope
+/// (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`). Signatures are never verified.
+fn signed_region(headers: &axum::http::HeaderMap) -> Option<String> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let credential = auth.split("Credential=").nth(1)?;
+    let scope = credential.split([',', ' ']).next()?;
+    scope.split('/').nth(2).map(str::to_owned)
+}
+
 pub(super) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Request) -> Response {
     let request_id = {
         let mut b = [0u8; 16];
@@ -141,11 +150,26 @@ impl Shared {
             return (None, Err(ApiError::UnknownOperation(msg)));
         };
         let op = route.operation();
+        let region = signed_region(&parts.headers);
         let result = match self.admit(op, &parts.headers) {
-            Ok(()) => self.dispatch(route, &query, body).await,
+            Ok(()) => self.dispatch(route, &query, body, region).await,
             Err(e) => Err(e),
         };
         (Some(op), result)
+    }
+
+    /// With [`SimConfig::control_regions`], a call on a meeting signed for another control
+    /// region than the one that created it finds nothing there.
+    fn in_region(&self, meeting: &Uuid, region: Option<&str>) -> ApiResult<()> {
+        if !self.cfg.control_regions {
+            return Ok(());
+        }
+        match (lock(&self.regions).get(meeting), region) {
+            (Some(home), Some(asked)) if home != asked => Err(ApiError::NotFound(format!(
+                "The meeting {meeting} is not found"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Authorization, quota, random faults: what happens before the operation runs.
@@ -198,12 +222,17 @@ impl Shared {
         route: Route,
         query: &[(String, String)],
         body: Body,
+        region: Option<String>,
     ) -> ApiResult {
         let op = route.operation();
+        let region = region.as_deref();
         // ListAttendees fires its own faults, once it knows the page.
-        let fault = |m: &Uuid| self.fire_script(op, m, None);
+        let fault = |m: &Uuid| {
+            self.in_region(m, region)?;
+            self.fire_script(op, m, None)
+        };
         match route {
-            Route::CreateMeeting => self.create_meeting(read_json(body).await?),
+            Route::CreateMeeting => self.create_meeting(read_json(body).await?, region),
             Route::GetMeeting(m) => {
                 let m = guid("MeetingId", &m)?;
                 fault(&m)?;
@@ -227,7 +256,11 @@ impl Shared {
                 fault(&m)?;
                 self.batch_create_attendee(&m, input)
             }
-            Route::ListAttendees(m) => self.list_attendees(&guid("MeetingId", &m)?, query),
+            Route::ListAttendees(m) => {
+                let m = guid("MeetingId", &m)?;
+                self.in_region(&m, region)?;
+                self.list_attendees(&m, query)
+            }
             Route::GetAttendee(m, a) => {
                 let (m, a) = (guid("MeetingId", &m)?, guid("AttendeeId", &a)?);
                 fault(&m)?;
@@ -256,7 +289,11 @@ impl Shared {
         }
     }
 
-    pub(super) fn create_meeting(&self, input: wire::CreateMeetingIn) -> ApiResult {
+    pub(super) fn create_meeting(
+        &self,
+        input: wire::CreateMeetingIn,
+        region: Option<&str>,
+    ) -> ApiResult {
         wire::validate_create_meeting(&input).map_err(ApiError::BadRequest)?;
         let wire::CreateMeetingIn {
             client_request_token,
@@ -283,6 +320,9 @@ impl Shared {
             extras,
         };
         let id = lock(&self.state).create_meeting(new);
+        if let (true, Some(region)) = (self.cfg.control_regions, region) {
+            lock(&self.regions).insert(id, region.to_owned());
+        }
         self.get_meeting(&id)
     }
 

@@ -33,6 +33,10 @@ pub struct SimArgs {
     /// position in the live list (offset: a deletion between pages skips an attendee).
     #[arg(long, value_enum, default_value_t = Paging::Keyset)]
     pub paging: Paging,
+    /// Keep each meeting in the control region that created it (read from the request's
+    /// SigV4 credential scope): calls from another region answer NotFoundException.
+    #[arg(long)]
+    pub control_regions: bool,
 }
 
 impl From<&SimArgs> for SimConfig {
@@ -46,6 +50,7 @@ impl From<&SimArgs> for SimConfig {
             exempt_control: a.exempt_control,
             max_attendees: a.max_attendees,
             paging: a.paging,
+            control_regions: a.control_regions,
         }
     }
 }

@@ -34,6 +34,22 @@ pub struct Snapshot {
     pub attendees: Vec<Attendee>,
     pub poll_seq: i64,
     pub last_polled_at: Option<DateTime<Utc>>,
+    /// When the meeting was last moved to another control region (`meetings add --force`, a
+    /// `[[meetings]]` entry naming another region), if ever.
+    pub region_changed_at: Option<DateTime<Utc>>,
+}
+
+impl Snapshot {
+    /// Whether the meeting has answered a complete poll in the region it is tracked in now:
+    /// a recorded poll that started after the last region move. A poll in the old region says
+    /// nothing about the new one, where a `NotFoundException` may only mean "wrong region".
+    pub fn answered_in_current_region(&self) -> bool {
+        match (self.last_polled_at, self.region_changed_at) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(polled), Some(moved)) => polled > moved,
+        }
+    }
 }
 
 /// One row of `roster_events`.

@@ -278,7 +278,7 @@ macro_rules! shared_queries {
             ) -> Result<Snapshot> {
                 // One statement, so the attendees and poll_seq come from the same commit.
                 let rows = sqlx::query(
-                    "SELECT m.poll_seq, m.last_polled_at, \
+                    "SELECT m.poll_seq, m.last_polled_at, m.region_changed_at, \
                             a.attendee_id, a.external_user_id, a.audio, a.video, a.content \
                      FROM tracked_meetings AS m \
                      LEFT JOIN roster_attendees AS a ON a.meeting_id = m.meeting_id \
@@ -295,6 +295,7 @@ macro_rules! shared_queries {
                     attendees: Vec::with_capacity(rows.len()),
                     poll_seq: get(first, "poll_seq")?,
                     last_polled_at: get(first, "last_polled_at")?,
+                    region_changed_at: get(first, "region_changed_at")?,
                 };
                 for row in &rows {
                     let Some(attendee_id) = get::<Option<String>>(row, "attendee_id")? else {

@@ -1,9 +1,14 @@
 //! The SQLite backend: connecting, the timestamp encoding, the multi-row insert of events, and
 //! the writer lock that keeps a second daemon off the same file. Everything else is in
 //! `store/shared.rs`.
+//!
+//! The database, its `-wal` and `-shm` and the lock file hold personal data: they are created
+//! `0600` whatever the umask (the database file before SQLite opens it, since SQLite gives its
+//! `-wal` and `-shm` the database's mode), and found wider they are tightened.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,6 +93,9 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
             source,
         })?;
     }
+    if let Some(path) = &path {
+        create_owner_only(path, url.contains("mode=ro"))?;
+    }
     let pool = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .connect_with(options)
@@ -98,6 +106,64 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqliteDb>
         path,
         writer_lock: Arc::default(),
     })
+}
+
+/// The mode of every file of the database: attendance is personal data, readable by the
+/// daemon's user only. The process umask can only remove bits from it.
+const OWNER_ONLY: u32 = 0o600;
+
+/// Creates the database file `0600` if it is missing (unless the URL opens it read-only), so
+/// that SQLite, which gives the `-wal` and `-shm` files it creates the mode of the database
+/// file, creates them `0600` too. An existing database (and its `-wal`/`-shm`) with wider
+/// modes is tightened where this process may; a file that is not its own is left as its owner
+/// made it (an analyst's read-only `report` must not fail on it).
+fn create_owner_only(path: &Path, read_only: bool) -> Result<()> {
+    if !read_only && !path.exists() {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(OWNER_ONLY)
+            .open(path)
+        {
+            Ok(_) => {}
+            // Created meanwhile by another process: tightened below like any existing file.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::File {
+                    action: "create the database file",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        tighten(Path::new(&file));
+    }
+    Ok(())
+}
+
+/// Removes group and other permissions from a file that has any. Not being allowed to (the
+/// file is another user's) is that user's choice and only logged at debug level.
+fn tighten(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & !OWNER_ONLY == 0 {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & OWNER_ONLY)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::debug!(path = %path.display(), mode = format!("{mode:o}"), "not the owner; file mode left as it is");
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), error = %e, "cannot make the file readable by its owner only");
+        }
+    }
 }
 
 impl SqliteDb {
@@ -133,8 +199,10 @@ impl SqliteDb {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(OWNER_ONLY)
             .open(&lock_path)
             .map_err(|e| file_error("open the lock file", e))?;
+        tighten(&lock_path);
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

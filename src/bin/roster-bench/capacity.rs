@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use roster_sync::app::{Daemon, DaemonOptions};
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::config::{PollStrategy, Settings};
+use roster_sync::deadline::Later as _;
 use roster_sync::domain::Region;
 use roster_sync::scheduler::PollReport;
 use roster_sync::sim::churn::{ChurnPlan, Fleet, churn, guid};
@@ -433,11 +434,11 @@ pub(crate) fn pages(attendees: usize, max_results: i32) -> u64 {
 pub(crate) fn settle_limit(ideal_sweep_s: f64, effective_rps: f64, args: &BenchArgs) -> Duration {
     let slow = ideal_sweep_s * args.quota_rps / effective_rps.max(f64::MIN_POSITIVE);
     let interval = args.interval.unwrap_or(Duration::from_secs(10));
-    Duration::from_secs_f64(3.0 * slow + 60.0) + interval
+    Duration::from_secs_f64(3.0 * slow + 60.0).saturating_add(interval)
 }
 
 async fn wait_for(sweeps: &Mutex<Sweeps>, limit: Duration, done: impl Fn(&Sweeps) -> bool) {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now().later_by(limit);
     while Instant::now() < deadline {
         if done(&lock(sweeps)) {
             return;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use roster_sync::chime::{ChimeClient, ClientOptions, RosterSource as _, simulator_sdk_config};
 use roster_sync::config::Settings;
+use roster_sync::deadline::Later as _;
 use roster_sync::domain::{MeetingId, Region};
 use roster_sync::sim::control::Driver;
 
@@ -160,7 +161,7 @@ pub async fn paced(
         meetings,
         max_results,
         period: std::time::Duration::from_secs_f64(1.0 / rps.max(0.1)),
-        stop: started + duration,
+        stop: started.later_by(duration),
         next_slot: Mutex::new(started),
         next_meeting: AtomicU64::new(0),
         requests: AtomicU64::new(0),
@@ -218,7 +219,7 @@ impl Pager {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
                     let slot = (*next).max(Instant::now());
-                    *next = slot + self.period;
+                    *next = slot.later_by(self.period);
                     slot
                 };
                 if slot >= self.stop {
