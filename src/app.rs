@@ -152,6 +152,9 @@ impl Daemon {
         if let Some(fault) = crate::fault::arm_from_env()? {
             tracing::warn!(fault = fault.as_str(), "test-only fault injection is armed");
         }
+        if let Some(skew) = crate::clock::arm_from_env()? {
+            tracing::warn!(skew = %skew, "test-only clock skew is armed");
+        }
         let sinks = tokio_util::task::TaskTracker::new();
         // Before the scheduler starts: a new sink's cursor is placed before this daemon's
         // first event.

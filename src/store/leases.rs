@@ -12,14 +12,18 @@
 //! `end_meeting`): their `UPDATE` of `tracked_meetings` also requires the lease row with the
 //! poll's token to be unexpired, and locks it `FOR SHARE` until commit, so a lease cannot be
 //! taken over while a write under it is committing. Time is always the database's `now()`,
-//! never a replica's clock.
+//! never a replica's clock. Leases of meetings that ended or stopped are not renewed: any
+//! replica's heartbeat deletes them.
+//!
+//! [`Store::clock_offset`] measures how far the database's clock is from this host's, so
+//! that the timestamps a replica records (`crate::clock`) are the database's too.
 //!
 //! Nothing here runs on SQLite: cluster mode is refused there ([`StoreError::Unsupported`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Row as _;
 use sqlx::postgres::PgPool;
 
@@ -75,6 +79,8 @@ pub struct ClusterView {
     /// Leases taken and given away by this heartbeat.
     pub claimed: usize,
     pub released: usize,
+    /// Leases of meetings no longer active (ended or stopped) that this heartbeat dropped.
+    pub retired: u64,
     /// For each region where this replica holds a lease: how many live replicas hold leases
     /// there (this one included). Its share of the region's rate budget is one over that.
     pub region_holders: Vec<(Region, i64)>,
@@ -110,6 +116,18 @@ pub struct ReplicaRow {
     /// over the number of live replicas holding leases there).
     pub rate_share: Vec<(Region, f64)>,
 }
+
+/// What [`Store::clock_offset`] measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// Database clock minus host clock.
+    pub offset: TimeDelta,
+    /// The round trip of the reading; the offset is right to within half of it.
+    pub round_trip: TimeDelta,
+}
+
+/// Round trips per clock reading; the shortest one is kept.
+const CLOCK_SAMPLES: usize = 3;
 
 /// Free leases looked at per heartbeat, at most.
 const CLAIM_CANDIDATES: i64 = 1_000;
@@ -172,14 +190,17 @@ impl Store {
         // batched bookkeeping of unchanged polls holds many, in no set order. Waiting for them
         // while holding the rows already renewed is a deadlock. A lease skipped here is
         // renewed at the next heartbeat, well inside its TTL.
+        // Only leases of active meetings are renewed; those of meetings that ended or stopped
+        // are dropped below.
         sqlx::query(
             "UPDATE meeting_leases AS l \
              SET expires_at = now() + make_interval(secs => $2), \
                  pages = GREATEST(1, CEIL((SELECT count(*) FROM roster_attendees AS a \
                                            WHERE a.meeting_id = l.meeting_id)::float8 / $3))::int \
-             FROM (SELECT meeting_id FROM meeting_leases \
-                   WHERE owner = $1::uuid AND expires_at > now() \
-                   FOR NO KEY UPDATE SKIP LOCKED) AS mine \
+             FROM (SELECT ml.meeting_id FROM meeting_leases AS ml \
+                   JOIN tracked_meetings AS m USING (meeting_id) \
+                   WHERE ml.owner = $1::uuid AND ml.expires_at > now() AND m.status = 'active' \
+                   FOR NO KEY UPDATE OF ml SKIP LOCKED) AS mine \
              WHERE l.meeting_id = mine.meeting_id",
         )
         .bind(me_id)
@@ -187,6 +208,19 @@ impl Store {
         .bind(f64::from(page_size.max(1)))
         .execute(&mut *tx)
         .await?;
+        // A meeting that ended or stopped is never polled again: its lease goes, whoever held
+        // it (a lease is made again if the meeting is tracked again). Rows a committing write
+        // holds are skipped, as above, and dropped at a later heartbeat.
+        let retired = sqlx::query(
+            "DELETE FROM meeting_leases WHERE meeting_id IN ( \
+                 SELECT l.meeting_id FROM meeting_leases AS l \
+                 JOIN tracked_meetings AS m USING (meeting_id) \
+                 WHERE m.status <> 'active' \
+                 FOR UPDATE OF l SKIP LOCKED)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
 
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM cluster_replicas \
@@ -295,8 +329,40 @@ impl Store {
             total_pages,
             claimed: claimed.len(),
             released: released.len(),
+            retired,
             region_holders,
         })
+    }
+
+    /// How far the database's clock is ahead of this process's host clock
+    /// ([`crate::clock::local`]): the database's `clock_timestamp()` minus the midpoint of the
+    /// round trip that read it, the best of [`CLOCK_SAMPLES`] round trips on one connection (the
+    /// shortest, whose midpoint is the closest). Also returns that round trip: the reading is
+    /// right to within half of it.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] on SQLite; [`StoreError::Sqlx`] when the database fails.
+    pub async fn clock_offset(&self) -> Result<ClockOffset> {
+        let pool = self.cluster_pool()?;
+        let mut conn = pool.acquire().await?;
+        let mut best: Option<ClockOffset> = None;
+        for _ in 0..CLOCK_SAMPLES {
+            let sent = crate::clock::local();
+            let database: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+                .fetch_one(&mut *conn)
+                .await?;
+            let answered = crate::clock::local();
+            let round_trip = (answered - sent).max(TimeDelta::zero());
+            let midpoint = sent + round_trip / 2;
+            let sample = ClockOffset {
+                offset: database - midpoint,
+                round_trip,
+            };
+            if best.is_none_or(|b| sample.round_trip < b.round_trip) {
+                best = Some(sample);
+            }
+        }
+        best.ok_or(StoreError::Unsupported("no clock sample was taken"))
     }
 
     /// Gives up every lease of replica `me` and deletes its row, so other replicas take its
