@@ -5,8 +5,15 @@
 //! released, or expired because their owner died) until it holds about its share of all
 //! meetings' pages, and releases the surplus when replicas join (the SQL is in
 //! `store/leases.rs`). After each heartbeat it sets its share of every region's rate budget
-//! to one over the number of live replicas holding meetings there, so the fleet stays inside
-//! the account's quota.
+//! to its pages there over the pages all live replicas hold there, so the fleet stays inside
+//! the account's quota and every replica sweeps its meetings in the same time, however the
+//! leases fell. A region it no longer holds counts for nothing in the others' shares, so they
+//! take its part back at their next heartbeat.
+//!
+//! Before each heartbeat it reads the database's clock and makes it the process's
+//! ([`crate::clock`]): every timestamp a replica records is compared by the others (the
+//! `last_polled_at` of one is the `previous_poll_at` of the next owner's poll), so all of
+//! them come from one clock, whatever the hosts' clocks say.
 //!
 //! The scheduler polls only the meetings this replica holds (`Scheduler::with_cluster`), and
 //! every write of a poll is fenced by the lease token it was launched with: a replica that
@@ -147,9 +154,8 @@ impl Beat {
             .store
             .heartbeat(&self.info, self.ttl, self.page_size)
             .await?;
-        for (region, holders) in &view.region_holders {
-            self.client
-                .set_share(region, 1.0 / (*holders).max(1) as f64);
+        for (region, share) in &view.region_shares {
+            self.client.set_share(region, *share);
         }
         metrics::gauge!("roster_sync_leases_held").set(view.held as f64);
         metrics::gauge!("roster_sync_replicas_live").set(view.live_replicas as f64);

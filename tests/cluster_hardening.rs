@@ -411,3 +411,90 @@ async fn a_poll_timed_before_the_poll_it_follows_is_recorded_at_that_poll(db: &T
         0
     );
 }
+
+fn replica_info(n: u32) -> roster_sync::store::ReplicaInfo {
+    roster_sync::store::ReplicaInfo {
+        id: roster_sync::store::ReplicaId::random(),
+        host: format!("test-{n}"),
+        pid: n,
+        version: "test".into(),
+    }
+}
+
+/// Rate shares follow pages: a replica that ends up with a 5-page meeting while the other
+/// holds two meetings of one page gets 5/7 of the region's budget, not half, so it is not
+/// starved while the other's quota idles; and once the other leaves, the whole budget is its.
+#[tokio::test]
+async fn rate_shares_follow_the_pages_each_replica_holds() {
+    use roster_sync::domain::{Attendee, AttendeeId, Capabilities, Change, ExternalUserId};
+    use roster_sync::store::PollRecord;
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let store = &db.store;
+    let region = Region::parse("us-east-1").unwrap();
+    // One attendee a page (page_size 1 below): 5, 1 and 1 pages.
+    for (n, size) in [(1u32, 5u32), (2, 1), (3, 1)] {
+        let id = MeetingId::parse(&format!("00000000-0000-0000-0000-00000000020{n}")).unwrap();
+        let now = roster_sync::domain::now();
+        store
+            .add_meeting(&id, &region, None, now, false)
+            .await
+            .unwrap();
+        let people: Vec<Change> = (0..size)
+            .map(|a| {
+                Change::joined(&Attendee {
+                    attendee_id: AttendeeId::parse(&format!("00000000-0000-0000-{n:04}-{a:012}"))
+                        .unwrap(),
+                    external_user_id: ExternalUserId::new(format!("user-{n}-{a}")),
+                    capabilities: Capabilities::DEFAULT,
+                })
+            })
+            .collect();
+        store
+            .apply(PollRecord {
+                meeting_id: &id,
+                expected_seq: 0,
+                started_at: now,
+                observed_at: now,
+                previous_poll_at: None,
+                changes: &people,
+            })
+            .await
+            .unwrap();
+    }
+    let ttl = Duration::from_secs(30);
+    let (a, b) = (replica_info(1), replica_info(2));
+    store.heartbeat(&a, ttl, 1).await.unwrap();
+    // The renewal counts the pages; B joins; A gives up the two small meetings; B takes them.
+    assert_eq!(store.heartbeat(&a, ttl, 1).await.unwrap().held_pages, 7);
+    store.heartbeat(&b, ttl, 1).await.unwrap();
+    assert_eq!(store.heartbeat(&a, ttl, 1).await.unwrap().held_pages, 5);
+    assert_eq!(store.heartbeat(&b, ttl, 1).await.unwrap().held_pages, 2);
+
+    let a_view = store.heartbeat(&a, ttl, 1).await.unwrap();
+    let b_view = store.heartbeat(&b, ttl, 1).await.unwrap();
+    let share = |v: &roster_sync::store::ClusterView| {
+        let [(r, s)] = v.region_shares.as_slice() else {
+            panic!("{v:?}")
+        };
+        assert_eq!(*r, region);
+        *s
+    };
+    assert!((share(&a_view) - 5.0 / 7.0).abs() < 1e-9, "{a_view:?}");
+    assert!((share(&b_view) - 2.0 / 7.0).abs() < 1e-9, "{b_view:?}");
+    let rows = store.replicas(ttl).await.unwrap();
+    let shown: Vec<f64> = rows.iter().map(|r| r.rate_share[0].1).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        (shown[0] - 5.0 / 7.0).abs() < 1e-9 && (shown[1] - 2.0 / 7.0).abs() < 1e-9,
+        "`roster-sync cluster` shows the same shares: {shown:?}"
+    );
+
+    // B leaves: its share goes back to A with its meetings.
+    store.leave_cluster(&b.id).await.unwrap();
+    let a_view = store.heartbeat(&a, ttl, 1).await.unwrap();
+    assert_eq!(a_view.held_pages, 7);
+    assert!((share(&a_view) - 1.0).abs() < 1e-9, "{a_view:?}");
+    db.finish().await;
+}

@@ -82,8 +82,11 @@ pub struct ClusterView {
     /// Leases of meetings no longer active (ended or stopped) that this heartbeat dropped.
     pub retired: u64,
     /// For each region where this replica holds a lease: how many live replicas hold leases
-    /// there (this one included). Its share of the region's rate budget is one over that.
+    /// there (this one included).
     pub region_holders: Vec<(Region, i64)>,
+    /// For each region where this replica holds a lease: its share of the region's rate
+    /// budget, its pages there over the pages all live replicas hold there.
+    pub region_shares: Vec<(Region, f64)>,
 }
 
 /// A meeting this replica holds the lease of.
@@ -112,8 +115,8 @@ pub struct ReplicaRow {
     /// Valid leases held, and their pages.
     pub meetings: i64,
     pub pages: i64,
-    /// For each region where it holds leases: its share of the region's rate budget (one
-    /// over the number of live replicas holding leases there).
+    /// For each region where it holds leases: its share of the region's rate budget (its
+    /// pages there over the pages all live replicas hold there).
     pub rate_share: Vec<(Region, f64)>,
 }
 
@@ -315,12 +318,13 @@ impl Store {
         .bind(me_id)
         .fetch_one(&mut *tx)
         .await?;
-        let region_holders = region_holders(&mut tx, ttl)
-            .await?
-            .into_iter()
-            .filter(|(_, owners)| owners.iter().any(|o| o == me_id))
-            .map(|(region, owners)| (region, owners.len() as i64))
+        let holdings = region_holdings(&mut tx, ttl).await?;
+        let region_holders = holdings
+            .iter()
+            .filter(|(_, holders)| holders.iter().any(|h| h.owner == me_id))
+            .map(|(region, holders)| (region.clone(), holders.len() as i64))
             .collect();
+        let region_shares = shares_of(me_id, &holdings);
         tx.commit().await?;
         Ok(ClusterView {
             live_replicas: live,
@@ -331,6 +335,7 @@ impl Store {
             released: released.len(),
             retired,
             region_holders,
+            region_shares,
         })
     }
 
@@ -465,15 +470,11 @@ impl Store {
         )
         .fetch_all(&mut *conn)
         .await?;
-        let holders = region_holders(&mut conn, ttl.as_secs_f64()).await?;
+        let holdings = region_holdings(&mut conn, ttl.as_secs_f64()).await?;
         rows.iter()
             .map(|row| {
                 let replica_id: String = row.try_get("replica_id")?;
-                let rate_share = holders
-                    .iter()
-                    .filter(|(_, owners)| owners.contains(&replica_id))
-                    .map(|(region, owners)| (region.clone(), 1.0 / owners.len() as f64))
-                    .collect();
+                let rate_share = shares_of(&replica_id, &holdings);
                 Ok(ReplicaRow {
                     replica_id: ReplicaId(replica_id),
                     host: row.try_get("host")?,
@@ -522,29 +523,58 @@ impl Store {
     }
 }
 
-/// For every region with valid leases held by live replicas: the ids of those replicas.
-async fn region_holders(
+/// The pages of valid leases that one live replica holds in one region.
+struct Holding {
+    owner: String,
+    pages: i64,
+}
+
+/// For every region with valid leases held by live replicas: those replicas and their pages
+/// there, in owner order.
+async fn region_holdings(
     conn: &mut sqlx::PgConnection,
     ttl: f64,
-) -> Result<Vec<(Region, Vec<String>)>> {
+) -> Result<Vec<(Region, Vec<Holding>)>> {
     let rows = sqlx::query(
-        "SELECT m.region, array_agg(DISTINCT l.owner::text) AS owners \
+        "SELECT m.region, l.owner::text AS owner, sum(l.pages)::int8 AS pages \
          FROM meeting_leases AS l \
          JOIN tracked_meetings AS m USING (meeting_id) \
          JOIN cluster_replicas AS r ON r.replica_id = l.owner \
          WHERE m.status = 'active' AND l.expires_at > now() \
            AND r.heartbeat_at > now() - make_interval(secs => $1) \
-         GROUP BY m.region ORDER BY m.region",
+         GROUP BY m.region, l.owner ORDER BY m.region, owner",
     )
     .bind(ttl)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                decode::region(&row.try_get::<String, _>("region")?)?,
-                row.try_get("owners")?,
-            ))
+    let mut regions: Vec<(Region, Vec<Holding>)> = Vec::new();
+    for row in &rows {
+        let region = decode::region(&row.try_get::<String, _>("region")?)?;
+        let holding = Holding {
+            owner: row.try_get("owner")?,
+            pages: row.try_get("pages")?,
+        };
+        match regions.last_mut() {
+            Some((r, holdings)) if *r == region => holdings.push(holding),
+            _ => regions.push((region, vec![holding])),
+        }
+    }
+    Ok(regions)
+}
+
+/// `owner`'s share of each region's rate budget where it holds leases: its pages there over
+/// the pages every live replica holds there. A replica polls about its pages per sweep, so
+/// with shares in proportion to pages every replica sweeps its meetings in the same time,
+/// the time one process would take for all of them, however unevenly the leases fall; and a
+/// replica that holds nothing in a region counts for nothing there, so what it used is shared
+/// by the replicas that do.
+fn shares_of(owner: &str, holdings: &[(Region, Vec<Holding>)]) -> Vec<(Region, f64)> {
+    holdings
+        .iter()
+        .filter_map(|(region, holders)| {
+            let mine = holders.iter().find(|h| h.owner == owner)?.pages;
+            let total: i64 = holders.iter().map(|h| h.pages).sum();
+            Some((region.clone(), mine as f64 / total.max(1) as f64))
         })
         .collect()
 }
