@@ -281,10 +281,14 @@ async fn prepare_schema(
     Ok(())
 }
 
-/// Arms the test-only fault hook when `ROSTER_SYNC_FAULT` names one.
+/// Arms the test-only hooks: the fault `ROSTER_SYNC_FAULT` names, and the clock skew of
+/// `ROSTER_SYNC_CLOCK_OFFSET`.
 fn arm_fault_hook() -> anyhow::Result<()> {
     if let Some(fault) = crate::fault::arm_from_env()? {
         tracing::warn!(fault = fault.as_str(), "test-only fault injection is armed");
+    }
+    if let Some(skew) = crate::clock::arm_from_env()? {
+        tracing::warn!(skew = %skew, "test-only clock skew is armed");
     }
     Ok(())
 }

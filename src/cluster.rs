@@ -5,8 +5,15 @@
 //! released, or expired because their owner died) until it holds about its share of all
 //! meetings' pages, and releases the surplus when replicas join (the SQL is in
 //! `store/leases.rs`). After each heartbeat it sets its share of every region's rate budget
-//! to one over the number of live replicas holding meetings there, so the fleet stays inside
-//! the account's quota.
+//! to its pages there over the pages all live replicas hold there, so the fleet stays inside
+//! the account's quota and every replica sweeps its meetings in the same time, however the
+//! leases fell. A region it no longer holds counts for nothing in the others' shares, so they
+//! take its part back at their next heartbeat.
+//!
+//! Before each heartbeat it reads the database's clock and makes it the process's
+//! ([`crate::clock`]): every timestamp a replica records is compared by the others (the
+//! `last_polled_at` of one is the `previous_poll_at` of the next owner's poll), so all of
+//! them come from one clock, whatever the hosts' clocks say.
 //!
 //! The scheduler polls only the meetings this replica holds (`Scheduler::with_cluster`), and
 //! every write of a poll is fenced by the lease token it was launched with: a replica that
@@ -34,6 +41,10 @@ pub struct Cluster {
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
+
+/// A change of the clock offset between two heartbeats that is worth a warning: the host's
+/// clock was stepped (NTP, a VM resumed), not the jitter of a round trip.
+const CLOCK_STEP_LOGGED: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// What the heartbeat needs, shared by [`Cluster::join`] and its task.
 #[derive(Clone)]
@@ -69,7 +80,7 @@ impl Cluster {
             ttl: settings.cluster.lease_ttl,
             page_size: u32::try_from(settings.poll.max_results).unwrap_or(100),
         };
-        let view = beat.tick().await?;
+        let view = beat.tick(true).await?;
         tracing::info!(
             replica_id = %info.id,
             live_replicas = view.live_replicas,
@@ -108,22 +119,51 @@ impl Cluster {
 }
 
 impl Beat {
-    /// One heartbeat, then the rate shares and gauges it implies.
-    async fn tick(&self) -> crate::store::Result<ClusterView> {
+    /// Reads the database's clock and makes it this process's ([`crate::clock`]), so every
+    /// timestamp this replica records is comparable with every other replica's. Logged at
+    /// `first` (joining), and whenever the host clock moved against the database's by more
+    /// than [`CLOCK_STEP_LOGGED`] since the last heartbeat.
+    async fn sync_clock(&self, first: bool) -> crate::store::Result<()> {
+        let reading = self.store.clock_offset().await?;
+        let before = crate::clock::correction();
+        crate::clock::set_correction(reading.offset);
+        let offset_ms = reading.offset.num_milliseconds();
+        let round_trip_ms = reading.round_trip.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3;
+        if first {
+            tracing::info!(
+                offset_ms,
+                round_trip_ms,
+                "timestamps follow the database's clock (offset from this host's clock)"
+            );
+        } else if (reading.offset - before).abs() > CLOCK_STEP_LOGGED {
+            tracing::warn!(
+                offset_ms,
+                previous_offset_ms = before.num_milliseconds(),
+                round_trip_ms,
+                "this host's clock moved against the database's; timestamps follow the database's"
+            );
+        }
+        Ok(())
+    }
+
+    /// One heartbeat (after reading the database's clock), then the rate shares and gauges it
+    /// implies.
+    async fn tick(&self, first: bool) -> crate::store::Result<ClusterView> {
+        self.sync_clock(first).await?;
         let view = self
             .store
             .heartbeat(&self.info, self.ttl, self.page_size)
             .await?;
-        for (region, holders) in &view.region_holders {
-            self.client
-                .set_share(region, 1.0 / (*holders).max(1) as f64);
+        for (region, share) in &view.region_shares {
+            self.client.set_share(region, *share);
         }
         metrics::gauge!("roster_sync_leases_held").set(view.held as f64);
         metrics::gauge!("roster_sync_replicas_live").set(view.live_replicas as f64);
-        if view.claimed > 0 || view.released > 0 {
+        if view.claimed > 0 || view.released > 0 || view.retired > 0 {
             tracing::info!(
                 claimed = view.claimed,
                 released = view.released,
+                retired = view.retired,
                 leases = view.held,
                 pages = view.held_pages,
                 total_pages = view.total_pages,
@@ -146,7 +186,7 @@ async fn heartbeats(beat: Beat, every: Duration, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(e) = beat.tick().await {
+        if let Err(e) = beat.tick(false).await {
             crate::telemetry::database_error("cluster");
             tracing::warn!(error = %e, "cluster heartbeat failed; leases not renewed expire after cluster.lease_ttl");
         }

@@ -447,10 +447,11 @@ impl Change {
 }
 
 /// Timestamps are kept at microsecond precision, the finest both Postgres and our SQLite
-/// encoding hold, so a value read back compares equal to the one written.
+/// encoding hold, so a value read back compares equal to the one written. The reading is
+/// [`crate::clock::now`]: the host's clock, or in cluster mode the database's.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
-    chrono::Utc::now().trunc_subsecs(6)
+    crate::clock::now().trunc_subsecs(6)
 }
 
 #[cfg(test)]

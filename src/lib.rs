@@ -8,6 +8,7 @@
 pub mod app;
 pub mod chime;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deadline;

@@ -24,9 +24,10 @@
 //!   grown (the other tool stopped): the knee is forgotten and recovery is fast again.
 //! - **Bounds.** Never above the ceiling, never below [`MIN_RATE_FRACTION`] of it.
 //! - **Share.** In cluster mode the account's budget is split between the replicas polling
-//!   the region: [`RateLimiter::set_share`] scales the ceiling and the burst to this replica's
-//!   fraction of the configured ones, and the current rate with them, so a decrease after a
-//!   throttle applies to the share.
+//!   the region, in proportion to the pages each holds there (`crate::cluster`):
+//!   [`RateLimiter::set_share`] scales the ceiling and the burst to this replica's fraction of
+//!   the configured ones, and the current rate with them, so a decrease after a throttle
+//!   applies to the share.
 //!
 //! Why these numbers. The service's own bucket (burst 20) hides an overshoot until the burst
 //! is spent, so the rate at the first 429 is above the quota by about `sqrt(2 × burst × slope)`

@@ -33,7 +33,9 @@ mod sqlite;
 mod stats;
 
 pub use alerting::{CursorClaim, EVENTS_CHANNEL, EventWakeups, LabeledEvent};
-pub use leases::{ClusterView, LeaseToken, LeasedMeeting, ReplicaId, ReplicaInfo, ReplicaRow};
+pub use leases::{
+    ClockOffset, ClusterView, LeaseToken, LeasedMeeting, ReplicaId, ReplicaInfo, ReplicaRow,
+};
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{
     AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, SessionRow, Snapshot,
@@ -569,6 +571,9 @@ impl Store {
         fence: Option<LeaseToken>,
     ) -> Result<ApplyOutcome> {
         check_changes(rec.meeting_id, rec.changes)?;
+        let mut rec = rec;
+        rec.started_at = not_before(rec.meeting_id, rec.started_at, rec.previous_poll_at);
+        rec.observed_at = not_before(rec.meeting_id, rec.observed_at, Some(rec.started_at));
         let outcome = on_backend!(self, apply(&rec, fence))?;
         self.note_if_recorded(&outcome);
         if let (ApplyOutcome::Conflict, Some(token)) = (&outcome, fence) {
@@ -658,6 +663,7 @@ impl Store {
         previous_poll_at: Option<DateTime<Utc>>,
         fence: Option<LeaseToken>,
     ) -> Result<ApplyOutcome> {
+        let observed_at = not_before(id, observed_at, previous_poll_at);
         let outcome = on_backend!(
             self,
             end_meeting(id, expected_seq, observed_at, previous_poll_at, fence)
@@ -793,6 +799,32 @@ fn truncate_at_char_boundary(s: &str, max: usize) -> &str {
         .find(|&i| s.is_char_boundary(i))
         .unwrap_or(0);
     &s[..end]
+}
+
+/// `at`, or `floor` when `at` is earlier: a poll is never recorded as started or observed
+/// before the poll it follows, so `observed_at >= previous_poll_at` holds for every event and
+/// no session gets a negative duration, even when the clocks that took the two readings
+/// disagree (a replica whose host clock is behind the one that polled before it, a clock
+/// stepped back). In cluster mode every replica reads the database's clock, so this should
+/// not happen; when it does, it is logged, since the window it records is then wider than
+/// what was seen.
+pub(crate) fn not_before(
+    meeting: &MeetingId,
+    at: DateTime<Utc>,
+    floor: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    match floor {
+        Some(floor) if at < floor => {
+            tracing::warn!(
+                meeting_id = %meeting,
+                at = %at,
+                previous_poll_at = %floor,
+                "a poll's time is before the poll it follows (clocks disagree); recorded at the previous poll's time"
+            );
+            floor
+        }
+        _ => at,
+    }
 }
 
 #[cfg(test)]

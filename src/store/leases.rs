@@ -12,14 +12,18 @@
 //! `end_meeting`): their `UPDATE` of `tracked_meetings` also requires the lease row with the
 //! poll's token to be unexpired, and locks it `FOR SHARE` until commit, so a lease cannot be
 //! taken over while a write under it is committing. Time is always the database's `now()`,
-//! never a replica's clock.
+//! never a replica's clock. Leases of meetings that ended or stopped are not renewed: any
+//! replica's heartbeat deletes them.
+//!
+//! [`Store::clock_offset`] measures how far the database's clock is from this host's, so
+//! that the timestamps a replica records (`crate::clock`) are the database's too.
 //!
 //! Nothing here runs on SQLite: cluster mode is refused there ([`StoreError::Unsupported`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Row as _;
 use sqlx::postgres::PgPool;
 
@@ -75,9 +79,14 @@ pub struct ClusterView {
     /// Leases taken and given away by this heartbeat.
     pub claimed: usize,
     pub released: usize,
+    /// Leases of meetings no longer active (ended or stopped) that this heartbeat dropped.
+    pub retired: u64,
     /// For each region where this replica holds a lease: how many live replicas hold leases
-    /// there (this one included). Its share of the region's rate budget is one over that.
+    /// there (this one included).
     pub region_holders: Vec<(Region, i64)>,
+    /// For each region where this replica holds a lease: its share of the region's rate
+    /// budget, its pages there over the pages all live replicas hold there.
+    pub region_shares: Vec<(Region, f64)>,
 }
 
 /// A meeting this replica holds the lease of.
@@ -106,10 +115,22 @@ pub struct ReplicaRow {
     /// Valid leases held, and their pages.
     pub meetings: i64,
     pub pages: i64,
-    /// For each region where it holds leases: its share of the region's rate budget (one
-    /// over the number of live replicas holding leases there).
+    /// For each region where it holds leases: its share of the region's rate budget (its
+    /// pages there over the pages all live replicas hold there).
     pub rate_share: Vec<(Region, f64)>,
 }
+
+/// What [`Store::clock_offset`] measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// Database clock minus host clock.
+    pub offset: TimeDelta,
+    /// The round trip of the reading; the offset is right to within half of it.
+    pub round_trip: TimeDelta,
+}
+
+/// Round trips per clock reading; the shortest one is kept.
+const CLOCK_SAMPLES: usize = 3;
 
 /// Free leases looked at per heartbeat, at most.
 const CLAIM_CANDIDATES: i64 = 1_000;
@@ -172,14 +193,17 @@ impl Store {
         // batched bookkeeping of unchanged polls holds many, in no set order. Waiting for them
         // while holding the rows already renewed is a deadlock. A lease skipped here is
         // renewed at the next heartbeat, well inside its TTL.
+        // Only leases of active meetings are renewed; those of meetings that ended or stopped
+        // are dropped below.
         sqlx::query(
             "UPDATE meeting_leases AS l \
              SET expires_at = now() + make_interval(secs => $2), \
                  pages = GREATEST(1, CEIL((SELECT count(*) FROM roster_attendees AS a \
                                            WHERE a.meeting_id = l.meeting_id)::float8 / $3))::int \
-             FROM (SELECT meeting_id FROM meeting_leases \
-                   WHERE owner = $1::uuid AND expires_at > now() \
-                   FOR NO KEY UPDATE SKIP LOCKED) AS mine \
+             FROM (SELECT ml.meeting_id FROM meeting_leases AS ml \
+                   JOIN tracked_meetings AS m USING (meeting_id) \
+                   WHERE ml.owner = $1::uuid AND ml.expires_at > now() AND m.status = 'active' \
+                   FOR NO KEY UPDATE OF ml SKIP LOCKED) AS mine \
              WHERE l.meeting_id = mine.meeting_id",
         )
         .bind(me_id)
@@ -187,6 +211,19 @@ impl Store {
         .bind(f64::from(page_size.max(1)))
         .execute(&mut *tx)
         .await?;
+        // A meeting that ended or stopped is never polled again: its lease goes, whoever held
+        // it (a lease is made again if the meeting is tracked again). Rows a committing write
+        // holds are skipped, as above, and dropped at a later heartbeat.
+        let retired = sqlx::query(
+            "DELETE FROM meeting_leases WHERE meeting_id IN ( \
+                 SELECT l.meeting_id FROM meeting_leases AS l \
+                 JOIN tracked_meetings AS m USING (meeting_id) \
+                 WHERE m.status <> 'active' \
+                 FOR UPDATE OF l SKIP LOCKED)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
 
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM cluster_replicas \
@@ -281,12 +318,13 @@ impl Store {
         .bind(me_id)
         .fetch_one(&mut *tx)
         .await?;
-        let region_holders = region_holders(&mut tx, ttl)
-            .await?
-            .into_iter()
-            .filter(|(_, owners)| owners.iter().any(|o| o == me_id))
-            .map(|(region, owners)| (region, owners.len() as i64))
+        let holdings = region_holdings(&mut tx, ttl).await?;
+        let region_holders = holdings
+            .iter()
+            .filter(|(_, holders)| holders.iter().any(|h| h.owner == me_id))
+            .map(|(region, holders)| (region.clone(), holders.len() as i64))
             .collect();
+        let region_shares = shares_of(me_id, &holdings);
         tx.commit().await?;
         Ok(ClusterView {
             live_replicas: live,
@@ -295,8 +333,41 @@ impl Store {
             total_pages,
             claimed: claimed.len(),
             released: released.len(),
+            retired,
             region_holders,
+            region_shares,
         })
+    }
+
+    /// How far the database's clock is ahead of this process's host clock
+    /// ([`crate::clock::local`]): the database's `clock_timestamp()` minus the midpoint of the
+    /// round trip that read it, the best of [`CLOCK_SAMPLES`] round trips on one connection (the
+    /// shortest, whose midpoint is the closest). Also returns that round trip: the reading is
+    /// right to within half of it.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] on SQLite; [`StoreError::Sqlx`] when the database fails.
+    pub async fn clock_offset(&self) -> Result<ClockOffset> {
+        let pool = self.cluster_pool()?;
+        let mut conn = pool.acquire().await?;
+        let mut best: Option<ClockOffset> = None;
+        for _ in 0..CLOCK_SAMPLES {
+            let sent = crate::clock::local();
+            let database: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+                .fetch_one(&mut *conn)
+                .await?;
+            let answered = crate::clock::local();
+            let round_trip = (answered - sent).max(TimeDelta::zero());
+            let midpoint = sent + round_trip / 2;
+            let sample = ClockOffset {
+                offset: database - midpoint,
+                round_trip,
+            };
+            if best.is_none_or(|b| sample.round_trip < b.round_trip) {
+                best = Some(sample);
+            }
+        }
+        best.ok_or(StoreError::Unsupported("no clock sample was taken"))
     }
 
     /// Gives up every lease of replica `me` and deletes its row, so other replicas take its
@@ -399,15 +470,11 @@ impl Store {
         )
         .fetch_all(&mut *conn)
         .await?;
-        let holders = region_holders(&mut conn, ttl.as_secs_f64()).await?;
+        let holdings = region_holdings(&mut conn, ttl.as_secs_f64()).await?;
         rows.iter()
             .map(|row| {
                 let replica_id: String = row.try_get("replica_id")?;
-                let rate_share = holders
-                    .iter()
-                    .filter(|(_, owners)| owners.contains(&replica_id))
-                    .map(|(region, owners)| (region.clone(), 1.0 / owners.len() as f64))
-                    .collect();
+                let rate_share = shares_of(&replica_id, &holdings);
                 Ok(ReplicaRow {
                     replica_id: ReplicaId(replica_id),
                     host: row.try_get("host")?,
@@ -456,29 +523,58 @@ impl Store {
     }
 }
 
-/// For every region with valid leases held by live replicas: the ids of those replicas.
-async fn region_holders(
+/// The pages of valid leases that one live replica holds in one region.
+struct Holding {
+    owner: String,
+    pages: i64,
+}
+
+/// For every region with valid leases held by live replicas: those replicas and their pages
+/// there, in owner order.
+async fn region_holdings(
     conn: &mut sqlx::PgConnection,
     ttl: f64,
-) -> Result<Vec<(Region, Vec<String>)>> {
+) -> Result<Vec<(Region, Vec<Holding>)>> {
     let rows = sqlx::query(
-        "SELECT m.region, array_agg(DISTINCT l.owner::text) AS owners \
+        "SELECT m.region, l.owner::text AS owner, sum(l.pages)::int8 AS pages \
          FROM meeting_leases AS l \
          JOIN tracked_meetings AS m USING (meeting_id) \
          JOIN cluster_replicas AS r ON r.replica_id = l.owner \
          WHERE m.status = 'active' AND l.expires_at > now() \
            AND r.heartbeat_at > now() - make_interval(secs => $1) \
-         GROUP BY m.region ORDER BY m.region",
+         GROUP BY m.region, l.owner ORDER BY m.region, owner",
     )
     .bind(ttl)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                decode::region(&row.try_get::<String, _>("region")?)?,
-                row.try_get("owners")?,
-            ))
+    let mut regions: Vec<(Region, Vec<Holding>)> = Vec::new();
+    for row in &rows {
+        let region = decode::region(&row.try_get::<String, _>("region")?)?;
+        let holding = Holding {
+            owner: row.try_get("owner")?,
+            pages: row.try_get("pages")?,
+        };
+        match regions.last_mut() {
+            Some((r, holdings)) if *r == region => holdings.push(holding),
+            _ => regions.push((region, vec![holding])),
+        }
+    }
+    Ok(regions)
+}
+
+/// `owner`'s share of each region's rate budget where it holds leases: its pages there over
+/// the pages every live replica holds there. A replica polls about its pages per sweep, so
+/// with shares in proportion to pages every replica sweeps its meetings in the same time,
+/// the time one process would take for all of them, however unevenly the leases fall; and a
+/// replica that holds nothing in a region counts for nothing there, so what it used is shared
+/// by the replicas that do.
+fn shares_of(owner: &str, holdings: &[(Region, Vec<Holding>)]) -> Vec<(Region, f64)> {
+    holdings
+        .iter()
+        .filter_map(|(region, holders)| {
+            let mine = holders.iter().find(|h| h.owner == owner)?.pages;
+            let total: i64 = holders.iter().map(|h| h.pages).sum();
+            Some((region.clone(), mine as f64 / total.max(1) as f64))
         })
         .collect()
 }

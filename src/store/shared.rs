@@ -514,6 +514,7 @@ macro_rules! shared_queries {
                 observed_at: DateTime<Utc>,
                 previous_poll_at: Option<DateTime<Utc>>,
             ) -> Result<Vec<StoredEvent>> {
+                let observed_at = crate::store::not_before(id, observed_at, previous_poll_at);
                 serialize_event_writers(&mut *conn).await?;
                 let rows = sqlx::query(concat!(
                     "INSERT INTO roster_events \

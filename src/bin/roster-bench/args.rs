@@ -24,6 +24,11 @@ pub struct BenchArgs {
     /// Attendees each meeting starts with (the churn keeps it about there).
     #[arg(long, default_value_t = 250)]
     pub attendees: usize,
+    /// Meetings of mixed sizes: the n-th meeting starts with a third, two thirds or all of
+    /// `--attendees` in turn (rounded up), so with 250 attendees at 100 a page the meetings
+    /// take 1, 2 and 3 pages. The churn still adds to meetings below `--attendees`.
+    #[arg(long)]
+    pub mixed_sizes: bool,
     /// Changes per second over all meetings during the churn phase: joins and deletions
     /// (2/3) and capability changes (1/3).
     #[arg(long, default_value_t = 1.0)]

@@ -153,8 +153,7 @@ pub async fn measure(
 
     let setup_started = Instant::now();
     let mut fleet = setup(args, &driver, &store, &region).await?;
-    let pages_per_meeting = pages(args.attendees, settings.poll.max_results);
-    let total_pages = pages_per_meeting * args.meetings as u64;
+    let total_pages = total_pages(args, settings.poll.max_results);
     let ideal_sweep_s = total_pages as f64 / args.quota_rps;
     println!(
         "setup: {} meetings × {} attendees in {:.1}s; {} pages per sweep, ideal sweep {:.1}s at {} rps",
@@ -381,7 +380,7 @@ pub(crate) async fn setup(
             store.clone(),
             region.clone(),
         );
-        let (meetings, attendees) = (args.meetings, args.attendees);
+        let (meetings, attendees, mixed) = (args.meetings, args.attendees, args.mixed_sizes);
         workers.spawn(async move {
             let mut made = Vec::new();
             loop {
@@ -392,7 +391,8 @@ pub(crate) async fn setup(
                 let id = driver
                     .create_meeting(&format!("bench-{i}"), region.as_str())
                     .await?;
-                let people = (0..attendees).map(|a| (format!("bench-{i}-{a}"), None));
+                let size = meeting_size(attendees, mixed, i);
+                let people = (0..size).map(|a| (format!("bench-{i}-{a}"), None));
                 let created = driver.add_attendees(&id, people).await?;
                 // Only the GUIDs are kept: 16 bytes an attendee.
                 let mut one = Fleet::default();
@@ -427,6 +427,28 @@ pub(crate) async fn setup(
 pub(crate) fn pages(attendees: usize, max_results: i32) -> u64 {
     let per_page = u64::try_from(max_results.max(1)).unwrap_or(1);
     (attendees as u64).div_ceil(per_page).max(1)
+}
+
+/// Attendees of the `i`-th meeting: `attendees`, or with `--mixed-sizes` a third, two thirds
+/// or all of it in turn (rounded up): with 250 at 100 a page, meetings of 1, 2 and 3 pages.
+pub(crate) fn meeting_size(attendees: usize, mixed: bool, i: usize) -> usize {
+    if mixed {
+        (attendees * (i % 3 + 1)).div_ceil(3)
+    } else {
+        attendees
+    }
+}
+
+/// Pages of one sweep of every meeting the run creates.
+pub(crate) fn total_pages(args: &BenchArgs, max_results: i32) -> u64 {
+    (0..args.meetings)
+        .map(|i| {
+            pages(
+                meeting_size(args.attendees, args.mixed_sizes, i),
+                max_results,
+            )
+        })
+        .sum()
 }
 
 /// The longest a phase may wait for a sweep: three ideal sweeps at the slower of the quota
@@ -572,5 +594,14 @@ mod tests {
         assert_eq!(pages(200, 100), 2);
         assert_eq!(pages(20, 100), 1);
         assert_eq!(pages(0, 100), 1);
+    }
+
+    #[test]
+    fn mixed_sizes_take_one_to_three_pages_in_turn() {
+        let sizes: Vec<u64> = (0..4)
+            .map(|i| pages(meeting_size(250, true, i), 100))
+            .collect();
+        assert_eq!(sizes, [1, 2, 3, 1]);
+        assert_eq!(meeting_size(250, false, 1), 250);
     }
 }

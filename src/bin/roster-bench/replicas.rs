@@ -34,7 +34,7 @@ use roster_sync::sim::control::Driver;
 use roster_sync::store::Store;
 
 use crate::args::BenchArgs;
-use crate::capacity::{pages, percentile, ratio, settle_limit, setup};
+use crate::capacity::{percentile, ratio, settle_limit, setup, total_pages};
 use crate::latency::{Changes, lock};
 use crate::process::{cpu_seconds_of, peak_rss_mb_of};
 use crate::scratch::BenchDb;
@@ -50,6 +50,10 @@ pub struct Report {
     pub replicas: usize,
     pub meetings: usize,
     pub attendees: usize,
+    /// `--mixed-sizes`: meetings of a third, two thirds and all of `attendees`, in turn.
+    pub mixed_sizes: bool,
+    /// Pages of one sweep of every meeting at the start.
+    pub total_pages: u64,
     pub churn_per_s: f64,
     pub quota_rps: f64,
     /// Each replica's configured rate and burst (the cluster gives each a share of them).
@@ -83,8 +87,9 @@ pub struct Report {
     pub replica_cpu_fraction: Vec<f64>,
     pub replica_cpu_fraction_after_warmup: Vec<f64>,
     pub replica_peak_rss_mb: Vec<f64>,
-    /// Leases each replica held when the run ended.
+    /// Leases each replica held when the run ended, and their pages.
     pub replica_meetings: Vec<i64>,
+    pub replica_pages: Vec<i64>,
 }
 
 /// One `roster-sync run` child.
@@ -134,11 +139,12 @@ pub async fn measure(
     let driver = Driver::new(driver_client.sdk_client(&region));
     let setup_started = Instant::now();
     let mut fleet = setup(args, &driver, &store, &region).await?;
-    let total_pages = pages(args.attendees, settings.poll.max_results) * args.meetings as u64;
+    let total_pages = total_pages(args, settings.poll.max_results);
     let ideal_sweep_s = total_pages as f64 / args.quota_rps;
     println!(
-        "setup: {} meetings × {} attendees in {:.1}s; {} pages per sweep, ideal sweep {:.1}s at {} rps; {} replicas",
+        "setup: {} meetings × {}{} attendees in {:.1}s; {} pages per sweep, ideal sweep {:.1}s at {} rps; {} replicas",
         args.meetings,
+        if args.mixed_sizes { "up to " } else { "" },
         args.attendees,
         setup_started.elapsed().as_secs_f64(),
         total_pages,
@@ -265,6 +271,8 @@ pub async fn measure(
         replicas,
         meetings: args.meetings,
         attendees: args.attendees,
+        mixed_sizes: args.mixed_sizes,
+        total_pages,
         churn_per_s: args.churn_per_s,
         quota_rps: args.quota_rps,
         daemon_rps: settings.rate.requests_per_second,
@@ -300,7 +308,8 @@ pub async fn measure(
             .map(|(e, s)| ratio(e - s, polling_s - warmup_s))
             .collect(),
         replica_peak_rss_mb: peak_rss,
-        replica_meetings: held,
+        replica_meetings: held.iter().map(|h| h.0).collect(),
+        replica_pages: held.iter().map(|h| h.1).collect(),
     };
     print_summary(&report, &sweeps.completed);
     Ok(report)
@@ -371,15 +380,18 @@ fn cpu_all(children: &[ReplicaProcess]) -> anyhow::Result<Vec<f64>> {
     children.iter().map(ReplicaProcess::cpu_seconds).collect()
 }
 
-/// Valid leases held by each replica, in start order (matched by pid).
-async fn held_per_replica(store: &Store, children: &[ReplicaProcess]) -> anyhow::Result<Vec<i64>> {
+/// Valid leases held by each replica and their pages, in start order (matched by pid).
+async fn held_per_replica(
+    store: &Store,
+    children: &[ReplicaProcess],
+) -> anyhow::Result<Vec<(i64, i64)>> {
     let rows = store.replicas(Duration::from_secs(3600)).await?;
     Ok(children
         .iter()
         .map(|c| {
             rows.iter()
                 .find(|r| u32::try_from(r.pid).ok() == Some(c.pid))
-                .map_or(0, |r| r.meetings)
+                .map_or((0, 0), |r| (r.meetings, r.pages))
         })
         .collect())
 }
@@ -467,10 +479,12 @@ fn print_summary(r: &Report, sweeps: &[(DateTime<Utc>, f64)]) {
     let list: Vec<String> = sweeps.iter().map(|(_, s)| format!("{s:.1}")).collect();
     println!("\n== roster-bench --replicas {} summary ==", r.replicas);
     println!(
-        "{} meetings × {} attendees, churn {}/s for {:.0}s, postgres; quota {} rps at the simulator, \
+        "{} meetings × {}{} attendees ({} pages), churn {}/s for {:.0}s, postgres; quota {} rps at the simulator, \
          each replica configured for {} rps (burst {}), interval {}s, heartbeat {}s, lease TTL {}s",
         r.meetings,
+        if r.mixed_sizes { "up to " } else { "" },
         r.attendees,
+        r.total_pages,
         r.churn_per_s,
         r.duration_s,
         r.quota_rps,
@@ -506,11 +520,12 @@ fn print_summary(r: &Report, sweeps: &[(DateTime<Utc>, f64)]) {
     );
     for (i, cpu) in r.replica_cpu_fraction.iter().enumerate() {
         println!(
-            "replica {i}: cpu {:.2} % of one core ({:.2} % after warm-up), peak RSS {:.1} MiB, {} meetings at the end",
+            "replica {i}: cpu {:.2} % of one core ({:.2} % after warm-up), peak RSS {:.1} MiB, {} meetings ({} pages) at the end",
             100.0 * cpu,
             100.0 * r.replica_cpu_fraction_after_warmup[i],
             r.replica_peak_rss_mb[i],
-            r.replica_meetings[i]
+            r.replica_meetings[i],
+            r.replica_pages[i]
         );
     }
 }
