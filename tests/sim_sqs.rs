@@ -783,4 +783,48 @@ mod emission {
         assert_eq!(s[1].end_reason, Some(EndReason::MeetingEnded));
         assert!(truth.ended_at.is_some());
     }
+
+    #[tokio::test]
+    async fn the_driver_drives_presence_over_http_and_reads_the_truth() {
+        let (sim, sqs, driver, url) = sim_with_events(EventsConfig::to_queue("events")).await;
+        let driver = driver.with_endpoint(&sim.endpoint_url());
+        let meeting = driver
+            .create_meeting("mtg", "us-east-1")
+            .await
+            .expect("meeting");
+        let a = driver
+            .add_attendees(&meeting, [("alice".to_owned(), None)])
+            .await
+            .expect("attendee")
+            .remove(0)
+            .attendee_id;
+        driver
+            .presence(&meeting, &a, PresenceAction::Join, Some("Pstn"))
+            .await
+            .expect("join");
+        driver.hand_off(&meeting, &a).await.expect("hand-off");
+        let err = driver.join(&meeting, &a).await.expect_err("joined already");
+        assert!(err.to_string().contains("already connected"), "{err:#}");
+        driver.leave(&meeting, &a).await.expect("leave");
+        let events = drain(&sqs, &url, 5).await;
+        let joined = events
+            .iter()
+            .find(|e| e.event_type == EventType::AttendeeJoined)
+            .expect("joined");
+        assert_eq!(joined.network_type.as_deref(), Some("Pstn"));
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event_type == EventType::AttendeeAuthorized)
+        );
+        let truth = driver.presence_truth(&meeting).await.expect("truth");
+        assert_eq!(
+            truth,
+            sim.presence_truth(&meeting).expect("truth in-process")
+        );
+        let s = &truth.attendees[0].sessions;
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].end_reason, Some(EndReason::Left));
+        assert_eq!(truth.attendees[0].handoffs.len(), 1);
+    }
 }
