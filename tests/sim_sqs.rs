@@ -827,4 +827,56 @@ mod emission {
         assert_eq!(s[0].end_reason, Some(EndReason::Left));
         assert_eq!(truth.attendees[0].handoffs.len(), 1);
     }
+
+    #[tokio::test]
+    async fn the_presence_churn_makes_sessions_the_truth_keeps_without_overlaps() {
+        use roster_sync::sim::churn::{Fleet, PresenceChurnPlan, presence_churn};
+        let (sim, _sqs, driver, _url) = sim_with_events(EventsConfig::to_queue("events")).await;
+        let driver = driver.with_endpoint(&sim.endpoint_url());
+        let mut fleet = Fleet::default();
+        for m in 0..2 {
+            let meeting = driver
+                .create_meeting(&format!("mtg-{m}"), "us-east-1")
+                .await
+                .expect("meeting");
+            let people = (0..5).map(|i| (format!("user-{m}-{i}"), None));
+            let created = driver
+                .add_attendees(&meeting, people)
+                .await
+                .expect("attendees");
+            fleet.add(meeting, &created).expect("fleet");
+        }
+        let plan = PresenceChurnPlan {
+            per_second: 200.0,
+            duration: Duration::from_millis(1500),
+            ..PresenceChurnPlan::default()
+        };
+        let mut made = Vec::new();
+        let churned = presence_churn(
+            &driver,
+            &fleet.people(),
+            &plan,
+            &tokio_util::sync::CancellationToken::new(),
+            |m| made.push(m),
+        )
+        .await;
+        assert_eq!(churned.failed, 0);
+        assert!(churned.made >= 20, "made {}", churned.made);
+        let joins = made
+            .iter()
+            .filter(|m| m.action == PresenceAction::Join)
+            .count();
+        let mut sessions = 0;
+        for meeting in fleet.ids() {
+            let truth = sim.presence_truth(meeting).expect("truth");
+            for a in &truth.attendees {
+                sessions += a.sessions.len();
+                for w in a.sessions.windows(2) {
+                    assert!(w[0].end.is_some_and(|end| end <= w[1].start), "no overlap");
+                }
+            }
+        }
+        assert_eq!(sessions, joins, "one session per join");
+        assert!(sim.event_stats().emitted >= churned.made);
+    }
 }
