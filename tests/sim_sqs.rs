@@ -879,4 +879,60 @@ mod emission {
         assert_eq!(sessions, joins, "one session per join");
         assert!(sim.event_stats().emitted >= churned.made);
     }
+
+    #[tokio::test]
+    async fn a_seed_makes_the_event_faults_repeat_run_to_run() {
+        async fn run() -> (roster_sync::sim::events::EventStats, Vec<String>) {
+            let sim = sim::start(
+                "127.0.0.1:0".parse().expect("an address"),
+                SimConfig {
+                    seed: Some(42),
+                    rate: f64::INFINITY,
+                    events: Some(EventsConfig {
+                        faults: EventFaults {
+                            loss: 0.3,
+                            duplicate: 0.3,
+                            max_delay: Duration::ZERO,
+                        },
+                        ..EventsConfig::to_queue("events")
+                    }),
+                    ..SimConfig::default()
+                },
+            )
+            .await
+            .expect("start the simulator");
+            let region = Region::parse("us-east-1").expect("a region");
+            let options =
+                roster_sync::chime::ClientOptions::for_endpoint(&sim.endpoint_url(), 1000.0, 1000);
+            let chime = roster_sync::chime::ChimeClient::new(
+                roster_sync::chime::simulator_sdk_config(&region),
+                options,
+            );
+            let driver = Driver::new(chime.sdk_client(&region));
+            for i in 0..30 {
+                driver
+                    .create_meeting(&format!("mtg-{i}"), "us-east-1")
+                    .await
+                    .expect("meeting");
+            }
+            let conf = aws_sdk_sqs::config::Builder::from(
+                &roster_sync::chime::simulator_sdk_config(&region),
+            )
+            .endpoint_url(sim.endpoint_url())
+            .build();
+            let sqs = Client::from_conf(conf);
+            let url = sim.queue_url("events").expect("queue");
+            let n = usize::try_from(sim.event_stats().messages).expect("a count");
+            let mut ids: Vec<String> = drain(&sqs, &url, n)
+                .await
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            ids.sort();
+            (sim.event_stats(), ids)
+        }
+        let (a, b) = (run().await, run().await);
+        assert!(a.0.lost > 0 && a.0.duplicated > 0, "{:?}", a.0);
+        assert_eq!(a, b);
+    }
 }
