@@ -656,6 +656,12 @@ impl SimHandle {
             .map_err(|_| NoSuchQueue(name.to_owned()))
     }
 
+    /// Answers the next `times` SQS requests (every one when `None`) with `fault`, e.g.
+    /// `AccessDenied` for a queue policy that shuts the consumer out; `None` heals the queue.
+    pub fn fail_sqs(&self, fault: Option<sqs::SqsFault>, times: Option<u32>) {
+        self.shared.sqs.set_fault(fault.map(|f| (f, times)));
+    }
+
     /// ReceiveMessage requests waiting in a long poll right now, on any queue.
     pub fn waiting_receives(&self) -> usize {
         self.shared.sqs.waiting()

@@ -497,6 +497,65 @@ async fn bad_parameters_and_handles_are_refused_with_the_sqs_codes() {
     assert_eq!(err.code(), Some("InvalidParameterValue"));
 }
 
+#[tokio::test]
+async fn a_planted_sqs_fault_answers_that_many_requests_then_the_queue_heals() {
+    let (sim, sqs) = sim_and_sqs().await;
+    let url = queue(&sqs, "q").await;
+    sim.fail_sqs(Some(sim::sqs::SqsFault::AccessDenied), Some(2));
+    for _ in 0..2 {
+        let err = sqs
+            .receive_message()
+            .queue_url(&url)
+            .send()
+            .await
+            .expect_err("denied");
+        assert_eq!(err.code(), Some("AccessDenied"), "{err:?}");
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        assert_eq!(status, Some(403));
+    }
+    sqs.receive_message()
+        .queue_url(&url)
+        .send()
+        .await
+        .expect("healed after two");
+    sim.fail_sqs(Some(sim::sqs::SqsFault::Unavailable), None);
+    let err = sqs
+        .get_queue_url()
+        .queue_name("q")
+        .send()
+        .await
+        .expect_err("unavailable");
+    assert_eq!(err.code(), Some("ServiceUnavailable"));
+    sim.fail_sqs(None, None);
+    sqs.get_queue_url()
+        .queue_name("q")
+        .send()
+        .await
+        .expect("healed");
+}
+
+#[test]
+fn the_sim_process_refuses_event_faults_out_of_range() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster-sync"))
+        .args(["sim", "--events-queue", "q", "--event-loss", "2"])
+        .output()
+        .expect("run roster-sync sim");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loss must be between 0.0 and 1.0"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster-sync"))
+        .args(["sim", "--event-loss", "0.5"])
+        .output()
+        .expect("run roster-sync sim");
+    assert!(
+        !out.status.success(),
+        "an event fault without an events queue is refused"
+    );
+}
+
 mod emission {
     use super::*;
     use roster_sync::lifecycle::{EventType, MeetingEvent, parse_body};
@@ -934,5 +993,24 @@ mod emission {
         let (a, b) = (run().await, run().await);
         assert!(a.0.lost > 0 && a.0.duplicated > 0, "{:?}", a.0);
         assert_eq!(a, b);
+    }
+
+    #[tokio::test]
+    async fn a_delayed_event_waits_on_the_queue_before_it_can_be_received() {
+        let cfg = EventsConfig {
+            faults: EventFaults {
+                max_delay: Duration::from_secs(600),
+                ..EventFaults::default()
+            },
+            ..EventsConfig::to_queue("slow")
+        };
+        let (sim, _sqs, driver, _url) = sim_with_events(cfg).await;
+        driver
+            .create_meeting("mtg", "us-east-1")
+            .await
+            .expect("meeting");
+        let counts = sim.queue_counts("slow").expect("the queue");
+        assert_eq!((counts.visible, counts.delayed), (0, 1), "{counts:?}");
+        assert_eq!(sim.event_stats().delayed, 1);
     }
 }

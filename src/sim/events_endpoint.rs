@@ -12,7 +12,10 @@
 //!   "at"?}` (`action`: `join`, `leave`, `drop`, `handoff`, `video_start`, `video_stop`,
 //!   `content_join`, `content_leave`, `content_drop`, `content_video_start`,
 //!   `content_video_stop`; `at` an RFC 3339 time, default now);
-//! - `GET /_sim/presence/{MeetingId}`: the truth ([`super::presence::MeetingPresence`]).
+//! - `GET /_sim/presence/{MeetingId}`: the truth ([`super::presence::MeetingPresence`]);
+//! - `PUT /_sim/sqs/fault` with `{"fault": "access_denied", "times": 3}` (or
+//!   `internal_error`, `unavailable`, `throttled`; no `times`: until cleared) answers SQS
+//!   requests with that error; `DELETE /_sim/sqs/fault` clears it.
 //!
 //! Like `/_sim/faults`: no signature, never throttled, not counted; a refusal is a 400 (404
 //! for an unknown meeting or attendee) in the Chime error format. It never logs a body.
@@ -95,6 +98,14 @@ fn one() -> u32 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SqsFaultSpec {
+    fault: super::sqs::SqsFault,
+    #[serde(default)]
+    times: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PresenceSpec {
     meeting_id: String,
     attendee_id: String,
@@ -109,7 +120,7 @@ fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// Serves `/_sim/events...` and `/_sim/presence...`; `None` for any other control path.
+/// Serves `/_sim/events...`, `/_sim/presence...` and `/_sim/sqs...`; `None` for any other control path.
 pub(crate) async fn serve(
     shared: &Shared,
     method: &Method,
@@ -222,6 +233,18 @@ pub(crate) async fn serve(
                 truth.ok_or_else(|| ApiError::NotFound(format!("Meeting {id} not found")))?;
             Ok(json_response(StatusCode::OK, &truth))
         })(),
+        ("PUT", ["sqs", "fault"]) => {
+            async {
+                let spec: SqsFaultSpec = read_json(body).await?;
+                shared.sqs.set_fault(Some((spec.fault, spec.times)));
+                Ok(no_content())
+            }
+            .await
+        }
+        ("DELETE", ["sqs", "fault"]) => {
+            shared.sqs.set_fault(None);
+            Ok(no_content())
+        }
         _ => return None,
     })
 }

@@ -96,7 +96,7 @@ impl FaultSpec {
 /// Serves one control request (its path starts with [`PREFIX`]).
 pub(crate) async fn serve(shared: &Shared, method: &Method, path: &str, body: Body) -> ApiResult {
     let segs: Vec<&str> = path.trim_start_matches(PREFIX).split('/').collect();
-    if matches!(segs.first(), Some(&("events" | "presence"))) {
+    if matches!(segs.first(), Some(&("events" | "presence" | "sqs"))) {
         if let Some(answer) = super::events_endpoint::serve(shared, method, &segs, body).await {
             return answer;
         }

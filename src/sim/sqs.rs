@@ -55,6 +55,58 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 const MAX_WAIT: Duration = Duration::from_secs(20);
 const MAX_BATCH: usize = 10;
 
+/// A failure planted on every SQS request (in-process [`super::SimHandle::fail_sqs`] or
+/// `PUT /_sim/sqs/fault`), so a consumer's handling of a queue that misbehaves can be tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqsFault {
+    /// 403 `AccessDenied` (a policy or IAM denial).
+    AccessDenied,
+    /// 500 `InternalError`.
+    InternalError,
+    /// 503 `ServiceUnavailable`.
+    Unavailable,
+    /// 400 `RequestThrottled`.
+    Throttled,
+}
+
+impl SqsFault {
+    fn error(self) -> SqsError {
+        let (status, shape, code, message) = match self {
+            Self::AccessDenied => (
+                StatusCode::FORBIDDEN,
+                "com.amazon.coral.service#AccessDeniedException",
+                "AccessDenied",
+                "Access to the resource is denied.",
+            ),
+            Self::InternalError => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "com.amazonaws.sqs#InternalError",
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            ),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "com.amazonaws.sqs#ServiceUnavailable",
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
+            ),
+            Self::Throttled => (
+                StatusCode::BAD_REQUEST,
+                "com.amazonaws.sqs#RequestThrottled",
+                "RequestThrottled",
+                "Rate exceeded.",
+            ),
+        };
+        SqsError {
+            status,
+            error_type: shape.to_owned(),
+            query_code: Some(code),
+            message: message.to_owned(),
+        }
+    }
+}
+
 /// A refused SQS request: the model's error shape, the query-compatible code and whether
 /// the sender is at fault, as real SQS reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +212,8 @@ pub(crate) struct Sqs {
     nonces: Mutex<StdRng>,
     /// ReceiveMessage requests waiting in a long poll now (tests wait for one).
     waiting: AtomicUsize,
+    /// The planted failure and how many more requests it answers (`None`: all).
+    fault: Mutex<Option<(SqsFault, Option<u32>)>>,
 }
 
 impl Sqs {
@@ -173,6 +227,7 @@ impl Sqs {
             queues: Mutex::new(HashMap::new()),
             nonces: Mutex::new(nonces),
             waiting: AtomicUsize::new(0),
+            fault: Mutex::new(None),
         }
     }
 
@@ -217,6 +272,27 @@ impl Sqs {
         let msg = slot.queue.send(body, delay, Instant::now(), now_ms);
         slot.arrived.notify_waiters();
         Ok(msg.id.to_string())
+    }
+
+    /// Answers the next `times` SQS requests (all when `None`) with `fault`; `None` clears.
+    pub(crate) fn set_fault(&self, fault: Option<(SqsFault, Option<u32>)>) {
+        *lock(&self.fault) = fault;
+    }
+
+    fn take_fault(&self) -> Option<SqsFault> {
+        let mut f = lock(&self.fault);
+        let (fault, times) = (*f)?;
+        match times {
+            Some(0) => {
+                *f = None;
+                None
+            }
+            Some(n) => {
+                *f = Some((fault, Some(n - 1)));
+                Some(fault)
+            }
+            None => Some(fault),
+        }
     }
 
     /// ReceiveMessage requests waiting in a long poll now.
@@ -270,6 +346,9 @@ impl Sqs {
                 "MissingAuthenticationTokenException",
                 "Missing Authentication Token",
             ));
+        }
+        if let Some(f) = self.take_fault() {
+            return Err(f.error());
         }
         let op = target.strip_prefix(TARGET_PREFIX).unwrap_or_default();
         match op {
