@@ -1013,4 +1013,48 @@ mod emission {
         assert_eq!((counts.visible, counts.delayed), (0, 1), "{counts:?}");
         assert_eq!(sim.event_stats().delayed, 1);
     }
+
+    #[tokio::test]
+    async fn a_deletion_hook_emits_attendee_deleted_like_delete_attendee() {
+        let (sim, sqs, driver, url) = sim_with_events(EventsConfig::to_queue("events")).await;
+        let meeting = driver
+            .create_meeting("mtg", "us-east-1")
+            .await
+            .expect("meeting");
+        let people = ["ann", "bob", "cyd"].map(|n| (n.to_owned(), None));
+        driver
+            .add_attendees(&meeting, people)
+            .await
+            .expect("attendees");
+        drain(&sqs, &url, 4).await;
+        sim.delete_before_page(&meeting, 1, 1).expect("hook");
+        let region = Region::parse("eu-central-1").expect("a region");
+        let chime = roster_sync::chime::ChimeClient::new(
+            roster_sync::chime::simulator_sdk_config(&region),
+            roster_sync::chime::ClientOptions::for_endpoint(&sim.endpoint_url(), 1000.0, 1000),
+        )
+        .sdk_client(&region);
+        let first = chime
+            .list_attendees()
+            .meeting_id(meeting.as_str())
+            .max_results(1)
+            .send()
+            .await
+            .expect("page 0");
+        chime
+            .list_attendees()
+            .meeting_id(meeting.as_str())
+            .max_results(1)
+            .set_next_token(first.next_token)
+            .send()
+            .await
+            .expect("page 1");
+        let deleted = sim.hook_deletions(&meeting);
+        assert_eq!(deleted.len(), 1);
+        let events = drain(&sqs, &url, 1).await;
+        assert_eq!(events[0].event_type, EventType::AttendeeDeleted);
+        let who = events[0].attendee.as_ref().expect("an attendee event");
+        assert_eq!(who.attendee_id, deleted[0]);
+        assert!(who.external_user_id.is_some());
+    }
 }

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | CreateMeeting (a new meeting, not an idempotent repeat) | `MeetingStarted` |
 //! | CreateAttendee, BatchCreateAttendee (each new attendee) | `AttendeeAdded` |
-//! | DeleteAttendee | `AttendeeDeleted` |
+//! | DeleteAttendee (and a deletion hook between page requests) | `AttendeeDeleted` |
 //! | UpdateAttendeeCapabilities | `AttendeeCapabilitiesUpdated` (`success` "1") |
 //! | DeleteMeeting | `MeetingEnded` (the guide: "also sent when you call DeleteMeeting") |
 //! | presence controls (`sim/presence.rs`) | `AttendeeJoined`, `Left`, `Dropped`, `Authorized`, video and content events |

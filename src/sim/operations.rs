@@ -599,7 +599,41 @@ impl Shared {
         };
         let hook = h.armed.remove(i);
         let now = self.clock.now();
-        let gone = lock(&self.state).delete_served(meeting, cursor.position, hook.count, now);
+        let (gone, names, facts) = {
+            let mut state = lock(&self.state);
+            // The names of those it may delete, for their AttendeeDeleted events.
+            let names: HashMap<Uuid, String> = if self.events.is_on() {
+                state
+                    .list(meeting, None, usize::MAX)
+                    .map(|p| {
+                        p.attendees
+                            .into_iter()
+                            .map(|v| (v.id, v.external_user_id))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                HashMap::new()
+            };
+            let gone = state.delete_served(meeting, cursor.position, hook.count, now);
+            (gone, names, Facts::of(&state, meeting))
+        };
+        let at = self.clock.wall(now);
+        for id in &gone {
+            lock(&self.presence).removed(meeting, id, at);
+            if let Some(f) = &facts {
+                let name = names.get(id).map_or("", String::as_str);
+                self.emit(
+                    EventType::AttendeeDeleted,
+                    meeting,
+                    f,
+                    Some((*id, name)),
+                    None,
+                    None,
+                    at,
+                );
+            }
+        }
         h.deleted.extend(gone);
     }
 
