@@ -32,10 +32,14 @@ mod bucket;
 pub mod churn;
 pub mod control;
 mod cursor;
+pub mod events;
+mod events_endpoint;
 mod faults;
 mod faults_endpoint;
 mod operations;
+pub mod presence;
 mod process;
+pub mod sqs;
 mod state;
 mod wire;
 
@@ -111,6 +115,9 @@ pub struct SimConfig {
     /// `NotFoundException`, as the service does. Off by default: most tests use one region
     /// and sign for whichever they like.
     pub control_regions: bool,
+    /// Where the Chime side emits meeting lifecycle events (an SQS queue of this simulator),
+    /// and what goes wrong on the way; `None` (the default) emits nothing.
+    pub events: Option<events::EventsConfig>,
 }
 
 /// How `ListAttendees` pages follow each other. Nothing documents the real NextToken as a
@@ -139,6 +146,7 @@ impl Default for SimConfig {
             max_attendees: 250,
             paging: Paging::Keyset,
             control_regions: false,
+            events: None,
         }
     }
 }
@@ -154,6 +162,8 @@ pub enum ConfigError {
     FaultRate(f64),
     #[error("max_attendees must be at least 1")]
     MaxAttendees,
+    #[error("events: {0}")]
+    Events(#[from] events::EventsError),
 }
 
 fn check_rate(rate: f64, burst: u32) -> Result<(), ConfigError> {
@@ -176,6 +186,9 @@ impl SimConfig {
         }
         if self.max_attendees == 0 {
             return Err(ConfigError::MaxAttendees);
+        }
+        if let Some(e) = &self.events {
+            e.faults.validate()?;
         }
         Ok(())
     }
@@ -505,6 +518,12 @@ struct Shared {
     clock: Clock,
     /// With [`SimConfig::control_regions`]: the control region each meeting was created in.
     regions: Mutex<HashMap<Uuid, String>>,
+    /// The SQS side: queues served on the same listener, fed by the event emitter.
+    sqs: sqs::Sqs,
+    /// The lifecycle events the Chime side emits into `sqs`.
+    events: events::Emitter,
+    /// Who is connected, as the presence controls made it happen.
+    presence: Mutex<presence::Truth>,
 }
 
 impl Shared {
@@ -571,8 +590,15 @@ pub async fn start(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHan
         total: Counters::default(),
         clock: Clock::new(),
         regions: Mutex::new(HashMap::new()),
+        sqs: sqs::Sqs::new(endpoint_url(addr), cfg.seed),
+        events: events::Emitter::new(cfg.seed),
+        presence: Mutex::new(presence::Truth::default()),
         cfg,
     });
+    shared
+        .events
+        .configure(&shared.sqs, shared.cfg.events.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let app = axum::Router::new()
         .fallback(handle)
         .with_state(Arc::clone(&shared));
@@ -603,12 +629,119 @@ impl SimHandle {
     /// `http://IP:PORT` to give a client as its endpoint; an unspecified bind address
     /// (`0.0.0.0`, `::`) is replaced by loopback.
     pub fn endpoint_url(&self) -> String {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
+        endpoint_url(self.addr)
+    }
+
+    /// Creates SQS queue `name` (default attributes) unless it exists; answers its URL,
+    /// `http://<listen address>/<account>/<name>`.
+    ///
+    /// # Errors
+    /// A name SQS would refuse (1 to 80 letters, digits, `-` and `_`).
+    pub fn create_queue(&self, name: &str) -> Result<String, QueueNameError> {
+        self.shared
+            .sqs
+            .ensure(name)
+            .map_err(|_| QueueNameError(name.chars().take(90).collect()))
+    }
+
+    /// The URL of queue `name`, if it exists.
+    pub fn queue_url(&self, name: &str) -> Option<String> {
+        self.shared
+            .sqs
+            .exists(name)
+            .then(|| self.shared.sqs.url(name))
+    }
+
+    /// Puts `body` on queue `name` as SendMessage would, without a request: how a test
+    /// plants a message no Chime operation would send (a poison message).
+    ///
+    /// # Errors
+    /// The queue does not exist.
+    pub fn send_to_queue(&self, name: &str, body: &str) -> Result<(), NoSuchQueue> {
+        self.shared
+            .sqs
+            .send(name, body.to_owned(), None)
+            .map(|_| ())
+            .map_err(|_| NoSuchQueue(name.to_owned()))
+    }
+
+    /// Answers the next `times` SQS requests (every one when `None`) with `fault`, e.g.
+    /// `AccessDenied` for a queue policy that shuts the consumer out; `None` heals the queue.
+    pub fn fail_sqs(&self, fault: Option<sqs::SqsFault>, times: Option<u32>) {
+        self.shared.sqs.set_fault(fault.map(|f| (f, times)));
+    }
+
+    /// ReceiveMessage requests waiting in a long poll right now, on any queue.
+    pub fn waiting_receives(&self) -> usize {
+        self.shared.sqs.waiting()
+    }
+
+    /// Turns lifecycle event emission on (creating its queue) or off, live.
+    ///
+    /// # Errors
+    /// A fault out of range or an invalid queue name; nothing changes.
+    pub fn set_events(&self, cfg: Option<events::EventsConfig>) -> Result<(), events::EventsError> {
+        self.shared.events.configure(&self.shared.sqs, cfg)
+    }
+
+    /// Changes the event path's faults live (nothing when emission is off).
+    ///
+    /// # Errors
+    /// A value out of range; nothing changes.
+    pub fn set_event_faults(&self, faults: events::EventFaults) -> Result<(), events::EventsError> {
+        self.shared.events.set_faults(faults)
+    }
+
+    /// What the event emitter did so far.
+    pub fn event_stats(&self) -> events::EventStats {
+        self.shared.events.stats()
+    }
+
+    /// Plants a poison message on the events queue.
+    ///
+    /// # Errors
+    /// Emission is off or its queue was deleted.
+    pub fn inject_poison(&self, poison: &events::Poison) -> Result<(), events::PoisonError> {
+        self.shared.events.poison(&self.shared.sqs, poison)
+    }
+
+    /// Loses the next `count` events of `event_type` whatever the dice say (say, a meeting
+    /// that ends without `MeetingEnded`).
+    pub fn lose_next(&self, event_type: crate::lifecycle::EventType, count: u32) {
+        self.shared.events.lose_next(event_type, count);
+    }
+
+    /// Applies a presence control to a live attendee at `at` (now when `None`; never in the
+    /// future) and emits its events. `network_type` is for joins (default `Voip`).
+    ///
+    /// # Errors
+    /// An unknown or deleted meeting or attendee, a time in the future, or a control no
+    /// client could make now (joining twice, stopping video that is off, going back in time).
+    pub fn presence(
+        &self,
+        meeting: &MeetingId,
+        attendee: &AttendeeId,
+        action: presence::PresenceAction,
+        network_type: Option<&str>,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), PresenceControlError> {
+        let (Some(m), Some(a)) = (key(meeting.as_str()), key(attendee.as_str())) else {
+            return Err(PresenceControlError("ids must be GUIDs".into()));
         };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        self.shared
+            .presence_control(m, a, action, network_type, at)
+            .map_err(|e| PresenceControlError(e.to_string()))
+    }
+
+    /// The simulator's truth of who was connected to `meeting` and when; `None` when no
+    /// presence control ever touched it.
+    pub fn presence_truth(&self, meeting: &MeetingId) -> Option<presence::MeetingPresence> {
+        lock(&self.shared.presence).meeting(&key(meeting.as_str())?)
+    }
+
+    /// How many messages queue `name` holds, visible, in flight and delayed.
+    pub fn queue_counts(&self, name: &str) -> Option<sqs::QueueCounts> {
+        self.shared.sqs.counts(name)
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server task.
@@ -725,6 +858,32 @@ impl SimHandle {
             deleted_at: t.deleted.map(|s| c.wall(s)),
         })
     }
+}
+
+/// A presence control the simulator refused, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("presence control refused: {0}")]
+pub struct PresenceControlError(pub String);
+
+/// A queue name SQS would refuse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a valid queue name: 1 to 80 letters, digits, '-' and '_'")]
+pub struct QueueNameError(pub String);
+
+/// A queue that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("the simulator has no queue named {0:?}")]
+pub struct NoSuchQueue(pub String);
+
+/// `http://IP:PORT` for a bound address; an unspecified address (`0.0.0.0`, `::`) is
+/// replaced by loopback.
+fn endpoint_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Our ids are validated GUIDs already; this only changes their representation.

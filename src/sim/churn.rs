@@ -1,5 +1,8 @@
 //! The churn driver: joins, deletions and capability changes made through the control-plane
-//! client ([`Driver`]) at a steady rate, so the daemon has something to notice. `demo` and
+//! client ([`Driver`]) at a steady rate, so the daemon has something to notice. Beside it,
+//! [`presence_churn`] makes the fleet's attendees connect, drop, reconnect, hand off, share
+//! video and content and leave (without being deleted), through the simulator's presence
+//! controls, for a daemon that consumes meeting events. `demo` and
 //! `roster-bench` both use it; each change is reported with the instant the service
 //! acknowledged it, which is where the benchmark's detection latency starts.
 //!
@@ -17,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{Created, Driver};
 use crate::deadline::Later as _;
+use super::presence::PresenceAction;
 use crate::domain::{AttendeeId, Capabilities, Capability, EventKind, MeetingId};
 
 /// The capabilities a capability change switches to and from the default.
@@ -74,6 +78,21 @@ impl Fleet {
     }
 
     /// The ids of the meetings still in the fleet, in the order they were added.
+    /// Every meeting with the attendees the driver has put in it.
+    pub fn people(&self) -> Vec<(MeetingId, Vec<AttendeeId>)> {
+        self.meetings
+            .iter()
+            .map(|m| {
+                let ids = m
+                    .attendees
+                    .iter()
+                    .filter_map(|a| attendee_id(*a).ok())
+                    .collect();
+                (m.id.clone(), ids)
+            })
+            .collect()
+    }
+
     pub fn ids(&self) -> impl Iterator<Item = &MeetingId> {
         self.meetings.iter().map(|m| &m.id)
     }
@@ -272,6 +291,180 @@ pub async fn churn(
     }
 }
 
+/// What a presence churn run does.
+#[derive(Debug, Clone)]
+pub struct PresenceChurnPlan {
+    /// Presence changes per second over all meetings; 0 makes none.
+    pub per_second: f64,
+    /// How long changes are made.
+    pub duration: Duration,
+    /// Of the changes to a connected attendee, the share that disconnects them (a leave or,
+    /// one time in three, a drop); the rest are hand-offs, video and content changes.
+    pub disconnect_share: f64,
+}
+
+impl Default for PresenceChurnPlan {
+    fn default() -> Self {
+        Self {
+            per_second: 1.0,
+            duration: Duration::from_secs(60),
+            disconnect_share: 0.25,
+        }
+    }
+}
+
+/// A presence change the simulator acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceMade {
+    pub meeting: MeetingId,
+    pub attendee: AttendeeId,
+    pub action: PresenceAction,
+    /// When the driver's answer arrived: the simulator had applied it and emitted its events.
+    pub at: Instant,
+}
+
+/// What the churn believes one attendee is doing (the simulator's truth is the authority).
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    connected: bool,
+    video: bool,
+    content: bool,
+    content_video: bool,
+    /// DeleteAttendee (the roster churn) made the controls fail: leave the attendee alone.
+    gone: bool,
+}
+
+/// The next action for an attendee in state `s`, from two random numbers in 0..1.
+fn next_action(s: Seen, disconnect_share: f64, r: f64, r2: f64) -> PresenceAction {
+    if !s.connected {
+        return PresenceAction::Join;
+    }
+    if r < disconnect_share {
+        return if r2 < 1.0 / 3.0 {
+            PresenceAction::Drop
+        } else {
+            PresenceAction::Leave
+        };
+    }
+    let rest = (r - disconnect_share) / (1.0 - disconnect_share).max(f64::EPSILON);
+    match rest {
+        x if x < 0.1 => PresenceAction::Handoff,
+        x if x < 0.55 => {
+            if s.video {
+                PresenceAction::VideoStop
+            } else {
+                PresenceAction::VideoStart
+            }
+        }
+        x if x < 0.85 => match (s.content, r2) {
+            (false, _) => PresenceAction::ContentJoin,
+            (true, y) if y < 0.2 => PresenceAction::ContentDrop,
+            (true, _) => PresenceAction::ContentLeave,
+        },
+        _ => match (s.content, s.content_video) {
+            (true, false) => PresenceAction::ContentVideoStart,
+            (true, true) => PresenceAction::ContentVideoStop,
+            (false, _) => PresenceAction::Handoff,
+        },
+    }
+}
+
+fn after(mut s: Seen, action: PresenceAction) -> Seen {
+    use PresenceAction as P;
+    match action {
+        P::Join => s.connected = true,
+        P::Leave | P::Drop => s = Seen::default(),
+        P::Handoff => {}
+        P::VideoStart => s.video = true,
+        P::VideoStop => s.video = false,
+        P::ContentJoin => s.content = true,
+        P::ContentLeave | P::ContentDrop => {
+            s.content = false;
+            s.content_video = false;
+        }
+        P::ContentVideoStart => s.content_video = true,
+        P::ContentVideoStop => s.content_video = false,
+    }
+    s
+}
+
+/// Makes `plan.per_second` presence changes a second on random attendees of `people` (see
+/// [`Fleet::people`]) until `plan.duration` has passed or `cancel` fires, calling `on_made`
+/// with each. A disconnected attendee joins; a connected one leaves or drops (and may come
+/// back later: a reconnect), hands off, or starts or stops video, content or content video.
+/// Nobody is ever deleted here; an attendee the roster churn deleted is skipped from its
+/// first refusal on. `driver` must have the simulator's endpoint ([`Driver::with_endpoint`]).
+pub async fn presence_churn(
+    driver: &Driver,
+    people: &[(MeetingId, Vec<AttendeeId>)],
+    plan: &PresenceChurnPlan,
+    cancel: &CancellationToken,
+    mut on_made: impl FnMut(PresenceMade),
+) -> Churned {
+    let mut churned = Churned::default();
+    let stop = Instant::now() + plan.duration;
+    let everyone: Vec<(usize, usize)> = people
+        .iter()
+        .enumerate()
+        .flat_map(|(m, (_, a))| (0..a.len()).map(move |i| (m, i)))
+        .collect();
+    if plan.per_second.is_nan() || plan.per_second <= 0.0 || everyone.is_empty() {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep_until(stop) => {}
+        }
+        return churned;
+    }
+    let mut seen = vec![Seen::default(); everyone.len()];
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.per_second));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return churned,
+            _ = ticker.tick() => {}
+        }
+        if Instant::now() >= stop {
+            return churned;
+        }
+        let (k, r, r2) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(0..everyone.len()),
+                rng.random::<f64>(),
+                rng.random::<f64>(),
+            )
+        };
+        if seen[k].gone {
+            continue;
+        }
+        let (m, i) = everyone[k];
+        let (meeting, attendees) = &people[m];
+        let attendee = &attendees[i];
+        let action = next_action(seen[k], plan.disconnect_share, r, r2);
+        let network_type = (action == PresenceAction::Join && r2 < 0.1).then_some("Pstn");
+        match driver
+            .presence(meeting, attendee, action, network_type)
+            .await
+        {
+            Ok(()) => {
+                seen[k] = after(seen[k], action);
+                churned.made += 1;
+                on_made(PresenceMade {
+                    meeting: meeting.clone(),
+                    attendee: attendee.clone(),
+                    action,
+                    at: Instant::now(),
+                });
+            }
+            Err(e) => {
+                seen[k].gone = true;
+                churned.failed += 1;
+                tracing::debug!(error = %format!("{e:#}"), "a presence change was refused");
+            }
+        }
+    }
+}
+
 /// Makes one change that the daemon records as `kind` in the fleet's `m`-th meeting: a join
 /// of an attendee named `name`, or the deletion or capability change of the attendee at
 /// `index` (modulo the meeting's size). In a meeting with nobody in it, the change is a join.
@@ -366,6 +559,30 @@ fn attendee_id(g: u128) -> anyhow::Result<AttendeeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_presence_churn_only_picks_actions_a_client_could_make() {
+        let mut rng = rand::rng();
+        let mut s = Seen::default();
+        let mut truth = crate::sim::presence::Truth::default();
+        let (m, a) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let mut seen_actions = std::collections::HashSet::new();
+        for i in 0..5000 {
+            let action = next_action(s, 0.25, rng.random(), rng.random());
+            let at = t0 + chrono::Duration::seconds(i);
+            truth
+                .apply(m, a, "x", action, None, at)
+                .unwrap_or_else(|e| panic!("{action:?} from {s:?}: {e}"));
+            s = after(s, action);
+            seen_actions.insert(action);
+        }
+        assert_eq!(
+            seen_actions.len(),
+            PresenceAction::ALL.len(),
+            "every action happens"
+        );
+    }
 
     #[test]
     fn a_skew_parses_from_its_name() {
