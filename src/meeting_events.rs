@@ -455,11 +455,20 @@ impl Intake {
         let age = (now - event.time).to_std().unwrap_or_default();
         metrics::histogram!("roster_sync_meeting_events_age_seconds").record(age.as_secs_f64());
         match self.commit(&event, now).await {
-            Ok(outcome) => Handled {
-                event_type,
-                outcome,
-                delete: true,
-            },
+            Ok(outcome) => {
+                tracing::debug!(
+                    event_id = %event.id,
+                    meeting_id = %event.meeting_id,
+                    event_type,
+                    outcome,
+                    "meeting event"
+                );
+                Handled {
+                    event_type,
+                    outcome,
+                    delete: true,
+                }
+            }
             Err(e) => {
                 tracing::warn!(
                     event_id = %event.id,

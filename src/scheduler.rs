@@ -28,7 +28,7 @@ mod meetings;
 mod poll;
 mod queue;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,8 +147,8 @@ pub enum Hint {
     /// The meeting's roster may have changed: poll it now (a meeting this scheduler does not
     /// poll is ignored).
     Poll(MeetingId),
-    /// The meeting was just tracked: re-read the meeting list now, so its first poll starts
-    /// without waiting for the periodic refresh.
+    /// The meeting was just tracked: re-read the meeting list now and poll it at once,
+    /// without waiting for the periodic refresh or its spread first poll.
     Tracked(MeetingId),
 }
 
@@ -244,8 +244,11 @@ pub struct Scheduler<S: RosterSource> {
     wake: Arc<Notify>,
     /// Hints from meeting events; `None` once closed or when there is no intake.
     hints: Option<mpsc::Receiver<Hint>>,
-    /// Hinted meetings whose poll was in flight: hinted again once it ends.
-    rehint: HashSet<MeetingId>,
+    /// Hints not taken yet, with the number of list reads when they came: the meeting's poll
+    /// was in flight (hinted again once it ends), or the meeting was not in the list (hinted
+    /// after the next read, if it is there then; dropped otherwise, as a meeting this
+    /// scheduler does not poll).
+    rehint: HashMap<MeetingId, u64>,
 }
 
 impl<S: RosterSource> Scheduler<S> {
@@ -278,7 +281,7 @@ impl<S: RosterSource> Scheduler<S> {
             fences: HashMap::new(),
             wake: Arc::new(Notify::new()),
             hints: None,
-            rehint: HashSet::new(),
+            rehint: HashMap::new(),
         }
         .with_hint_deadline()
     }
@@ -299,16 +302,26 @@ impl<S: RosterSource> Scheduler<S> {
 
     /// Takes one hint: its meeting goes to the hinted queue, or waits for its poll in flight.
     fn take_hint(&mut self, hint: Hint, now: Instant) {
+        tracing::debug!(?hint, "hint");
         match hint {
-            Hint::Tracked(_) => self.refreshed_at = None,
-            Hint::Poll(id) => {
-                if let Some(slot) = self.queue.slot_of(&id)
-                    && !self.queue.hint(slot, now)
-                    && self.queue.get(slot).is_some_and(|m| m.in_flight)
-                {
-                    self.rehint.insert(id);
-                }
+            Hint::Tracked(id) => {
+                // Re-read the list now, then poll it at once (a new meeting's first poll would
+                // otherwise be spread over the first interval).
+                self.refreshed_at = None;
+                self.rehint.insert(id, self.refreshes);
             }
+            Hint::Poll(id) => match self.queue.slot_of(&id) {
+                Some(slot) => {
+                    if !self.queue.hint(slot, now)
+                        && self.queue.get(slot).is_some_and(|m| m.in_flight)
+                    {
+                        self.rehint.insert(id, self.refreshes);
+                    }
+                }
+                None => {
+                    self.rehint.entry(id).or_insert(self.refreshes);
+                }
+            },
         }
     }
 
@@ -317,8 +330,16 @@ impl<S: RosterSource> Scheduler<S> {
         if self.rehint.is_empty() {
             return;
         }
-        let ids: Vec<MeetingId> = self.rehint.drain().collect();
-        for id in ids {
+        let refreshes = self.refreshes;
+        let waiting: Vec<(MeetingId, u64)> = self.rehint.drain().collect();
+        for (id, seen) in waiting {
+            if self.queue.slot_of(&id).is_none() {
+                // Not in the list read since the hint came: not ours to poll.
+                if seen == refreshes {
+                    self.rehint.insert(id, seen);
+                }
+                continue;
+            }
             self.take_hint(Hint::Poll(id), now);
         }
     }
