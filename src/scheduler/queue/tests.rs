@@ -277,8 +277,10 @@ async fn a_hinted_meeting_goes_after_deadline_urgent_ones_and_before_other_due_o
 #[tokio::test(start_paused = true)]
 async fn uniform_hinted_meetings_go_before_polled_ones_until_one_reaches_its_deadline() {
     let s = Duration::from_secs;
-    let mut q = Queue::default();
-    q.hint_deadline = Some(s(108));
+    let mut q = Queue {
+        hint_deadline: Some(s(108)),
+        ..Queue::default()
+    };
     let now = Instant::now();
     for i in 0..3 {
         q.insert(id(i), region(), now, now, 1);
