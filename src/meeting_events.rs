@@ -59,6 +59,14 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// The longest wait between two `ReceiveMessage` attempts while the queue fails.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
+/// Messages received since the process started, for benchmarks that do not scrape.
+static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Messages the intake has received in this process so far (duplicates included).
+pub fn received_total() -> u64 {
+    RECEIVED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Hints waiting for the scheduler, at most; the intake waits when it is full.
 const HINT_QUEUE: usize = 1024;
 
@@ -371,6 +379,7 @@ impl Intake {
             return Tick::Idle;
         }
         let received = messages.len();
+        RECEIVED.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
         let mut delete = Vec::new();
         for m in &messages {
             let handled = self.handle(m.body().unwrap_or_default()).await;

@@ -152,6 +152,15 @@ pub enum Hint {
     Tracked(MeetingId),
 }
 
+/// Polls launched by hints since the process started (also the metric
+/// `roster_sync_meeting_events_hint_polls_total`), for benchmarks that do not scrape.
+static HINT_POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Polls launched by hints in this process so far.
+pub fn hint_polls_total() -> u64 {
+    HINT_POLLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Waits for the next hint; never, without a receiver.
 async fn next_hint(hints: &mut Option<mpsc::Receiver<Hint>>) -> Option<Hint> {
     match hints {
@@ -600,6 +609,7 @@ impl<S: RosterSource> Scheduler<S> {
         if due.hinted > 0 {
             metrics::counter!("roster_sync_meeting_events_hint_polls_total")
                 .increment(u64::from(due.hinted));
+            HINT_POLLS.fetch_add(u64::from(due.hinted), std::sync::atomic::Ordering::Relaxed);
         }
         for (slot, claim) in due.launch {
             self.launch(slot, claim);

@@ -44,6 +44,7 @@
 //! and [`scratch`] (the run's own database).
 
 mod capacity;
+mod events;
 mod floor;
 mod gaps;
 mod latency;
@@ -154,6 +155,21 @@ pub struct BenchArgs {
     /// n-th meeting gets changes in proportion to 1 / n^S; same total rate).
     #[arg(long, default_value = "uniform")]
     pub churn_skew: Skew,
+    /// The simulator emits a Chime meeting lifecycle event for every change into an SQS
+    /// queue of its own, and the daemon reads it (`[meeting_events]`): hints poll the changed
+    /// meeting now. The report adds hint polls and events received.
+    #[arg(long)]
+    pub meeting_events: bool,
+    /// With `--meeting-events`: probability (0.0..=1.0) that an event is lost.
+    #[arg(long, default_value_t = 0.0, requires = "meeting_events")]
+    pub event_loss: f64,
+    /// With `--meeting-events`: probability (0.0..=1.0) that an event is delivered twice.
+    #[arg(long, default_value_t = 0.0, requires = "meeting_events")]
+    pub event_dup: f64,
+    /// With `--meeting-events`: each event is held back a random delay up to this (events
+    /// overtake each other).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "meeting_events")]
+    pub event_delay: Duration,
 }
 
 /// The secret of the benchmark's webhook sink (the example from the Standard Webhooks
@@ -383,6 +399,20 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(n) = args.replicas {
         replicas::validate(args, n)?;
     }
+    if args.meeting_events && args.replicas.is_some() {
+        bail!("--meeting-events runs with the in-process daemon, not with --replicas");
+    }
+    for (flag, p) in [
+        ("--event-loss", args.event_loss),
+        ("--event-dup", args.event_dup),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{flag} must be within 0.0..=1.0");
+        }
+    }
+    if args.event_delay > roster_sync::sim::events::MAX_EVENT_DELAY {
+        bail!("--event-delay must be at most 15m");
+    }
     Ok(())
 }
 
@@ -440,6 +470,25 @@ mod tests {
         assert_eq!(s.poll.max_interval, Duration::from_secs(90));
         assert_eq!(args.churn_skew, Skew::Zipf(1.0));
         assert!(BenchArgs::try_parse_from(["roster-bench", "--strategy", "busiest"]).is_err());
+    }
+
+    #[test]
+    fn event_faults_need_meeting_events_and_are_bounded() {
+        assert!(BenchArgs::try_parse_from(["roster-bench", "--event-loss", "0.2"]).is_err());
+        let args = BenchArgs::parse_from([
+            "roster-bench",
+            "--meeting-events",
+            "--event-loss",
+            "0.2",
+            "--event-dup",
+            "0.1",
+            "--event-delay",
+            "5s",
+        ]);
+        assert!(validate(&args).is_ok());
+        assert_eq!(args.event_delay, Duration::from_secs(5));
+        let args = BenchArgs::parse_from(["roster-bench", "--meeting-events", "--event-dup", "2"]);
+        assert!(validate(&args).is_err());
     }
 
     #[test]
