@@ -467,3 +467,35 @@ both_backends!(
     discovery_tracks_a_matching_meeting_and_ignores_others,
     a_stopped_meeting_is_never_revived_by_discovery,
 );
+
+/// Cluster mode's hint path: a hint written by any replica (`hinted_at` + `NOTIFY`) reaches
+/// every replica listening, once committed; the holder of the lease polls it.
+#[tokio::test]
+async fn a_hint_through_the_database_reaches_a_listening_replica() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let id = MeetingId::parse("12345678-1234-4234-8234-123456789abc").unwrap();
+    db.store
+        .add_meeting(&id, &region(), None, domain::now(), false)
+        .await
+        .unwrap();
+    let mut wakeups = db
+        .store
+        .hint_wakeups()
+        .await
+        .unwrap()
+        .expect("a LISTEN on Postgres");
+    let other_replica = roster_sync::store::Store::connect(&db.url, 1)
+        .await
+        .unwrap();
+    other_replica.hint_meeting(&id, Utc::now()).await.unwrap();
+    let heard = tokio::time::timeout(LIMIT, wakeups.next())
+        .await
+        .expect("the hint arrives")
+        .unwrap();
+    assert_eq!(heard, id);
+    other_replica.close().await;
+    drop(wakeups);
+    db.finish().await;
+}
