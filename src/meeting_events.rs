@@ -67,6 +67,9 @@ pub fn received_total() -> u64 {
     RECEIVED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The pause after an empty answer to a short poll (`meeting_events.wait` under 1 s).
+const IDLE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Hints waiting for the scheduler, at most; the intake waits when it is full.
 const HINT_QUEUE: usize = 1024;
 
@@ -320,11 +323,16 @@ impl Intake {
                 () = cancel.cancelled() => return,
                 tick = self.tick() => tick,
             };
-            if let Tick::Failed { retry_in, .. } = tick {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(retry_in) => {}
-                }
+            let pause = match tick {
+                Tick::Failed { retry_in, .. } => retry_in,
+                // Without a long poll (`wait` under a second) an empty queue answers at once:
+                // ask again a second later rather than in a tight loop.
+                Tick::Idle if self.settings.wait < Duration::from_secs(1) => IDLE_PAUSE,
+                _ => continue,
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
