@@ -16,6 +16,7 @@ pub mod domain;
 pub mod events;
 pub mod fault;
 pub mod forget;
+pub mod glob;
 pub mod health;
 pub mod http;
 pub mod lifecycle;

@@ -645,10 +645,7 @@ impl Intake {
 
 /// Whether `text` matches one of `patterns` (`*`, `?`); no pattern matches everything.
 pub fn matches_any(patterns: &[String], text: &str) -> bool {
-    patterns.is_empty()
-        || patterns
-            .iter()
-            .any(|p| crate::events::glob_matches(p, text))
+    patterns.is_empty() || patterns.iter().any(|p| crate::glob::glob_matches(p, text))
 }
 
 /// The `reason` label of a failed `ReceiveMessage`.
