@@ -8,7 +8,8 @@
 //! cluster replica with `cluster.enabled`, so the two kinds refuse each other; not at all when
 //! [`DaemonOptions::single_writer`] is off), apply or wait for the migrations, add the
 //! configured `[[meetings]]`, arm the test-only fault hook ([`crate::fault`]), start the webhook
-//! sinks and the retention task ([`crate::retention`], when `retention.events` is set), join
+//! sinks and the retention task ([`crate::retention`], when `retention.events` is set) and the
+//! meeting-events intake ([`crate::meeting_events`], when `meeting_events.queue_url` is set), join
 //! the cluster of replicas ([`crate::cluster`]), assemble the scheduler, and run it until the
 //! token fires. The writer lock's permit ([`crate::permit`]) pauses polling, delivery and
 //! retention while the lock is lost, and `/readyz` says so. What the daemon can do is recorded
@@ -122,6 +123,7 @@ impl Daemon {
         arm_fault_hook()?;
         let background = start_background_tasks(settings, &store, &cancel).await?;
         let cluster = join_cluster(settings, &store, &client).await?;
+        let hints = start_meeting_events(settings, &store, &client, &cancel, &background).await?;
         let scheduler = assemble_scheduler(
             settings,
             &store,
@@ -131,6 +133,10 @@ impl Daemon {
             options.events,
             options.poll_observer,
         );
+        let scheduler = match hints {
+            Some(hints) => scheduler.with_hints(hints),
+            None => scheduler,
+        };
         announce(settings, &store).await;
         let http_addr = http.as_ref().map(|(addr, _)| *addr);
         let task = tokio::spawn(run_until_stopped(Running {
@@ -357,6 +363,26 @@ fn assemble_scheduler(
         scheduler = scheduler.with_poll_observer(move |r: &PollReport<'_>| observer(r));
     }
     scheduler
+}
+
+/// The meeting-events intake (`[meeting_events]`), on the background tracker so it stops with
+/// the sinks: the hints it sends the scheduler, or `None` without a queue.
+async fn start_meeting_events(
+    settings: &Settings,
+    store: &Store,
+    client: &Arc<ChimeClient>,
+    cancel: &CancellationToken,
+    background: &TaskTracker,
+) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<crate::scheduler::Hint>>> {
+    crate::meeting_events::spawn(
+        settings,
+        store.clone(),
+        Arc::clone(client),
+        cancel.clone(),
+        background,
+    )
+    .await
+    .context("starting the meeting-events intake ([meeting_events])")
 }
 
 /// The startup line (version, database, regions, rate) and the interval gauge.

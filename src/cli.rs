@@ -345,6 +345,10 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
             // Cluster mode: the replica holding each meeting's lease (none on SQLite).
             let owners = store.meeting_owners().await?;
             let owner_of = |m: &MeetingId| owners.get(m).map(|o| o.to_string());
+            // Who started tracking it: `meeting_events` (discovery), else an operator or the
+            // configuration.
+            let sources = store.meeting_sources().await?;
+            let added_by = |m: &MeetingId| sources.get(m).map_or("operator", String::as_str);
             let mut out = std::io::stdout().lock();
             match format {
                 ListFormat::Json => {
@@ -353,6 +357,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                         let mut row = serde_json::to_value(m)?;
                         if let Some(fields) = row.as_object_mut() {
                             fields.insert("owner".into(), owner_of(&m.meeting_id).into());
+                            fields.insert("added_by".into(), added_by(&m.meeting_id).into());
                         }
                         rows.push(row);
                     }
@@ -381,6 +386,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                                 m.consecutive_failures.to_string(),
                                 m.label.unwrap_or_else(|| "-".into()),
                                 owner,
+                                added_by(&m.meeting_id).to_owned(),
                                 error,
                             ]
                         })
@@ -393,6 +399,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                         "FAILURES",
                         "LABEL",
                         "OWNER",
+                        "ADDED BY",
                         "LAST ERROR",
                     ]
                     .map(|h| (h, Align::Left));

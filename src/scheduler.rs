@@ -12,6 +12,10 @@
 //! - [`gauges`]: what the loop publishes about itself;
 //! - [`meetings`]: re-reading the meeting list (and, in cluster mode, the leases).
 //!
+//! Hints ([`Hint`], from `crate::meeting_events` through [`Scheduler::with_hints`]) make a
+//! meeting due now; the queue ranks them (see [`queue`]). A hint never changes what a poll
+//! records.
+//!
 //! The "who is due" decision lives only in [`queue::Queue::take_due`], called from
 //! [`Scheduler::tick`]. A failing meeting backs off on its own (at least as long as any
 //! Retry-After) and never delays the others. The loop never writes to the store itself except
@@ -29,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +143,34 @@ impl PollReport<'_> {
 
 type PollObserver = Box<dyn Fn(&PollReport<'_>) + Send + Sync>;
 
+/// What a meeting event tells the scheduler (see [`Scheduler::with_hints`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// The meeting's roster may have changed: poll it now (a meeting this scheduler does not
+    /// poll is ignored).
+    Poll(MeetingId),
+    /// The meeting was just tracked: re-read the meeting list now and poll it at once,
+    /// without waiting for the periodic refresh or its spread first poll.
+    Tracked(MeetingId),
+}
+
+/// Polls launched by hints since the process started (also the metric
+/// `roster_sync_meeting_events_hint_polls_total`), for benchmarks that do not scrape.
+static HINT_POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Polls launched by hints in this process so far.
+pub fn hint_polls_total() -> u64 {
+    HINT_POLLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits for the next hint; never, without a receiver.
+async fn next_hint(hints: &mut Option<mpsc::Receiver<Hint>>) -> Option<Hint> {
+    match hints {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Counts, logs and sends to the sink (if any) the events of one poll.
 fn publish(
     sink: Option<&broadcast::Sender<StoredEvent>>,
@@ -225,6 +257,13 @@ pub struct Scheduler<S: RosterSource> {
     /// launched; polls in flight then finish, fenced by `poll_seq` like any poll that races
     /// another writer.
     permit: WriterPermit,
+    /// Hints from meeting events; `None` once closed or when there is no intake.
+    hints: Option<mpsc::Receiver<Hint>>,
+    /// Hints not taken yet, with the number of list reads when they came: the meeting's poll
+    /// was in flight (hinted again once it ends), or the meeting was not in the list (hinted
+    /// after the next read, if it is there then; dropped otherwise, as a meeting this
+    /// scheduler does not poll).
+    rehint: HashMap<MeetingId, u64>,
 }
 
 impl<S: RosterSource> Scheduler<S> {
@@ -258,6 +297,67 @@ impl<S: RosterSource> Scheduler<S> {
             fences: HashMap::new(),
             wake: Arc::new(Notify::new()),
             permit,
+            hints: None,
+            rehint: HashMap::new(),
+        }
+        .with_hint_deadline()
+    }
+
+    /// Hinted meetings never go ahead of one waiting since its deadline.
+    fn with_hint_deadline(mut self) -> Self {
+        self.queue.hint_deadline =
+            Some(cadence::Bounds::new(self.opts.interval, self.opts.max_interval).longest);
+        self
+    }
+
+    /// Meeting events: each [`Hint`] received makes its meeting due now (coalescing is the
+    /// sender's job), ranked after meetings at their `poll.max_interval` deadline.
+    pub fn with_hints(mut self, rx: mpsc::Receiver<Hint>) -> Self {
+        self.hints = Some(rx);
+        self
+    }
+
+    /// Takes one hint: its meeting goes to the hinted queue, or waits for its poll in flight.
+    fn take_hint(&mut self, hint: Hint, now: Instant) {
+        tracing::debug!(?hint, "hint");
+        match hint {
+            Hint::Tracked(id) => {
+                // Re-read the list now, then poll it at once (a new meeting's first poll would
+                // otherwise be spread over the first interval).
+                self.refreshed_at = None;
+                self.rehint.insert(id, self.refreshes);
+            }
+            Hint::Poll(id) => match self.queue.slot_of(&id) {
+                Some(slot) => {
+                    if !self.queue.hint(slot, now)
+                        && self.queue.get(slot).is_some_and(|m| m.in_flight)
+                    {
+                        self.rehint.insert(id, self.refreshes);
+                    }
+                }
+                None => {
+                    self.rehint.entry(id).or_insert(self.refreshes);
+                }
+            },
+        }
+    }
+
+    /// Hints whose meeting's poll was in flight, once it has ended.
+    fn take_rehints(&mut self, now: Instant) {
+        if self.rehint.is_empty() {
+            return;
+        }
+        let refreshes = self.refreshes;
+        let waiting: Vec<(MeetingId, u64)> = self.rehint.drain().collect();
+        for (id, seen) in waiting {
+            if self.queue.slot_of(&id).is_none() {
+                // Not in the list read since the hint came: not ours to poll.
+                if seen == refreshes {
+                    self.rehint.insert(id, seen);
+                }
+                continue;
+            }
+            self.take_hint(Hint::Poll(id), now);
         }
     }
 
@@ -308,6 +408,16 @@ impl<S: RosterSource> Scheduler<S> {
                     self.joined(joined);
                 }
                 () = wake.notified() => {}
+                hint = next_hint(&mut self.hints) => match hint {
+                    Some(hint) => {
+                        let now = Instant::now();
+                        self.take_hint(hint, now);
+                        while let Some(Ok(more)) = self.hints.as_mut().map(mpsc::Receiver::try_recv) {
+                            self.take_hint(more, now);
+                        }
+                    }
+                    None => self.hints = None,
+                },
                 () = tokio::time::sleep_until(until) => {}
             }
             // A tick only reads the meeting list and writes unchanged polls' bookkeeping, which
@@ -399,6 +509,7 @@ impl<S: RosterSource> Scheduler<S> {
             return;
         }
         self.queue.promote(now);
+        self.take_rehints(now);
         if self.launch_due(now) {
             // A due meeting still has bookkeeping in the batch: write it, then poll.
             self.flush_bookkeeping().await;
@@ -508,6 +619,11 @@ impl<S: RosterSource> Scheduler<S> {
         let due = self.queue.take_due(now, capacity, self.opts.interval, |r| {
             source.current_rate(r)
         });
+        if due.hinted > 0 {
+            metrics::counter!("roster_sync_meeting_events_hint_polls_total")
+                .increment(u64::from(due.hinted));
+            HINT_POLLS.fetch_add(u64::from(due.hinted), std::sync::atomic::Ordering::Relaxed);
+        }
         for (slot, claim) in due.launch {
             self.launch(slot, claim);
         }

@@ -234,3 +234,72 @@ fn bad_webhook_entries_are_refused_naming_the_key() {
         assert!(!err.contains("MfKQ9r8"), "{err}");
     }
 }
+
+#[test]
+fn meeting_events_are_off_by_default_and_every_bad_value_names_its_key() {
+    let s = Settings::defaults().unwrap();
+    assert!(!s.meeting_events.enabled());
+    assert_eq!(s.meeting_events.wait, Duration::from_secs(20));
+    assert_eq!(s.meeting_events.coalesce, Duration::from_secs(1));
+    type Change = Box<dyn Fn(&mut MeetingEventsSettings)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "meeting_events.queue_url",
+            Box::new(|m| m.queue_url = "sqs://q".into()),
+        ),
+        (
+            "meeting_events.region",
+            Box::new(|m| m.region = "US EAST".into()),
+        ),
+        (
+            "meeting_events.endpoint_url",
+            Box::new(|m| m.endpoint_url = "localhost:4566".into()),
+        ),
+        (
+            "meeting_events.wait",
+            Box::new(|m| m.wait = Duration::from_secs(21)),
+        ),
+        ("meeting_events.batch", Box::new(|m| m.batch = 0)),
+        ("meeting_events.batch", Box::new(|m| m.batch = 11)),
+        (
+            "meeting_events.visibility_timeout",
+            Box::new(|m| m.visibility_timeout = Duration::ZERO),
+        ),
+        (
+            "meeting_events.visibility_timeout",
+            Box::new(|m| m.visibility_timeout = Duration::from_secs(13 * 3600)),
+        ),
+        (
+            "meeting_events.coalesce",
+            Box::new(|m| m.coalesce = Duration::from_secs(61)),
+        ),
+        (
+            "meeting_events.track_external_meeting_ids",
+            Box::new(|m| m.track_external_meeting_ids = vec![String::new()]),
+        ),
+        (
+            "meeting_events.label",
+            Box::new(|m| m.label = "x".repeat(201)),
+        ),
+    ];
+    for (key, change) in cases {
+        let mut s = Settings::defaults().unwrap();
+        change(&mut s.meeting_events);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn the_queue_region_comes_from_the_key_then_the_url_then_chime_region() {
+    let mut m = Settings::defaults().unwrap().meeting_events;
+    let default = Region::parse("eu-central-1").unwrap();
+    m.queue_url = "https://sqs.us-west-2.amazonaws.com/123456789012/q".into();
+    assert_eq!(m.queue_region(&default).as_str(), "us-west-2");
+    m.queue_url = "https://vpce-0a1b.sqs.ap-southeast-1.vpce.amazonaws.com/123456789012/q".into();
+    assert_eq!(m.queue_region(&default).as_str(), "ap-southeast-1");
+    m.queue_url = "http://127.0.0.1:4566/123456789012/q".into();
+    assert_eq!(m.queue_region(&default).as_str(), "eu-central-1");
+    m.region = "us-east-1".into();
+    assert_eq!(m.queue_region(&default).as_str(), "us-east-1");
+}

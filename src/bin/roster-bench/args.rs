@@ -29,6 +29,21 @@ pub struct BenchArgs {
     /// take 1, 2 and 3 pages. The churn still adds to meetings below `--attendees`.
     #[arg(long)]
     pub mixed_sizes: bool,
+    /// The simulator emits a Chime meeting lifecycle event for every change into an SQS
+    /// queue of its own, and the daemon reads it (`[meeting_events]`): hints poll the changed
+    /// meeting now. The report adds hint polls and events received.
+    #[arg(long)]
+    pub meeting_events: bool,
+    /// With `--meeting-events`: probability (0.0..=1.0) that an event is lost.
+    #[arg(long, default_value_t = 0.0, requires = "meeting_events")]
+    pub event_loss: f64,
+    /// With `--meeting-events`: probability (0.0..=1.0) that an event is delivered twice.
+    #[arg(long, default_value_t = 0.0, requires = "meeting_events")]
+    pub event_dup: f64,
+    /// With `--meeting-events`: each event is held back a random delay up to this (events
+    /// overtake each other).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "meeting_events")]
+    pub event_delay: Duration,
     /// Changes per second over all meetings during the churn phase: joins and deletions
     /// (2/3) and capability changes (1/3).
     #[arg(long, default_value_t = 1.0)]

@@ -119,6 +119,9 @@ pub struct Report {
     pub max_poll_gap_s: f64,
     /// Requests per second of polling.
     pub requests_per_s: f64,
+    /// `--meeting-events`: what the event path did (hint polls, events received).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub meeting_events: Option<crate::events::EventsReport>,
 }
 
 /// Everything between creating the database and dropping it: setup, the phases, the report.
@@ -186,6 +189,13 @@ pub async fn measure(
         }
     };
 
+    if args.meeting_events {
+        crate::events::enable(args, &sim.url, &mut settings).await?;
+        println!(
+            "meeting events: the simulator emits into {} (loss {}, duplicates {}, delay up to {:?})",
+            settings.meeting_events.queue_url, args.event_loss, args.event_dup, args.event_delay
+        );
+    }
     // Setup is not the daemon's work: what it freed goes back to the OS, and the peak RSS
     // starts again from here.
     release_free_memory();
@@ -247,6 +257,11 @@ pub async fn measure(
     let counters = client.counters();
     let requests = counters.requests.load(Ordering::Relaxed);
     daemon.stop().await?;
+    let meeting_events = if args.meeting_events {
+        Some(crate::events::report(args, &sim.url).await?)
+    } else {
+        None
+    };
     let received = receiver.await.context("the event receiver failed")?;
     let budget = client.budget(&region);
     let requests_steady = requests - requests_warm;
@@ -358,6 +373,7 @@ pub async fn measure(
         detection_latency_mean_ms: ratio(latencies.iter().sum(), latencies.len() as f64),
         max_poll_gap_s: lock(&gaps).longest.as_secs_f64(),
         requests_per_s: ratio(requests as f64, polling_s),
+        meeting_events,
     };
     print_summary(&report, &sweeps.completed, hwm_reset);
     Ok(report)
@@ -496,6 +512,13 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
         "quota {} rps (simulator) — daemon configured for {} rps, burst {}",
         r.quota_rps, r.daemon_rps, r.daemon_burst
     );
+    if let Some(e) = &r.meeting_events {
+        let _ = writeln!(
+            s,
+            "meeting events: {} emitted ({} lost, {} duplicated), {} received, {} hint polls",
+            e.events_emitted, e.events_lost, e.events_duplicated, e.events_received, e.hint_polls
+        );
+    }
     let _ = writeln!(
         s,
         "requests {} in {:.1}s of polling, throttled {} ({:.2} %), goodput {:.2} pages/s ({:.1} % of the quota)",

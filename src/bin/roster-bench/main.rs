@@ -45,6 +45,7 @@
 
 mod args;
 mod capacity;
+mod events;
 mod floor;
 mod gaps;
 mod latency;
@@ -257,6 +258,20 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(n) = args.replicas {
         replicas::validate(args, n)?;
     }
+    if args.meeting_events && args.replicas.is_some() {
+        bail!("--meeting-events runs with the in-process daemon, not with --replicas");
+    }
+    for (flag, p) in [
+        ("--event-loss", args.event_loss),
+        ("--event-dup", args.event_dup),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{flag} must be within 0.0..=1.0");
+        }
+    }
+    if args.event_delay > roster_sync::sim::events::MAX_EVENT_DELAY {
+        bail!("--event-delay must be at most 15m");
+    }
     Ok(())
 }
 
@@ -318,6 +333,25 @@ mod tests {
         assert_eq!(s.poll.max_interval, Duration::from_secs(90));
         assert_eq!(args.churn_skew, Skew::Zipf(1.0));
         assert!(BenchArgs::try_parse_from(["roster-bench", "--strategy", "busiest"]).is_err());
+    }
+
+    #[test]
+    fn event_faults_need_meeting_events_and_are_bounded() {
+        assert!(BenchArgs::try_parse_from(["roster-bench", "--event-loss", "0.2"]).is_err());
+        let args = BenchArgs::parse_from([
+            "roster-bench",
+            "--meeting-events",
+            "--event-loss",
+            "0.2",
+            "--event-dup",
+            "0.1",
+            "--event-delay",
+            "5s",
+        ]);
+        assert!(validate(&args).is_ok());
+        assert_eq!(args.event_delay, Duration::from_secs(5));
+        let args = BenchArgs::parse_from(["roster-bench", "--meeting-events", "--event-dup", "2"]);
+        assert!(validate(&args).is_err());
     }
 
     #[test]

@@ -249,3 +249,76 @@ fn one_denied_meeting_among_answering_ones_never_trips_the_breaker() {
     }
     assert!(b.is_up());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hinted_meeting_goes_after_deadline_urgent_ones_and_before_other_due_ones() {
+    let s = Duration::from_secs;
+    let mut q = Queue::by_due(Some(s(108)));
+    q.hint_deadline = Some(s(108));
+    let now = Instant::now();
+    for i in 0..4 {
+        q.insert(id(i), region(), now, now, 1);
+    }
+    // Slot 0: due (ordinary); slot 1: at its deadline; slot 2: hinted, not due; slot 3:
+    // never polled (first of all).
+    for (slot, fresh, due) in [(0, 70, 80), (1, 0, 108), (2, 100, 200)] {
+        q.get_mut(slot).unwrap().fresh_at = Some(now + s(fresh));
+        q.schedule(slot, now + s(due));
+    }
+    let later = now + s(110);
+    q.promote(later);
+    assert!(q.hint(2, later));
+    let due = q.take_due(later, 4, s(10), |_| None);
+    let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
+    assert_eq!(order, vec![3, 1, 2, 0]);
+    assert_eq!(due.hinted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn uniform_hinted_meetings_go_before_polled_ones_until_one_reaches_its_deadline() {
+    let s = Duration::from_secs;
+    let mut q = Queue {
+        hint_deadline: Some(s(108)),
+        ..Queue::default()
+    };
+    let now = Instant::now();
+    for i in 0..3 {
+        q.insert(id(i), region(), now, now, 1);
+    }
+    // Slot 0 polled 50 s ago, slot 1 polled 120 s ago (past the deadline), slot 2 hinted.
+    let later = now + s(200);
+    q.get_mut(0).unwrap().fresh_at = Some(later - s(50));
+    q.get_mut(1).unwrap().fresh_at = Some(later - s(120));
+    q.get_mut(2).unwrap().fresh_at = Some(later - s(5));
+    q.schedule(0, later);
+    q.schedule(1, later);
+    q.schedule(2, later + s(100));
+    q.promote(later);
+    assert!(q.hint(2, later));
+    let due = q.take_due(later, 3, s(10), |_| None);
+    let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
+    assert_eq!(order, vec![1, 2, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_meeting_in_flight_is_not_hinted_and_a_launch_consumes_its_hint() {
+    let mut q = Queue::default();
+    let now = Instant::now();
+    q.insert(id(0), region(), now, now + Duration::from_secs(60), 1);
+    q.get_mut(0).unwrap().fresh_at = Some(now);
+    q.promote(now);
+    assert!(q.hint(0, now));
+    let due = q.take_due(now, 1, Duration::from_secs(10), |_| None);
+    assert_eq!(due.launch.len(), 1);
+    assert_eq!(due.hinted, 1, "the hint made it due before its time");
+    assert!(
+        !q.hint(0, now),
+        "a hint for a meeting in flight waits for its poll to end"
+    );
+    q.get_mut(0).unwrap().in_flight = false;
+    let again = q.take_due(now, 1, Duration::from_secs(10), |_| None);
+    assert!(
+        again.launch.is_empty(),
+        "the consumed hint launched it twice"
+    );
+}
