@@ -152,6 +152,23 @@ pub struct EventJson {
     pub previous_content: Option<&'static str>,
     pub observed_at: chrono::DateTime<chrono::Utc>,
     pub previous_poll_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Presence kinds only: when it happened (the Chime timestamp, or inside the window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Presence kinds only: `meeting_event`, or `poll` for a boundary a poll proved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
+    /// Presence kinds only: whether no event gave the boundary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inferred: Option<bool>,
+    /// Presence kinds only, when inferred: the window in which it happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inferred_from: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inferred_to: Option<chrono::DateTime<chrono::Utc>>,
+    /// `connected` only, from the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_type: Option<String>,
 }
 
 impl From<&LabeledEvent> for EventJson {
@@ -167,6 +184,7 @@ impl From<&LabeledEvent> for EventJson {
         };
         let [audio, video, content] = split(event.after);
         let [previous_audio, previous_video, previous_content] = split(event.before);
+        let p = event.presence.as_ref();
         Self {
             event_id: event.event_id,
             meeting_id: event.meeting_id.to_string(),
@@ -174,7 +192,10 @@ impl From<&LabeledEvent> for EventJson {
             attendee_id: event.attendee_id.to_string(),
             external_user_id: event.external_user_id.as_str().to_owned(),
             kind: event.kind,
-            reason: event.reason.map(|r| r.as_str()),
+            reason: event
+                .reason
+                .map(|r| r.as_str())
+                .or_else(|| p.and_then(|p| p.reason).map(|r| r.as_str())),
             audio,
             video,
             content,
@@ -183,6 +204,12 @@ impl From<&LabeledEvent> for EventJson {
             previous_content,
             observed_at: event.observed_at,
             previous_poll_at: event.previous_poll_at,
+            occurred_at: p.map(|p| p.occurred_at),
+            source: p.map(|p| p.source.as_str()),
+            inferred: p.map(|p| p.inferred.is_some()),
+            inferred_from: p.and_then(|p| p.inferred).map(|w| w.from),
+            inferred_to: p.and_then(|p| p.inferred).map(|w| w.to),
+            network_type: p.and_then(|p| p.network_type.clone()),
         }
     }
 }
@@ -230,6 +257,7 @@ impl Printer {
                         caps(event.before).unwrap_or_default(),
                         caps(event.after).unwrap_or_default()
                     ),
+                    _ => crate::store::describe_presence(event.presence.as_ref()),
                 };
                 writeln!(
                     out,

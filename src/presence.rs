@@ -21,46 +21,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::domain::{AttendeeId, ExternalUserId};
+use crate::domain::{AttendeeId, EventKind, ExternalUserId};
+
+/// The presence kinds are [`EventKind`]s: they share `roster_events` with the roster's.
+pub type PresenceKind = EventKind;
 use crate::lifecycle::{EventType, MeetingEvent};
-
-/// A presence change, as `roster_events` records it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-pub enum PresenceKind {
-    Connected,
-    Disconnected,
-    VideoStarted,
-    VideoStopped,
-    ContentStarted,
-    ContentStopped,
-}
-
-impl PresenceKind {
-    pub const ALL: [PresenceKind; 6] = [
-        Self::Connected,
-        Self::Disconnected,
-        Self::VideoStarted,
-        Self::VideoStopped,
-        Self::ContentStarted,
-        Self::ContentStopped,
-    ];
-
-    /// The `kind` column's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connected => "connected",
-            Self::Disconnected => "disconnected",
-            Self::VideoStarted => "video_started",
-            Self::VideoStopped => "video_stopped",
-            Self::ContentStarted => "content_started",
-            Self::ContentStopped => "content_stopped",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
 
 /// Why a presence session ended: `left`/`dropped` from an event, the rest proved by a poll.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -504,6 +469,78 @@ pub fn external_user_id<'a>(
     event: Option<&'a ExternalUserId>,
 ) -> Option<&'a ExternalUserId> {
     roster.or(event)
+}
+
+/// What the presence reconciler needs of one meeting, read in one go
+/// (`Store::presence_context`); `fence` makes `Store::apply_presence` refuse to write if
+/// another writer recorded presence for the meeting meanwhile.
+#[derive(Clone, Debug, Default)]
+pub struct PresenceContext {
+    /// False when the meeting is not tracked or no longer active: its events are not applied.
+    pub active: bool,
+    /// Every attendee of the current snapshot: who they are and since when the roster allows
+    /// them to have existed (the lower bound of an inferred start).
+    pub roster: std::collections::HashMap<AttendeeId, (ExternalUserId, DateTime<Utc>)>,
+    /// Each attendee's presence so far, rebuilt from the recorded presence rows.
+    pub state: std::collections::HashMap<AttendeeId, AttendeePresence>,
+    /// The newest presence `event_id` of the meeting (0 when none).
+    pub fence: i64,
+}
+
+/// What [`plan`] decided for a batch of one meeting's events.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// The presence changes to record, in order.
+    pub changes: Vec<PresenceChange>,
+    /// The envelope ids the batch applied (changing something or not): recorded with the
+    /// changes, so that each counts once.
+    pub applied: Vec<String>,
+    /// Events of attendees the roster does not know yet: held until a poll shows them.
+    pub unknown: Vec<MeetingEvent>,
+    /// Each event's outcome (`applied`, `no_change`, `stale`, `duplicate`, `hint_only`,
+    /// `meeting_not_active`, `unknown_attendee`), for metrics.
+    pub outcomes: Vec<(EventType, &'static str)>,
+}
+
+/// Applies a batch of events of one meeting (in the order given: release them from a
+/// [`Reorder`] first) to the context read from the store. `already` holds the envelope ids
+/// recorded before. Pure: the caller records [`Plan::changes`] and [`Plan::applied`] with
+/// the context's fence.
+pub fn plan(
+    ctx: &mut PresenceContext,
+    events: &[MeetingEvent],
+    already: &std::collections::HashSet<String>,
+) -> Plan {
+    let mut out = Plan::default();
+    let mut seen = std::collections::HashSet::new();
+    for e in events {
+        let t = e.event_type;
+        if already.contains(&e.id) || !seen.insert(e.id.clone()) {
+            out.outcomes.push((t, "duplicate"));
+            continue;
+        }
+        if !ctx.active {
+            out.outcomes.push((t, "meeting_not_active"));
+            continue;
+        }
+        let Some(attendee) = e.attendee.as_ref().filter(|_| is_presence_event(t)) else {
+            out.outcomes.push((t, "hint_only"));
+            continue;
+        };
+        let Some((_, known_since)) = ctx.roster.get(&attendee.attendee_id) else {
+            out.unknown.push(e.clone());
+            seen.remove(&e.id);
+            continue;
+        };
+        let state = ctx.state.entry(attendee.attendee_id.clone()).or_default();
+        let verdict = apply_event(state, e, *known_since);
+        out.outcomes.push((t, verdict.outcome()));
+        out.applied.push(e.id.clone());
+        if let Verdict::Applied(c) = verdict {
+            out.changes.extend(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
