@@ -36,7 +36,7 @@
 //! brings a rate from 8 back to 9 within seconds, so a lone 429 (a burst of another tool) costs
 //! little throughput. The constants were chosen with a model of both buckets (client and
 //! service) and checked with `roster-bench` runs whose quota is below the configured rate
-//! (the README's benchmark section has the commands and the measured numbers).
+//! (docs/benchmarks.md has the commands and the measured numbers).
 //!
 //! It must never sleep while holding its lock, and never let the rate exceed the ceiling.
 

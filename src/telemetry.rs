@@ -42,7 +42,7 @@ where
 }
 
 /// Every metric roster-sync records itself, with its type and HELP text: the one list that
-/// [`describe_metrics`] publishes and the README's metrics table follows. (The webhook and
+/// [`describe_metrics`] publishes and the metrics table of docs/operating.md follows. (The webhook and
 /// retention metrics are described by `sinks` and `retention` when they start.)
 pub const METRICS: &[(&str, Kind, &str)] = &[
     (

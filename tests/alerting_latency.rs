@@ -1,7 +1,7 @@
 //! Measurements, not tests: how long after its commit an event reaches a webhook receiver
 //! and a line of `roster-sync events --follow`, on Postgres and SQLite. Every test here is
 //! `#[ignore]`d and asserts only that every event arrived; the numbers are printed, for the
-//! README and reports. Run them one at a time, on a quiet machine:
+//! docs/benchmarks.md and reports. Run them one at a time, on a quiet machine:
 //!
 //! ```text
 //! cargo test --release --test alerting_latency -- --ignored --nocapture --test-threads 1

@@ -1,4 +1,4 @@
-//! deploy/postgres/roles.sql in use, as the README's "Deploying" section shows it: on a fresh
+//! deploy/postgres/roles.sql in use, as docs/operating.md ("Database roles") shows it: on a fresh
 //! database the migrator applies the migrations and owns the schema, the writer runs the
 //! daemon (`run --no-migrate`, alone and in cluster mode) and records events but can change no
 //! schema, and the analyst reads tables and views (also through `report` and `events`) and can

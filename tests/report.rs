@@ -1,6 +1,6 @@
 //! Reports for analysts, on both backends: the HTML page of a 250-person meeting parsed as
-//! XML, the label and capability-change reports, the README's example queries run out of
-//! README.md, and `report` through the real binary.
+//! XML, the label and capability-change reports, the example queries run out of
+//! docs/analysts.md, and `report` through the real binary.
 
 mod common;
 
@@ -19,8 +19,8 @@ use sqlx::{AssertSqlSafe, Row as _};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roster-sync");
 
-/// The meeting the README's first query names.
-const README_MEETING: &str = "11111111-2222-4333-8444-555555555555";
+/// The meeting the first example query of docs/analysts.md names.
+const QUERY_MEETING: &str = "11111111-2222-4333-8444-555555555555";
 const SCRIPT_NAME: &str = "<script>alert(1)</script>";
 const ATTRIBUTE_NAME: &str = "x\" onmouseover=\"alert(1)' y";
 
@@ -89,7 +89,7 @@ fn left(a: &Attendee) -> Change {
     Change::left(a, LeftReason::Removed)
 }
 
-/// Four meetings, three labelled weekly-sync (X = the README's meeting, Y, Z) and one other:
+/// Four meetings, three labelled weekly-sync (X = the example queries' meeting, Y, Z) and one other:
 ///
 /// - X: alice 0–600; bob 60–300 and again (a new attendee) 400–600; carol 300–500, joining
 ///   the instant bob leaves, audio raised Receive → SendReceive at 350. Peak 3 at 400.
@@ -110,7 +110,7 @@ async fn seed_label_meetings(store: &Store) -> Seeded {
     let t = start();
     let s = Seeded {
         t,
-        x: MeetingId::parse(README_MEETING).unwrap(),
+        x: MeetingId::parse(QUERY_MEETING).unwrap(),
         y: meeting(2),
         z: meeting(3),
         w: meeting(4),
@@ -164,13 +164,13 @@ async fn seed_label_meetings(store: &Store) -> Seeded {
     s
 }
 
-/// The SQL of the README block marked `<!-- sql:NAME -->`.
+/// The SQL of the docs/analysts.md block marked `<!-- sql:NAME -->`.
 fn readme_query(name: &str) -> String {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../docs/analysts.md");
     let marker = format!("<!-- sql:{name} -->");
     let after = &readme[readme
         .find(&marker)
-        .unwrap_or_else(|| panic!("README.md has no {marker}"))..];
+        .unwrap_or_else(|| panic!("docs/analysts.md has no {marker}"))..];
     let body = &after[after
         .find("```sql\n")
         .expect("a sql block after the marker")
@@ -178,7 +178,7 @@ fn readme_query(name: &str) -> String {
     body[..body.find("```").expect("the end of the sql block")].to_owned()
 }
 
-/// A value of a README query's result, as the test compares it.
+/// A value of an example query's result, as the test compares it.
 #[derive(Debug, Clone, PartialEq)]
 enum Value {
     Int(i64),
@@ -187,7 +187,7 @@ enum Value {
     Time(DateTime<Utc>),
 }
 
-/// Runs a README query on the raw pool and reads the named columns of every row, each as the
+/// Runs an example query on the raw pool and reads the named columns of every row, each as the
 /// kind given.
 async fn run_readme_query(raw: &Raw, name: &str, columns: &[(&str, char)]) -> Vec<Vec<Value>> {
     let sql = readme_query(name);

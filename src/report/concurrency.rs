@@ -1,6 +1,6 @@
 //! How many attendees were present at once, computed from `attendance_sessions` rows. Pure.
 //!
-//! The rules, which the README's peak query follows too:
+//! The rules, which the peak query of docs/analysts.md follows too:
 //! - A session counts from its `joined_at` (inclusive) to its `left_at` (exclusive).
 //! - A session still open (`left_at` NULL) counts until the report is made: it never leaves the
 //!   curve. Ending or stopping a meeting closes every session, so only an active meeting has
