@@ -8,7 +8,8 @@
 //! replicas instead, see [`crate::cluster`]), applies migrations when
 //! `database.migrate_on_start` says so, adds the configured `[[meetings]]`, arms the test-only
 //! fault hook ([`crate::fault`]), starts the webhook sinks and the retention task
-//! ([`crate::retention`], when `retention.events` is set) and spawns the scheduler. What the
+//! ([`crate::retention`], when `retention.events` is set), the meeting-events intake
+//! ([`crate::meeting_events`], when `meeting_events.queue_url` is set) and spawns the scheduler. What the
 //! daemon can do is recorded in its [`Health`] as it happens; a monitor task turns that into
 //! the `roster_sync_ready` / `_database_up` / `_scheduler_last_tick_timestamp_seconds` gauges
 //! and systemd notifications ([`crate::systemd`]: `READY=1` once ready, `WATCHDOG=1` while
@@ -183,6 +184,20 @@ impl Daemon {
         }
         if let Some(tx) = options.events {
             scheduler = scheduler.with_event_sink(tx);
+        }
+        // Meeting events (`[meeting_events]`): hints for the scheduler, on the same tracker
+        // as the sinks, so they stop with them.
+        if let Some(hints) = crate::meeting_events::spawn(
+            settings,
+            store.clone(),
+            Arc::clone(&client),
+            cancel.clone(),
+            &sinks,
+        )
+        .await
+        .context("starting the meeting-events intake ([meeting_events])")?
+        {
+            scheduler = scheduler.with_hints(hints);
         }
         if let Some(observer) = options.poll_observer {
             scheduler = scheduler.with_poll_observer(move |r: &PollReport<'_>| observer(r));

@@ -467,6 +467,12 @@ impl ChimeClient {
         Self::new(sdk_config, options)
     }
 
+    /// The AWS configuration this client was built from (credential chain, HTTP client,
+    /// retries off): other AWS clients of the daemon (the meeting-events queue) start from it.
+    pub fn sdk_config(&self) -> &aws_config::SdkConfig {
+        &self.sdk_config
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }

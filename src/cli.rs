@@ -336,6 +336,10 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
             // Cluster mode: the replica holding each meeting's lease (none on SQLite).
             let owners = store.meeting_owners().await?;
             let owner_of = |m: &MeetingId| owners.get(m).map(|o| o.to_string());
+            // Who started tracking it: `meeting_events` (discovery), else an operator or the
+            // configuration.
+            let sources = store.meeting_sources().await?;
+            let added_by = |m: &MeetingId| sources.get(m).map_or("operator", String::as_str);
             let mut out = std::io::stdout().lock();
             match format {
                 ListFormat::Json => {
@@ -344,6 +348,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                         let mut row = serde_json::to_value(m)?;
                         if let Some(fields) = row.as_object_mut() {
                             fields.insert("owner".into(), owner_of(&m.meeting_id).into());
+                            fields.insert("added_by".into(), added_by(&m.meeting_id).into());
                         }
                         rows.push(row);
                     }
@@ -352,8 +357,15 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                 ListFormat::Table => {
                     writeln!(
                         out,
-                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  LAST ERROR",
-                        "MEETING", "REGION", "STATUS", "LAST POLLED", "FAILURES", "LABEL", "OWNER"
+                        "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  {:<14}  LAST ERROR",
+                        "MEETING",
+                        "REGION",
+                        "STATUS",
+                        "LAST POLLED",
+                        "FAILURES",
+                        "LABEL",
+                        "OWNER",
+                        "ADDED BY"
                     )?;
                     for m in list {
                         let error = match (&m.last_error_code, &m.last_error) {
@@ -368,7 +380,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                             .unwrap_or_else(|| "-".into());
                         writeln!(
                             out,
-                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  {}",
+                            "{:<36}  {:<14}  {:<7}  {:<20}  {:<8}  {:<16}  {:<8}  {:<14}  {}",
                             m.meeting_id,
                             m.region,
                             m.status.as_str(),
@@ -378,6 +390,7 @@ async fn meetings(settings: &Settings, cmd: MeetingsCommand) -> anyhow::Result<(
                             m.consecutive_failures,
                             m.label.as_deref().unwrap_or("-"),
                             owner,
+                            added_by(&m.meeting_id),
                             error
                         )?;
                     }

@@ -55,6 +55,8 @@ pub struct Settings {
     #[serde(default)]
     pub webhooks: Vec<WebhookEntry>,
     pub retention: RetentionSettings,
+    /// `[meeting_events]`: Chime lifecycle events from an SQS queue, as polling hints.
+    pub meeting_events: MeetingEventsSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -218,6 +220,152 @@ pub struct RetentionSettings {
     /// ones are kept longer); `None` (empty): kept forever.
     #[serde(with = "optional_duration")]
     pub events: Option<Duration>,
+}
+
+/// `[meeting_events]`: Chime meeting lifecycle events read from an SQS queue (see
+/// `crate::meeting_events`). They decide when a meeting is polled, never what is recorded.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingEventsSettings {
+    /// The queue's URL; empty: no intake, everything works as without events.
+    pub queue_url: String,
+    /// The queue's region; empty: the one in `queue_url`, else `chime.region`.
+    pub region: String,
+    /// Empty: the AWS default endpoint; else a VPC endpoint, the simulator or any
+    /// SQS-compatible server.
+    pub endpoint_url: String,
+    /// ReceiveMessage long-poll wait (0..=20 s).
+    #[serde(with = "human_duration")]
+    pub wait: Duration,
+    /// Messages per ReceiveMessage, 1..=10.
+    pub batch: i32,
+    /// How long a received message stays invisible to other receivers (1 s..=12 h); it must
+    /// outlast handling one batch, or another replica handles it too (harmless, but wasted).
+    #[serde(with = "human_duration")]
+    pub visibility_timeout: Duration,
+    /// Events of one meeting within this window make one poll.
+    #[serde(with = "human_duration")]
+    pub coalesce: Duration,
+    /// Track a meeting not yet tracked on its first event (discovery).
+    pub auto_track: bool,
+    /// Discovery: only meetings whose externalMeetingId matches one of these patterns (`*`,
+    /// `?`); empty: every meeting.
+    #[serde(default)]
+    pub track_external_meeting_ids: Vec<String>,
+    /// Discovery: the label of a discovered meeting; empty: its externalMeetingId.
+    pub label: String,
+}
+
+/// The longest ReceiveMessage wait SQS accepts.
+pub const MAX_SQS_WAIT: Duration = Duration::from_secs(20);
+
+/// The longest visibility timeout SQS accepts.
+pub const MAX_SQS_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+impl MeetingEventsSettings {
+    /// Whether the intake runs (`queue_url` is set).
+    pub fn enabled(&self) -> bool {
+        !self.queue_url.is_empty()
+    }
+
+    /// The queue's region: `region`, else the one named in `queue_url`
+    /// (`https://sqs.{region}.amazonaws.com/…`, VPC endpoints too), else `default`.
+    pub fn queue_region(&self, default: &Region) -> Region {
+        if let Ok(r) = Region::parse(&self.region) {
+            return r;
+        }
+        region_in_url(&self.queue_url).unwrap_or_else(|| default.clone())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &'static str, why: String| ConfigError::Invalid { key, why };
+        let url = &self.queue_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(bad(
+                "meeting_events.queue_url",
+                format!("{url:?} is not an http:// or https:// URL (empty: no meeting events)"),
+            ));
+        }
+        if !self.region.is_empty() && Region::parse(&self.region).is_err() {
+            return Err(bad(
+                "meeting_events.region",
+                format!(
+                    "{:?} is not a region like us-east-1 (empty: the one in queue_url)",
+                    self.region
+                ),
+            ));
+        }
+        let endpoint = &self.endpoint_url;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            return Err(bad(
+                "meeting_events.endpoint_url",
+                format!("{endpoint:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if self.wait > MAX_SQS_WAIT {
+            return Err(bad(
+                "meeting_events.wait",
+                format!(
+                    "is {}, must be at most 20s (SQS's longest long poll)",
+                    humantime::format_duration(self.wait)
+                ),
+            ));
+        }
+        if !(1..=10).contains(&self.batch) {
+            return Err(bad(
+                "meeting_events.batch",
+                format!("is {}, must be within 1..=10 (SQS's limit)", self.batch),
+            ));
+        }
+        if self.visibility_timeout < Duration::from_secs(1)
+            || self.visibility_timeout > MAX_SQS_VISIBILITY
+        {
+            return Err(bad(
+                "meeting_events.visibility_timeout",
+                format!(
+                    "is {}, must be within 1s..=12h (SQS's limits, whole seconds)",
+                    humantime::format_duration(self.visibility_timeout)
+                ),
+            ));
+        }
+        if self.coalesce > Duration::from_secs(60) {
+            return Err(bad(
+                "meeting_events.coalesce",
+                format!(
+                    "is {}, must be at most 1m (longer is what poll.interval is for)",
+                    humantime::format_duration(self.coalesce)
+                ),
+            ));
+        }
+        for pattern in &self.track_external_meeting_ids {
+            if pattern.is_empty() || pattern.chars().count() > 64 {
+                return Err(bad(
+                    "meeting_events.track_external_meeting_ids",
+                    format!("holds {pattern:?}; a pattern has 1..=64 characters"),
+                ));
+            }
+        }
+        if self.label.chars().count() > 200 {
+            return Err(bad(
+                "meeting_events.label",
+                "is longer than 200 characters".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The region an SQS URL names: the label after `sqs` in its host
+/// (`sqs.us-east-1.amazonaws.com`, `vpce-1.sqs.us-east-1.vpce.amazonaws.com`).
+fn region_in_url(url: &str) -> Option<Region> {
+    let rest = url.split_once("://")?.1;
+    let host = rest.split(['/', ':']).next()?;
+    let mut labels = host.split('.');
+    labels.find(|l| *l == "sqs")?;
+    labels.next().and_then(|r| Region::parse(r).ok())
 }
 
 /// A `[[webhooks]]` entry: one receiver, with its own durable cursor and filters.
@@ -504,6 +652,7 @@ impl Settings {
                 "must be longer than zero (empty keeps events forever)",
             ));
         }
+        self.meeting_events.validate()?;
         self.validate_webhooks()
     }
 

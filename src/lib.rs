@@ -19,6 +19,7 @@ pub mod forget;
 pub mod health;
 pub mod http;
 pub mod lifecycle;
+pub mod meeting_events;
 pub mod presence;
 pub mod rate;
 pub mod redact;

@@ -12,6 +12,10 @@
 //! - [`gauges`]: what the loop publishes about itself;
 //! - [`meetings`]: re-reading the meeting list (and, in cluster mode, the leases).
 //!
+//! Hints ([`Hint`], from `crate::meeting_events` through [`Scheduler::with_hints`]) make a
+//! meeting due now; the queue ranks them (see [`queue`]). A hint never changes what a poll
+//! records.
+//!
 //! The "who is due" decision lives only in [`queue::Queue::take_due`], called from
 //! [`Scheduler::tick`]. A failing meeting backs off on its own (at least as long as any
 //! Retry-After) and never delays the others. The loop never writes to the store itself except
@@ -24,12 +28,12 @@ mod meetings;
 mod poll;
 mod queue;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +141,25 @@ impl PollReport<'_> {
 
 type PollObserver = Box<dyn Fn(&PollReport<'_>) + Send + Sync>;
 
+/// What a meeting event tells the scheduler (see [`Scheduler::with_hints`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// The meeting's roster may have changed: poll it now (a meeting this scheduler does not
+    /// poll is ignored).
+    Poll(MeetingId),
+    /// The meeting was just tracked: re-read the meeting list now, so its first poll starts
+    /// without waiting for the periodic refresh.
+    Tracked(MeetingId),
+}
+
+/// Waits for the next hint; never, without a receiver.
+async fn next_hint(hints: &mut Option<mpsc::Receiver<Hint>>) -> Option<Hint> {
+    match hints {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Counts, logs and sends to the sink (if any) the events of one poll.
 fn publish(
     sink: Option<&broadcast::Sender<StoredEvent>>,
@@ -219,6 +242,10 @@ pub struct Scheduler<S: RosterSource> {
     fences: HashMap<MeetingId, LeaseToken>,
     /// Woken when a poll pauses and gives its pages back, so a waiting meeting can use them.
     wake: Arc<Notify>,
+    /// Hints from meeting events; `None` once closed or when there is no intake.
+    hints: Option<mpsc::Receiver<Hint>>,
+    /// Hinted meetings whose poll was in flight: hinted again once it ends.
+    rehint: HashSet<MeetingId>,
 }
 
 impl<S: RosterSource> Scheduler<S> {
@@ -250,6 +277,49 @@ impl<S: RosterSource> Scheduler<S> {
             cluster: None,
             fences: HashMap::new(),
             wake: Arc::new(Notify::new()),
+            hints: None,
+            rehint: HashSet::new(),
+        }
+        .with_hint_deadline()
+    }
+
+    /// Hinted meetings never go ahead of one waiting since its deadline.
+    fn with_hint_deadline(mut self) -> Self {
+        self.queue.hint_deadline =
+            Some(cadence::Bounds::new(self.opts.interval, self.opts.max_interval).longest);
+        self
+    }
+
+    /// Meeting events: each [`Hint`] received makes its meeting due now (coalescing is the
+    /// sender's job), ranked after meetings at their `poll.max_interval` deadline.
+    pub fn with_hints(mut self, rx: mpsc::Receiver<Hint>) -> Self {
+        self.hints = Some(rx);
+        self
+    }
+
+    /// Takes one hint: its meeting goes to the hinted queue, or waits for its poll in flight.
+    fn take_hint(&mut self, hint: Hint, now: Instant) {
+        match hint {
+            Hint::Tracked(_) => self.refreshed_at = None,
+            Hint::Poll(id) => {
+                if let Some(slot) = self.queue.slot_of(&id)
+                    && !self.queue.hint(slot, now)
+                    && self.queue.get(slot).is_some_and(|m| m.in_flight)
+                {
+                    self.rehint.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Hints whose meeting's poll was in flight, once it has ended.
+    fn take_rehints(&mut self, now: Instant) {
+        if self.rehint.is_empty() {
+            return;
+        }
+        let ids: Vec<MeetingId> = self.rehint.drain().collect();
+        for id in ids {
+            self.take_hint(Hint::Poll(id), now);
         }
     }
 
@@ -300,6 +370,16 @@ impl<S: RosterSource> Scheduler<S> {
                     self.joined(joined);
                 }
                 () = wake.notified() => {}
+                hint = next_hint(&mut self.hints) => match hint {
+                    Some(hint) => {
+                        let now = Instant::now();
+                        self.take_hint(hint, now);
+                        while let Some(Ok(more)) = self.hints.as_mut().map(mpsc::Receiver::try_recv) {
+                            self.take_hint(more, now);
+                        }
+                    }
+                    None => self.hints = None,
+                },
                 () = tokio::time::sleep_until(until) => {}
             }
             // A tick only reads the meeting list and writes unchanged polls' bookkeeping, which
@@ -387,6 +467,7 @@ impl<S: RosterSource> Scheduler<S> {
             return;
         }
         self.queue.promote(now);
+        self.take_rehints(now);
         if self.launch_due(now) {
             // A due meeting still has bookkeeping in the batch: write it, then poll.
             self.flush_bookkeeping().await;
@@ -495,6 +576,10 @@ impl<S: RosterSource> Scheduler<S> {
         let due = self.queue.take_due(now, capacity, self.opts.interval, |r| {
             source.current_rate(r)
         });
+        if due.hinted > 0 {
+            metrics::counter!("roster_sync_meeting_events_hint_polls_total")
+                .increment(u64::from(due.hinted));
+        }
         for (slot, claim) in due.launch {
             self.launch(slot, claim);
         }

@@ -36,6 +36,7 @@ mod faults;
 mod faults_endpoint;
 mod operations;
 mod process;
+pub mod sqs;
 mod state;
 mod wire;
 
@@ -497,6 +498,8 @@ struct Shared {
     counters: Vec<Counters>,
     total: Counters,
     clock: Clock,
+    /// The SQS side: queues served on the same listener, fed by the event emitter.
+    sqs: sqs::Sqs,
 }
 
 impl Shared {
@@ -562,6 +565,7 @@ pub async fn start(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHan
         counters: Operation::ALL.iter().map(|_| Counters::default()).collect(),
         total: Counters::default(),
         clock: Clock::new(),
+        sqs: sqs::Sqs::new(endpoint_url(addr), cfg.seed),
         cfg,
     });
     let app = axum::Router::new()
@@ -594,12 +598,50 @@ impl SimHandle {
     /// `http://IP:PORT` to give a client as its endpoint; an unspecified bind address
     /// (`0.0.0.0`, `::`) is replaced by loopback.
     pub fn endpoint_url(&self) -> String {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        endpoint_url(self.addr)
+    }
+
+    /// Creates SQS queue `name` (default attributes) unless it exists; answers its URL,
+    /// `http://<listen address>/<account>/<name>`.
+    ///
+    /// # Errors
+    /// A name SQS would refuse (1 to 80 letters, digits, `-` and `_`).
+    pub fn create_queue(&self, name: &str) -> Result<String, QueueNameError> {
+        self.shared
+            .sqs
+            .ensure(name)
+            .map_err(|_| QueueNameError(name.chars().take(90).collect()))
+    }
+
+    /// The URL of queue `name`, if it exists.
+    pub fn queue_url(&self, name: &str) -> Option<String> {
+        self.shared
+            .sqs
+            .exists(name)
+            .then(|| self.shared.sqs.url(name))
+    }
+
+    /// Puts `body` on queue `name` as SendMessage would, without a request: how a test
+    /// plants a message no Chime operation would send (a poison message).
+    ///
+    /// # Errors
+    /// The queue does not exist.
+    pub fn send_to_queue(&self, name: &str, body: &str) -> Result<(), NoSuchQueue> {
+        self.shared
+            .sqs
+            .send(name, body.to_owned(), None)
+            .map(|_| ())
+            .map_err(|_| NoSuchQueue(name.to_owned()))
+    }
+
+    /// ReceiveMessage requests waiting in a long poll right now, on any queue.
+    pub fn waiting_receives(&self) -> usize {
+        self.shared.sqs.waiting()
+    }
+
+    /// How many messages queue `name` holds, visible, in flight and delayed.
+    pub fn queue_counts(&self, name: &str) -> Option<sqs::QueueCounts> {
+        self.shared.sqs.counts(name)
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server task.
@@ -716,6 +758,27 @@ impl SimHandle {
             deleted_at: t.deleted.map(|s| c.wall(s)),
         })
     }
+}
+
+/// A queue name SQS would refuse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a valid queue name: 1 to 80 letters, digits, '-' and '_'")]
+pub struct QueueNameError(pub String);
+
+/// A queue that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("the simulator has no queue named {0:?}")]
+pub struct NoSuchQueue(pub String);
+
+/// `http://IP:PORT` for a bound address; an unspecified address (`0.0.0.0`, `::`) is
+/// replaced by loopback.
+fn endpoint_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Our ids are validated GUIDs already; this only changes their representation.

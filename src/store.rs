@@ -23,6 +23,7 @@ use crate::redact::redact_url;
 
 mod alerting;
 mod leases;
+mod meeting_events;
 mod postgres;
 mod retention;
 mod rows;
@@ -32,6 +33,7 @@ mod stats;
 
 pub use alerting::{CursorClaim, EVENTS_CHANNEL, EventWakeups, LabeledEvent};
 pub use leases::{ClusterView, LeaseToken, LeasedMeeting, ReplicaId, ReplicaInfo, ReplicaRow};
+pub use meeting_events::{ADDED_BY_EVENTS, Discovered, HINTS_CHANNEL, HintWakeups};
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{
     AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, PresenceFacts,

@@ -76,6 +76,31 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Roster events recorded, by kind: joined, left, capabilities_changed.",
     ),
     (
+        "roster_sync_meeting_events_total",
+        Kind::Counter,
+        "Chime meeting lifecycle events read from the [meeting_events] queue, by type (unknown for a body that is no valid event) and outcome: hint, ignored, inactive, untracked, not_matched, not_found, tracked, duplicate, failed (kept in the queue), or the rejection (malformed, too_large, not_chime, unknown_type, bad_id, bad_timestamp, bad_sns_message).",
+    ),
+    (
+        "roster_sync_meeting_events_hint_polls_total",
+        Kind::Counter,
+        "Polls launched because a meeting event made the meeting due (hint polls), paid from the same rate budget.",
+    ),
+    (
+        "roster_sync_meeting_events_receive_errors_total",
+        Kind::Counter,
+        "Failed requests to the meeting-events queue, by reason: access_denied, no_such_queue, throttled, transport, refused, malformed, other, delete.",
+    ),
+    (
+        "roster_sync_meeting_events_up",
+        Kind::Gauge,
+        "1 when the last ReceiveMessage on the meeting-events queue succeeded, 0 while it fails (polling goes on without hints).",
+    ),
+    (
+        "roster_sync_meeting_events_age_seconds",
+        Kind::Histogram,
+        "Age of meeting events at receipt: now minus the envelope time.",
+    ),
+    (
         "roster_sync_paging_skips_total",
         Kind::Counter,
         "Attendees missing from a multi-page roster that GetAttendee found still present.",

@@ -17,6 +17,11 @@
 //! credential or authorization errors and none succeeds, the region is down and only one
 //! probe poll per interval is launched until one succeeds.
 //!
+//! A **hint** (a meeting event said the roster may have changed, see `crate::meeting_events`)
+//! puts a meeting in its region's hinted heap ([`Queue::hint`]): it goes after meetings never
+//! polled and those at their deadline (`poll.max_interval` less 10 %, under either strategy),
+//! and before every other due meeting, within the same page window and budget.
+//!
 //! It holds scheduling state only, in memory: it never touches the store or the network.
 
 use std::cmp::Reverse;
@@ -73,6 +78,9 @@ pub(super) struct MeetingState {
     pub removed: bool,
     /// What its polls found changing: `change_aware` spends the budget by it.
     pub change: ChangeRate,
+    /// When a hint made it due, until a poll of it launches; its hinted-heap entry is live
+    /// only while this holds that entry's time.
+    pub hinted: Option<Instant>,
 }
 
 impl MeetingState {
@@ -241,6 +249,8 @@ pub(super) struct RegionQueue {
     pub breaker: Breaker,
     /// How `change_aware` last shared the region's budget between its meetings.
     pub level: Level,
+    /// Hinted meetings, earliest hint first: (hinted at, slot).
+    hinted: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
 /// Every tracked meeting's scheduling state, by slot, with the timer and ready heaps.
@@ -262,6 +272,9 @@ pub(super) struct Queue {
     /// When none is due and no poll is sending, one of those due soonest goes early
     /// ([`Queue::pull_early`]).
     by_due: Option<Duration>,
+    /// The longest a polled meeting may wait since its last successful poll started before it
+    /// goes ahead of hinted meetings; `None`: hinted meetings go before every polled one.
+    pub hint_deadline: Option<Duration>,
 }
 
 /// What [`Queue::take_due`] chose.
@@ -271,6 +284,8 @@ pub(super) struct Due {
     pub launch: Vec<(usize, PageClaim)>,
     /// A due meeting was held back because its previous poll's bookkeeping is not written.
     pub held: bool,
+    /// Of `launch`, the polls a hint made due.
+    pub hinted: u32,
 }
 
 impl Queue {
@@ -341,6 +356,7 @@ impl Queue {
             seen_in: generation,
             removed: false,
             change: ChangeRate::default(),
+            hinted: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -371,6 +387,7 @@ impl Queue {
             meetings: 0,
             breaker: Breaker::default(),
             level: Level::Ample,
+            hinted: BinaryHeap::new(),
         });
         self.regions.len() - 1
     }
@@ -485,39 +502,69 @@ impl Queue {
             let window = rate_of(&self.regions[r].region)
                 .map_or(f64::INFINITY, |rate| rate * LOOKAHEAD.as_secs_f64());
             let mut blocked = Vec::new();
+            // A hinted meeting whose bookkeeping is not written yet holds the hints back
+            // until the caller wrote it (`held`).
+            let mut hints_held = false;
             while due.launch.len() < capacity {
                 let queue = &self.regions[r];
                 let used = queue.window.load(Ordering::Relaxed);
                 if used > 0 && f64::from(used) >= window {
                     break;
                 }
-                let Some(Reverse(entry)) = queue.ready.peek().copied() else {
-                    if used == 0 && self.pull_early(r, now, interval) {
+                let hint = if hints_held { None } else { self.live_hint(r) };
+                let queue = &self.regions[r];
+                let top = queue.ready.peek().copied();
+                let from_hint = match (hint, top) {
+                    (None, None) => {
+                        if used == 0 && self.pull_early(r, now, interval) {
+                            continue;
+                        }
+                        break;
+                    }
+                    (Some(_), None) => true,
+                    (hint, Some(Reverse((key, slot, version)))) => {
+                        let stale = self
+                            .get(slot)
+                            .is_none_or(|s| s.version != version || s.in_flight);
+                        if stale {
+                            self.regions[r].ready.pop();
+                            continue;
+                        }
+                        hint.is_some() && !self.ahead_of_hints(key, now)
+                    }
+                };
+                let slot = if from_hint {
+                    let Some(slot) = hint else { break };
+                    if self.get(slot).is_some_and(|s| s.pending) {
+                        hints_held = true;
+                        due.held = true;
                         continue;
                     }
-                    break;
+                    slot
+                } else {
+                    let Some(Reverse(entry)) = top else { break };
+                    let (_, slot, _) = entry;
+                    if self.get(slot).is_some_and(|s| s.pending) {
+                        self.regions[r].ready.pop();
+                        blocked.push(Reverse(entry));
+                        continue;
+                    }
+                    slot
                 };
-                let (_, slot, version) = entry;
-                let stale = self
-                    .get(slot)
-                    .is_none_or(|s| s.version != version || s.in_flight);
-                if stale {
-                    self.regions[r].ready.pop();
-                    continue;
-                }
-                if self.get(slot).is_some_and(|s| s.pending) {
-                    self.regions[r].ready.pop();
-                    blocked.push(Reverse(entry));
-                    continue;
-                }
                 if !self.regions[r].breaker.admit(now, interval) {
                     break;
                 }
-                self.regions[r].ready.pop();
+                if from_hint {
+                    self.regions[r].hinted.pop();
+                    due.hinted += 1;
+                } else {
+                    self.regions[r].ready.pop();
+                }
                 let Some(state) = self.slots[slot].as_mut() else {
                     continue;
                 };
                 state.in_flight = true;
+                state.hinted = None;
                 let claim = PageClaim::take(&self.regions[r].window, cost(state.pages));
                 due.launch.push((slot, claim));
             }
@@ -525,6 +572,49 @@ impl Queue {
             self.regions[r].ready.extend(blocked);
         }
         due
+    }
+
+    /// Makes the meeting in `slot` due now because of a hint, unless a poll of it is in flight
+    /// (that poll may have fetched before the change: the caller hints again once it ends).
+    /// A meeting already hinted keeps its first hint's place. Returns whether it is hinted.
+    pub fn hint(&mut self, slot: usize, now: Instant) -> bool {
+        let Some(state) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return false;
+        };
+        if state.in_flight || state.removed {
+            return false;
+        }
+        if state.hinted.is_none() {
+            state.hinted = Some(now);
+            self.regions[state.region].hinted.push(Reverse((now, slot)));
+        }
+        true
+    }
+
+    /// The slot of region `r`'s earliest live hint, dropping entries made void by a launch.
+    fn live_hint(&mut self, r: usize) -> Option<usize> {
+        while let Some(Reverse((at, slot))) = self.regions[r].hinted.peek().copied() {
+            let live = self
+                .get(slot)
+                .is_some_and(|s| s.hinted == Some(at) && !s.in_flight && s.region == r);
+            if live {
+                return Some(slot);
+            }
+            self.regions[r].hinted.pop();
+        }
+        None
+    }
+
+    /// Whether a due meeting with ready key `key` goes before hinted meetings: it was never
+    /// polled, or its last successful poll started at least the deadline ago.
+    fn ahead_of_hints(&self, key: Option<Instant>, now: Instant) -> bool {
+        match (key, self.hint_deadline) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(since), Some(deadline)) => {
+                now.saturating_duration_since(since) + URGENT_MARGIN >= deadline
+            }
+        }
     }
 
     /// Work-conserving launch: while region `r` shares its budget out ([`Level::Shared`]) and

@@ -71,6 +71,14 @@ pub(super) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Reque
         lock(&shared.request_ids).fill_bytes(&mut b);
         uuid::Builder::from_random_bytes(b).into_uuid().to_string()
     };
+    if let Some(target) = sqs::is_sqs(req.headers()) {
+        let target = target.to_owned();
+        let (parts, body) = req.into_parts();
+        return shared
+            .sqs
+            .serve(&target, &parts.headers, body, &request_id)
+            .await;
+    }
     if req.uri().path().starts_with(faults_endpoint::PREFIX) {
         let (parts, body) = req.into_parts();
         let result = faults_endpoint::serve(&shared, &parts.method, parts.uri.path(), body).await;
