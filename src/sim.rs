@@ -32,9 +32,12 @@ mod bucket;
 pub mod churn;
 pub mod control;
 mod cursor;
+pub mod events;
+mod events_endpoint;
 mod faults;
 mod faults_endpoint;
 mod operations;
+pub mod presence;
 mod process;
 pub mod sqs;
 mod state;
@@ -107,6 +110,9 @@ pub struct SimConfig {
     /// What a `ListAttendees` NextToken remembers: the last attendee returned, or a position
     /// in the live list (see [`Paging`]).
     pub paging: Paging,
+    /// Where the Chime side emits meeting lifecycle events (an SQS queue of this simulator),
+    /// and what goes wrong on the way; `None` (the default) emits nothing.
+    pub events: Option<events::EventsConfig>,
 }
 
 /// How `ListAttendees` pages follow each other. Nothing documents the real NextToken as a
@@ -134,6 +140,7 @@ impl Default for SimConfig {
             exempt_control: false,
             max_attendees: 250,
             paging: Paging::Keyset,
+            events: None,
         }
     }
 }
@@ -149,6 +156,8 @@ pub enum ConfigError {
     FaultRate(f64),
     #[error("max_attendees must be at least 1")]
     MaxAttendees,
+    #[error("events: {0}")]
+    Events(#[from] events::EventsError),
 }
 
 fn check_rate(rate: f64, burst: u32) -> Result<(), ConfigError> {
@@ -171,6 +180,9 @@ impl SimConfig {
         }
         if self.max_attendees == 0 {
             return Err(ConfigError::MaxAttendees);
+        }
+        if let Some(e) = &self.events {
+            e.faults.validate()?;
         }
         Ok(())
     }
@@ -500,6 +512,10 @@ struct Shared {
     clock: Clock,
     /// The SQS side: queues served on the same listener, fed by the event emitter.
     sqs: sqs::Sqs,
+    /// The lifecycle events the Chime side emits into `sqs`.
+    events: events::Emitter,
+    /// Who is connected, as the presence controls made it happen.
+    presence: Mutex<presence::Truth>,
 }
 
 impl Shared {
@@ -566,8 +582,14 @@ pub async fn start(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHan
         total: Counters::default(),
         clock: Clock::new(),
         sqs: sqs::Sqs::new(endpoint_url(addr), cfg.seed),
+        events: events::Emitter::new(cfg.seed),
+        presence: Mutex::new(presence::Truth::default()),
         cfg,
     });
+    shared
+        .events
+        .configure(&shared.sqs, shared.cfg.events.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let app = axum::Router::new()
         .fallback(handle)
         .with_state(Arc::clone(&shared));
@@ -637,6 +659,69 @@ impl SimHandle {
     /// ReceiveMessage requests waiting in a long poll right now, on any queue.
     pub fn waiting_receives(&self) -> usize {
         self.shared.sqs.waiting()
+    }
+
+    /// Turns lifecycle event emission on (creating its queue) or off, live.
+    ///
+    /// # Errors
+    /// A fault out of range or an invalid queue name; nothing changes.
+    pub fn set_events(&self, cfg: Option<events::EventsConfig>) -> Result<(), events::EventsError> {
+        self.shared.events.configure(&self.shared.sqs, cfg)
+    }
+
+    /// Changes the event path's faults live (nothing when emission is off).
+    ///
+    /// # Errors
+    /// A value out of range; nothing changes.
+    pub fn set_event_faults(&self, faults: events::EventFaults) -> Result<(), events::EventsError> {
+        self.shared.events.set_faults(faults)
+    }
+
+    /// What the event emitter did so far.
+    pub fn event_stats(&self) -> events::EventStats {
+        self.shared.events.stats()
+    }
+
+    /// Plants a poison message on the events queue.
+    ///
+    /// # Errors
+    /// Emission is off or its queue was deleted.
+    pub fn inject_poison(&self, poison: &events::Poison) -> Result<(), events::PoisonError> {
+        self.shared.events.poison(&self.shared.sqs, poison)
+    }
+
+    /// Loses the next `count` events of `event_type` whatever the dice say (say, a meeting
+    /// that ends without `MeetingEnded`).
+    pub fn lose_next(&self, event_type: crate::lifecycle::EventType, count: u32) {
+        self.shared.events.lose_next(event_type, count);
+    }
+
+    /// Applies a presence control to a live attendee at `at` (now when `None`; never in the
+    /// future) and emits its events. `network_type` is for joins (default `Voip`).
+    ///
+    /// # Errors
+    /// An unknown or deleted meeting or attendee, a time in the future, or a control no
+    /// client could make now (joining twice, stopping video that is off, going back in time).
+    pub fn presence(
+        &self,
+        meeting: &MeetingId,
+        attendee: &AttendeeId,
+        action: presence::PresenceAction,
+        network_type: Option<&str>,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), PresenceControlError> {
+        let (Some(m), Some(a)) = (key(meeting.as_str()), key(attendee.as_str())) else {
+            return Err(PresenceControlError("ids must be GUIDs".into()));
+        };
+        self.shared
+            .presence_control(m, a, action, network_type, at)
+            .map_err(|e| PresenceControlError(e.to_string()))
+    }
+
+    /// The simulator's truth of who was connected to `meeting` and when; `None` when no
+    /// presence control ever touched it.
+    pub fn presence_truth(&self, meeting: &MeetingId) -> Option<presence::MeetingPresence> {
+        lock(&self.shared.presence).meeting(&key(meeting.as_str())?)
     }
 
     /// How many messages queue `name` holds, visible, in flight and delayed.
@@ -759,6 +844,11 @@ impl SimHandle {
         })
     }
 }
+
+/// A presence control the simulator refused, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("presence control refused: {0}")]
+pub struct PresenceControlError(pub String);
 
 /// A queue name SQS would refuse.
 #[derive(Debug, thiserror::Error)]

@@ -496,3 +496,335 @@ async fn bad_parameters_and_handles_are_refused_with_the_sqs_codes() {
         .expect_err("not a queue name");
     assert_eq!(err.code(), Some("InvalidParameterValue"));
 }
+
+mod emission {
+    use super::*;
+    use roster_sync::lifecycle::{EventType, MeetingEvent, parse_body};
+    use roster_sync::sim::control::Driver;
+    use roster_sync::sim::events::{EventFaults, EventsConfig, EventsFormat, Poison};
+    use roster_sync::sim::presence::{EndReason, PresenceAction};
+
+    async fn sim_with_events(cfg: EventsConfig) -> (SimHandle, Client, Driver, String) {
+        let (sim, sqs) = sim_and_sqs().await;
+        let queue = cfg.queue.clone();
+        sim.set_events(Some(cfg)).expect("events on");
+        let region = Region::parse("eu-central-1").expect("a region");
+        let options =
+            roster_sync::chime::ClientOptions::for_endpoint(&sim.endpoint_url(), 1000.0, 1000);
+        let chime = roster_sync::chime::ChimeClient::new(
+            roster_sync::chime::simulator_sdk_config(&region),
+            options,
+        );
+        let driver = Driver::new(chime.sdk_client(&region));
+        let url = sim.queue_url(&queue).expect("the events queue exists");
+        (sim, sqs, driver, url)
+    }
+
+    /// Receives and deletes every message until `n` events have arrived.
+    async fn drain(sqs: &Client, url: &str, n: usize) -> Vec<MeetingEvent> {
+        let mut out = Vec::new();
+        let until = tokio::time::Instant::now() + DEADLINE;
+        while out.len() < n {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "only {} of {n} events arrived",
+                out.len()
+            );
+            let got = sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("ReceiveMessage");
+            for m in got.messages.unwrap_or_default() {
+                let body = m.body.as_deref().unwrap_or_default();
+                out.push(parse_body(body, chrono::Utc::now()).expect("a valid lifecycle event"));
+                sqs.delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle.unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("DeleteMessage");
+            }
+        }
+        out
+    }
+
+    fn types(events: &[MeetingEvent]) -> Vec<EventType> {
+        let mut t: Vec<_> = events.iter().map(|e| e.event_type).collect();
+        t.sort();
+        t
+    }
+
+    #[tokio::test]
+    async fn chime_operations_emit_their_lifecycle_events_to_the_queue() {
+        let (sim, sqs, driver, url) = sim_with_events(EventsConfig::to_queue("events")).await;
+        let meeting = driver
+            .create_meeting("standup", "us-east-1")
+            .await
+            .expect("meeting");
+        let events = drain(&sqs, &url, 1).await;
+        assert_eq!(events[0].event_type, EventType::MeetingStarted);
+        assert_eq!(events[0].meeting_id, meeting);
+        assert_eq!(
+            events[0].region.as_str(),
+            "eu-central-1",
+            "the control region signed for"
+        );
+        assert_eq!(events[0].media_region.as_deref(), Some("us-east-1"));
+        assert_eq!(events[0].external_meeting_id.as_deref(), Some("standup"));
+
+        let created = driver
+            .add_attendees(
+                &meeting,
+                [("alice".to_owned(), None), ("bob".to_owned(), None)],
+            )
+            .await
+            .expect("attendees");
+        let added = drain(&sqs, &url, 2).await;
+        assert_eq!(types(&added), vec![EventType::AttendeeAdded; 2]);
+        let alice = &created[0].attendee_id;
+        let ev = added
+            .iter()
+            .find(|e| e.attendee.as_ref().map(|a| &a.attendee_id) == Some(alice))
+            .expect("alice's AttendeeAdded");
+        assert_eq!(
+            ev.attendee
+                .as_ref()
+                .and_then(|a| a.external_user_id.as_ref())
+                .map(|u| u.as_str()),
+            Some("alice")
+        );
+        // An existing ExternalUserId returns the existing attendee and adds nobody.
+        driver
+            .add_attendees(&meeting, [("alice".to_owned(), None)])
+            .await
+            .expect("idempotent");
+        driver
+            .set_capabilities(&meeting, alice, roster_sync::sim::churn::LISTENER)
+            .await
+            .expect("capabilities");
+        driver
+            .delete_attendee(&meeting, alice)
+            .await
+            .expect("delete");
+        driver.delete_meeting(&meeting).await.expect("end");
+        let rest = drain(&sqs, &url, 3).await;
+        assert_eq!(
+            types(&rest),
+            vec![
+                EventType::MeetingEnded,
+                EventType::AttendeeDeleted,
+                EventType::AttendeeCapabilitiesUpdated,
+            ]
+        );
+        let caps = rest
+            .iter()
+            .find(|e| e.event_type == EventType::AttendeeCapabilitiesUpdated)
+            .expect("the capabilities event");
+        assert_eq!(caps.capabilities, Some(roster_sync::sim::churn::LISTENER));
+        assert_eq!(caps.success, Some(true));
+        let ids: std::collections::HashSet<_> = added
+            .iter()
+            .chain(&rest)
+            .chain(&events)
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(ids.len(), 6, "a fresh envelope id per event");
+        let stats = sim.event_stats();
+        assert_eq!((stats.emitted, stats.messages, stats.lost), (6, 6, 0));
+        assert_eq!(sim.queue_counts("events"), Some(Default::default()));
+    }
+
+    #[tokio::test]
+    async fn sns_format_wraps_each_event_in_a_notification() {
+        let cfg = EventsConfig {
+            format: EventsFormat::Sns,
+            ..EventsConfig::to_queue("sns-events")
+        };
+        let (_sim, sqs, driver, url) = sim_with_events(cfg).await;
+        driver
+            .create_meeting("mtg", "us-east-1")
+            .await
+            .expect("meeting");
+        let got = sqs
+            .receive_message()
+            .queue_url(&url)
+            .wait_time_seconds(5)
+            .send()
+            .await
+            .expect("ReceiveMessage")
+            .messages
+            .expect("the event");
+        let body: serde_json::Value =
+            serde_json::from_str(got[0].body.as_deref().unwrap_or_default()).expect("JSON");
+        assert_eq!(body["Type"], "Notification");
+        let ev = parse_body(
+            got[0].body.as_deref().unwrap_or_default(),
+            chrono::Utc::now(),
+        )
+        .expect("the wrapped event parses");
+        assert_eq!(ev.event_type, EventType::MeetingStarted);
+    }
+
+    #[tokio::test]
+    async fn lost_events_never_arrive_and_duplicates_share_their_envelope_id() {
+        let cfg = EventsConfig {
+            faults: EventFaults {
+                loss: 1.0,
+                ..EventFaults::default()
+            },
+            ..EventsConfig::to_queue("faulty")
+        };
+        let (sim, sqs, driver, url) = sim_with_events(cfg).await;
+        let meeting = driver
+            .create_meeting("mtg", "us-east-1")
+            .await
+            .expect("meeting");
+        assert_eq!(sim.event_stats().lost, 1);
+        assert_eq!(sim.queue_counts("faulty"), Some(Default::default()));
+        sim.set_event_faults(EventFaults {
+            loss: 0.0,
+            duplicate: 1.0,
+            max_delay: Duration::from_millis(200),
+        })
+        .expect("faults");
+        driver
+            .add_attendees(&meeting, [("ann".to_owned(), None)])
+            .await
+            .expect("attendee");
+        let copies = drain(&sqs, &url, 2).await;
+        assert_eq!(copies[0].id, copies[1].id, "a duplicate is the same event");
+        assert_eq!(sim.event_stats().duplicated, 1);
+    }
+
+    #[tokio::test]
+    async fn poison_messages_are_planted_on_the_events_queue() {
+        let (sim, sqs, _driver, url) = sim_with_events(EventsConfig::to_queue("events")).await;
+        sim.inject_poison(&Poison::NotJson).expect("poison");
+        sim.inject_poison(&Poison::BrokenSns).expect("poison");
+        let got = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("ReceiveMessage")
+            .messages
+            .expect("two messages");
+        assert_eq!(got.len(), 2);
+        for m in got {
+            assert!(parse_body(m.body.as_deref().unwrap_or_default(), chrono::Utc::now()).is_err());
+        }
+        sim.set_events(None).expect("off");
+        assert!(
+            sim.inject_poison(&Poison::NotJson).is_err(),
+            "no queue to plant on"
+        );
+    }
+
+    #[tokio::test]
+    async fn presence_controls_emit_events_and_the_truth_records_them() {
+        let (sim, sqs, driver, url) = sim_with_events(EventsConfig::to_queue("events")).await;
+        let meeting = driver
+            .create_meeting("mtg", "us-east-1")
+            .await
+            .expect("meeting");
+        let a = driver
+            .add_attendees(&meeting, [("alice".to_owned(), None)])
+            .await
+            .expect("attendee")
+            .remove(0)
+            .attendee_id;
+        drain(&sqs, &url, 2).await;
+        for action in [
+            PresenceAction::Join,
+            PresenceAction::VideoStart,
+            PresenceAction::ContentJoin,
+            PresenceAction::Drop,
+            PresenceAction::Join,
+        ] {
+            sim.presence(&meeting, &a, action, None, None)
+                .expect("control");
+        }
+        assert!(
+            sim.presence(&meeting, &a, PresenceAction::Join, None, None)
+                .is_err(),
+            "joined already"
+        );
+        let events = drain(&sqs, &url, 7).await;
+        assert_eq!(
+            types(&events),
+            vec![
+                EventType::AttendeeJoined,
+                EventType::AttendeeJoined,
+                EventType::AttendeeDropped,
+                EventType::AttendeeVideoStarted,
+                EventType::AttendeeVideoStopped,
+                EventType::AttendeeContentJoined,
+                EventType::AttendeeContentDropped,
+            ]
+        );
+        for e in &events {
+            assert_eq!(
+                e.network_type.is_some(),
+                e.event_type.has_network_type(),
+                "{:?}",
+                e.event_type
+            );
+        }
+        driver.delete_meeting(&meeting).await.expect("end");
+        let truth = sim.presence_truth(&meeting).expect("truth");
+        let s = &truth.attendees[0].sessions;
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].end_reason, Some(EndReason::Dropped));
+        assert_eq!(s[1].end_reason, Some(EndReason::MeetingEnded));
+        assert!(truth.ended_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_driver_drives_presence_over_http_and_reads_the_truth() {
+        let (sim, sqs, driver, url) = sim_with_events(EventsConfig::to_queue("events")).await;
+        let driver = driver.with_endpoint(&sim.endpoint_url());
+        let meeting = driver
+            .create_meeting("mtg", "us-east-1")
+            .await
+            .expect("meeting");
+        let a = driver
+            .add_attendees(&meeting, [("alice".to_owned(), None)])
+            .await
+            .expect("attendee")
+            .remove(0)
+            .attendee_id;
+        driver
+            .presence(&meeting, &a, PresenceAction::Join, Some("Pstn"))
+            .await
+            .expect("join");
+        driver.hand_off(&meeting, &a).await.expect("hand-off");
+        let err = driver.join(&meeting, &a).await.expect_err("joined already");
+        assert!(err.to_string().contains("already connected"), "{err:#}");
+        driver.leave(&meeting, &a).await.expect("leave");
+        let events = drain(&sqs, &url, 5).await;
+        let joined = events
+            .iter()
+            .find(|e| e.event_type == EventType::AttendeeJoined)
+            .expect("joined");
+        assert_eq!(joined.network_type.as_deref(), Some("Pstn"));
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event_type == EventType::AttendeeAuthorized)
+        );
+        let truth = driver.presence_truth(&meeting).await.expect("truth");
+        assert_eq!(
+            truth,
+            sim.presence_truth(&meeting).expect("truth in-process")
+        );
+        let s = &truth.attendees[0].sessions;
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].end_reason, Some(EndReason::Left));
+        assert_eq!(truth.attendees[0].handoffs.len(), 1);
+    }
+}

@@ -96,6 +96,14 @@ impl FaultSpec {
 /// Serves one control request (its path starts with [`PREFIX`]).
 pub(crate) async fn serve(shared: &Shared, method: &Method, path: &str, body: Body) -> ApiResult {
     let segs: Vec<&str> = path.trim_start_matches(PREFIX).split('/').collect();
+    if matches!(segs.first(), Some(&("events" | "presence"))) {
+        if let Some(answer) = super::events_endpoint::serve(shared, method, &segs, body).await {
+            return answer;
+        }
+        return Err(ApiError::UnknownOperation(format!(
+            "No control operation matches {method} {path}"
+        )));
+    }
     match (method.as_str(), segs.as_slice()) {
         ("POST", ["faults"]) => {
             let spec: FaultSpec = read_json(body).await?;

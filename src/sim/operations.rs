@@ -5,6 +5,7 @@
 //! It never logs a request or response body (they hold JoinTokens and ExternalUserIds).
 
 use super::*;
+use crate::lifecycle::EventType;
 
 /// A request mapped to its operation, path labels still unvalidated.
 #[derive(Debug)]
@@ -149,8 +150,9 @@ impl Shared {
             return (None, Err(ApiError::UnknownOperation(msg)));
         };
         let op = route.operation();
+        let region = events::signing_region(&parts.headers);
         let result = match self.admit(op, &parts.headers) {
-            Ok(()) => self.dispatch(route, &query, body).await,
+            Ok(()) => self.dispatch(route, &query, body, region).await,
             Err(e) => Err(e),
         };
         (Some(op), result)
@@ -206,12 +208,13 @@ impl Shared {
         route: Route,
         query: &[(String, String)],
         body: Body,
+        region: Option<crate::domain::Region>,
     ) -> ApiResult {
         let op = route.operation();
         // ListAttendees fires its own faults, once it knows the page.
         let fault = |m: &Uuid| self.fire_script(op, m, None);
         match route {
-            Route::CreateMeeting => self.create_meeting(read_json(body).await?),
+            Route::CreateMeeting => self.create_meeting(read_json(body).await?, region),
             Route::GetMeeting(m) => {
                 let m = guid("MeetingId", &m)?;
                 fault(&m)?;
@@ -220,7 +223,18 @@ impl Shared {
             Route::DeleteMeeting(m) => {
                 let m = guid("MeetingId", &m)?;
                 fault(&m)?;
-                lock(&self.state).delete_meeting(&m, self.clock.now())?;
+                let now = self.clock.now();
+                let facts = {
+                    let mut state = lock(&self.state);
+                    let facts = Facts::of(&state, &m);
+                    state.delete_meeting(&m, now)?;
+                    facts
+                };
+                let at = self.clock.wall(now);
+                lock(&self.presence).meeting_ended(&m, at);
+                if let Some(f) = facts {
+                    self.emit(EventType::MeetingEnded, &m, &f, None, None, None, at);
+                }
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             Route::CreateAttendee(m) => {
@@ -252,19 +266,45 @@ impl Shared {
                     .map_err(ApiError::BadRequest)?;
                 fault(&m)?;
                 let now = self.clock.now();
-                let view = lock(&self.state).update_capabilities(&m, &a, caps, now)?;
+                let (view, facts) = {
+                    let mut state = lock(&self.state);
+                    let view = state.update_capabilities(&m, &a, caps, now)?;
+                    (view, Facts::of(&state, &m))
+                };
+                if let Some(f) = facts {
+                    let at = self.clock.wall(now);
+                    let who = Some((view.id, view.external_user_id.as_str()));
+                    let t = EventType::AttendeeCapabilitiesUpdated;
+                    self.emit(t, &m, &f, who, None, Some(view.capabilities), at);
+                }
                 Ok(self.attendee_response(view))
             }
             Route::DeleteAttendee(m, a) => {
                 let (m, a) = (guid("MeetingId", &m)?, guid("AttendeeId", &a)?);
                 fault(&m)?;
-                lock(&self.state).delete_attendee(&m, &a, self.clock.now())?;
+                let now = self.clock.now();
+                let (view, facts) = {
+                    let mut state = lock(&self.state);
+                    let view = state.attendee(&m, &a)?;
+                    state.delete_attendee(&m, &a, now)?;
+                    (view, Facts::of(&state, &m))
+                };
+                let at = self.clock.wall(now);
+                lock(&self.presence).removed(&m, &a, at);
+                if let Some(f) = facts {
+                    let who = Some((view.id, view.external_user_id.as_str()));
+                    self.emit(EventType::AttendeeDeleted, &m, &f, who, None, None, at);
+                }
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
         }
     }
 
-    pub(super) fn create_meeting(&self, input: wire::CreateMeetingIn) -> ApiResult {
+    pub(super) fn create_meeting(
+        &self,
+        input: wire::CreateMeetingIn,
+        region: Option<crate::domain::Region>,
+    ) -> ApiResult {
         wire::validate_create_meeting(&input).map_err(ApiError::BadRequest)?;
         let wire::CreateMeetingIn {
             client_request_token,
@@ -290,7 +330,18 @@ impl Shared {
             host_id: meeting_host_id,
             extras,
         };
-        let id = lock(&self.state).create_meeting(new);
+        let now = self.clock.now();
+        let (id, facts) = {
+            let mut state = lock(&self.state);
+            let id = state.create_meeting(new);
+            (id, Facts::of(&state, &id))
+        };
+        let region = region.or_else(|| crate::domain::Region::parse(events::DEFAULT_REGION).ok());
+        let fresh = region.is_some_and(|r| self.events.meeting_created(id, r));
+        if let (true, Some(f)) = (fresh, facts) {
+            let at = self.clock.wall(now);
+            self.emit(EventType::MeetingStarted, &id, &f, None, None, None, at);
+        }
         self.get_meeting(&id)
     }
 
@@ -328,6 +379,7 @@ impl Shared {
         let new = validate_attendee(input).map_err(|(_, msg)| ApiError::BadRequest(msg))?;
         let now = self.clock.now();
         let mut views = lock(&self.state).create_attendees(meeting, vec![new], now)?;
+        self.announce(meeting, &views, now);
         let view = views
             .pop()
             .ok_or_else(|| ApiError::Internal("The attendee was not created".into()))?;
@@ -371,6 +423,7 @@ impl Shared {
                 state.create_attendees(meeting, valid, now)?
             }
         };
+        self.announce(meeting, &views, now);
         let attendees = views.into_iter().map(|v| self.attendee_out(v)).collect();
         let body = wire::BatchCreateAttendeeResponse { attendees, errors };
         Ok(json_response(StatusCode::OK, &body))
@@ -443,6 +496,98 @@ impl Shared {
         Ok(json_response(StatusCode::OK, &body))
     }
 
+    /// Emits `AttendeeAdded` for each attendee created at `now` (not for an existing one a
+    /// repeated ExternalUserId returned).
+    fn announce(&self, meeting: &Uuid, views: &[AttendeeView], now: Stamp) {
+        if !self.events.is_on() {
+            return;
+        }
+        let Some(f) = Facts::of(&lock(&self.state), meeting) else {
+            return;
+        };
+        let at = self.clock.wall(now);
+        for v in views.iter().filter(|v| v.created == now) {
+            let who = Some((v.id, v.external_user_id.as_str()));
+            self.emit(EventType::AttendeeAdded, meeting, &f, who, None, None, at);
+        }
+    }
+
+    /// Emits one lifecycle event (nothing when emission is off).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit(
+        &self,
+        event_type: EventType,
+        meeting: &Uuid,
+        facts: &Facts,
+        attendee: Option<(Uuid, &str)>,
+        network_type: Option<&str>,
+        capabilities: Option<Capabilities>,
+        at: DateTime<Utc>,
+    ) {
+        self.events.emit(
+            &self.sqs,
+            &events::Occurrence {
+                event_type,
+                meeting: *meeting,
+                external_meeting_id: &facts.external_meeting_id,
+                media_region: &facts.media_region,
+                attendee,
+                network_type,
+                capabilities,
+                at,
+            },
+        );
+    }
+
+    /// One presence control: checks the attendee is live, applies it to the truth, emits
+    /// its events.
+    pub(super) fn presence_control(
+        &self,
+        meeting: Uuid,
+        attendee: Uuid,
+        action: presence::PresenceAction,
+        network_type: Option<&str>,
+        at: Option<DateTime<Utc>>,
+    ) -> ApiResult<()> {
+        let now = self.clock.wall(self.clock.now());
+        let at = at.unwrap_or(now);
+        if at > now + chrono::Duration::seconds(1) {
+            return Err(ApiError::BadRequest(format!(
+                "at {at} is in the future (now {now})"
+            )));
+        }
+        if let Some(n) = network_type
+            && (n.is_empty() || n.len() > 32 || !n.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "network_type {n:?} must be 1 to 32 letters and digits"
+            )));
+        }
+        let (view, facts) = {
+            let state = lock(&self.state);
+            let view = state.attendee(&meeting, &attendee)?;
+            let facts = Facts::of(&state, &meeting)
+                .ok_or_else(|| ApiError::NotFound(format!("Meeting {meeting} not found")))?;
+            (view, facts)
+        };
+        let emitted = lock(&self.presence)
+            .apply(
+                meeting,
+                attendee,
+                &view.external_user_id,
+                action,
+                network_type,
+                at,
+            )
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let who = Some((view.id, view.external_user_id.as_str()));
+        for e in emitted {
+            let net = e.network_type.as_deref();
+            self.emit(e.event_type, &meeting, &facts, who, net, None, at);
+        }
+        Ok(())
+    }
+
     /// Fires the first hook armed for this page of this meeting, if any.
     pub(super) fn fire_hooks(&self, meeting: &Uuid, cursor: Cursor) {
         let mut hooks = lock(&self.hooks);
@@ -512,6 +657,22 @@ impl Shared {
             attendee: self.attendee_out(v),
         };
         json_response(StatusCode::OK, &body)
+    }
+}
+
+/// What every event of a meeting repeats about it.
+pub(super) struct Facts {
+    external_meeting_id: String,
+    media_region: String,
+}
+
+impl Facts {
+    fn of(state: &State, meeting: &Uuid) -> Option<Self> {
+        let m = state.meeting(meeting).ok()?;
+        Some(Self {
+            external_meeting_id: m.external_meeting_id.to_string(),
+            media_region: m.media_region.to_string(),
+        })
     }
 }
 

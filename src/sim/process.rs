@@ -33,6 +33,24 @@ pub struct SimArgs {
     /// position in the live list (offset: a deletion between pages skips an attendee).
     #[arg(long, value_enum, default_value_t = Paging::Keyset)]
     pub paging: Paging,
+    /// Emit Chime meeting lifecycle events to this queue of the simulator's SQS side
+    /// (created at start; its URL is `<endpoint>/123456789012/NAME`). Off when absent.
+    #[arg(long, value_name = "NAME")]
+    pub events_queue: Option<String>,
+    /// How events reach the queue: the EventBridge event JSON, or wrapped in an SNS
+    /// notification.
+    #[arg(long, value_enum, default_value_t = events::EventsFormat::Eventbridge, requires = "events_queue")]
+    pub events_format: events::EventsFormat,
+    /// Probability (0.0 to 1.0) that an event is lost.
+    #[arg(long, default_value_t = 0.0, requires = "events_queue")]
+    pub event_loss: f64,
+    /// Probability (0.0 to 1.0) that an event is delivered twice.
+    #[arg(long, default_value_t = 0.0, requires = "events_queue")]
+    pub event_dup: f64,
+    /// Each event copy is held back a random delay up to this many milliseconds (so events
+    /// overtake each other).
+    #[arg(long, default_value_t = 0, requires = "events_queue")]
+    pub event_delay_ms: u64,
 }
 
 impl From<&SimArgs> for SimConfig {
@@ -46,6 +64,15 @@ impl From<&SimArgs> for SimConfig {
             exempt_control: a.exempt_control,
             max_attendees: a.max_attendees,
             paging: a.paging,
+            events: a.events_queue.as_ref().map(|queue| events::EventsConfig {
+                queue: queue.clone(),
+                format: a.events_format,
+                faults: events::EventFaults {
+                    loss: a.event_loss,
+                    duplicate: a.event_dup,
+                    max_delay: Duration::from_millis(a.event_delay_ms),
+                },
+            }),
         }
     }
 }
@@ -59,6 +86,10 @@ pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let handle = start(args.listen, SimConfig::from(&args))
         .await
         .with_context(|| format!("starting the Chime simulator on {}", args.listen))?;
+    if let Some(q) = &args.events_queue {
+        let url = handle.queue_url(q).unwrap_or_default();
+        tracing::info!(queue_url = %url, "chime simulator emitting meeting events");
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", handle.endpoint_url()).context("writing the endpoint to stdout")?;

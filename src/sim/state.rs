@@ -71,6 +71,8 @@ pub(crate) struct AttendeeView {
     pub(crate) id: Uuid,
     pub(crate) external_user_id: String,
     pub(crate) capabilities: Capabilities,
+    /// When it was created: a create call tells a new attendee from an existing one by it.
+    pub(crate) created: Stamp,
 }
 
 impl From<&Entry> for AttendeeView {
@@ -79,6 +81,7 @@ impl From<&Entry> for AttendeeView {
             id: e.id,
             external_user_id: e.external_user_id.to_string(),
             capabilities: e.capabilities,
+            created: e.created,
         }
     }
 }
