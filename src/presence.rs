@@ -393,14 +393,41 @@ fn close(
     }
 }
 
+/// Where an event goes among events of the same millisecond (Chime's timestamps are in
+/// milliseconds, and a leave stops video in the same one): a session opens before what
+/// happens in it, and what happens in it before the session closes.
+pub fn same_instant_rank(t: EventType) -> u8 {
+    use EventType::*;
+    match t {
+        AttendeeJoined => 0,
+        AttendeeAuthorized => 1,
+        AttendeeVideoStarted | AttendeeContentJoined | AttendeeContentVideoStarted => 2,
+        AttendeeVideoStopped
+        | AttendeeContentVideoStopped
+        | AttendeeContentLeft
+        | AttendeeContentDropped => 3,
+        AttendeeLeft | AttendeeDropped => 4,
+        _ => 5,
+    }
+}
+
+/// The order events are applied in: Chime timestamp, then [`same_instant_rank`], then
+/// envelope id (so that the order is the same whoever applies them).
+pub fn order_key(e: &MeetingEvent) -> (DateTime<Utc>, u8, &str) {
+    (
+        e.occurred_at,
+        same_instant_rank(e.event_type),
+        e.id.as_str(),
+    )
+}
+
 /// Holds events for `window` after they arrive and releases them in Chime-timestamp order,
 /// so that a delivery reordered by up to `window` is applied in its place.
 #[derive(Debug)]
 pub struct Reorder {
     window: TimeDelta,
-    /// (occurred_at, envelope id) → (arrived, event). The id breaks timestamp ties
-    /// deterministically; an id pushed twice is kept once.
-    held: BTreeMap<(DateTime<Utc>, String), (DateTime<Utc>, MeetingEvent)>,
+    /// [`order_key`] → (arrived, event); an id pushed twice is kept once.
+    held: BTreeMap<(DateTime<Utc>, u8, String), (DateTime<Utc>, MeetingEvent)>,
 }
 
 impl Reorder {
@@ -413,9 +440,12 @@ impl Reorder {
 
     /// Holds `event`, which arrived at `now`.
     pub fn push(&mut self, event: MeetingEvent, now: DateTime<Utc>) {
-        self.held
-            .entry((event.occurred_at, event.id.clone()))
-            .or_insert((now, event));
+        let key = (
+            event.occurred_at,
+            same_instant_rank(event.event_type),
+            event.id.clone(),
+        );
+        self.held.entry(key).or_insert((now, event));
     }
 
     pub fn len(&self) -> usize {
@@ -441,14 +471,14 @@ impl Reorder {
             .held
             .iter()
             .filter(|(_, (arrived, _))| *arrived + self.window <= now)
-            .map(|((at, _), _)| *at)
+            .map(|((at, _, _), _)| *at)
             .max();
         let Some(horizon) = horizon else {
             return Vec::new();
         };
         let keep = self
             .held
-            .split_off(&(horizon + TimeDelta::nanoseconds(1), String::new()));
+            .split_off(&(horizon + TimeDelta::nanoseconds(1), 0, String::new()));
         let released = std::mem::replace(&mut self.held, keep);
         released.into_values().map(|(_, e)| e).collect()
     }

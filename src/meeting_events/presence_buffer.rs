@@ -96,7 +96,9 @@ impl PresenceBuffer {
         }
         let mut out = Flushed::default();
         for (meeting, mut held) in by_meeting {
-            held.sort_by(|(a, _), (b, _)| (a.occurred_at, &a.id).cmp(&(b.occurred_at, &b.id)));
+            held.sort_by(|(a, _), (b, _)| {
+                crate::presence::order_key(a).cmp(&crate::presence::order_key(b))
+            });
             let events: Vec<MeetingEvent> = held.iter().map(|(e, _)| e.clone()).collect();
             let (stored, plan) = match store.record_presence(&meeting, &events, now).await {
                 Ok(done) => done,
