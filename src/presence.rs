@@ -421,13 +421,16 @@ pub fn order_key(e: &MeetingEvent) -> (DateTime<Utc>, u8, &str) {
     )
 }
 
+/// An owned [`order_key`].
+type OrderKey = (DateTime<Utc>, u8, String);
+
 /// Holds events for `window` after they arrive and releases them in Chime-timestamp order,
 /// so that a delivery reordered by up to `window` is applied in its place.
 #[derive(Debug)]
 pub struct Reorder {
     window: TimeDelta,
     /// [`order_key`] → (arrived, event); an id pushed twice is kept once.
-    held: BTreeMap<(DateTime<Utc>, u8, String), (DateTime<Utc>, MeetingEvent)>,
+    held: BTreeMap<OrderKey, (DateTime<Utc>, MeetingEvent)>,
 }
 
 impl Reorder {
