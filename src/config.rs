@@ -246,6 +246,10 @@ pub struct MeetingEventsSettings {
     /// Events of one meeting within this window make one poll.
     #[serde(with = "human_duration")]
     pub coalesce: Duration,
+    /// Presence: how long an event is held before it is applied, so that events delivered
+    /// out of order within this window are applied in Chime-timestamp order.
+    #[serde(with = "human_duration")]
+    pub reorder_window: Duration,
     /// Track a meeting not yet tracked on its first event (discovery).
     pub auto_track: bool,
     /// Discovery: only meetings whose externalMeetingId matches one of these patterns (`*`,
@@ -337,6 +341,26 @@ impl MeetingEventsSettings {
                 format!(
                     "is {}, must be at most 1m (longer is what poll.interval is for)",
                     humantime::format_duration(self.coalesce)
+                ),
+            ));
+        }
+        if self.reorder_window > Duration::from_secs(60) {
+            return Err(bad(
+                "meeting_events.reorder_window",
+                format!(
+                    "is {}, must be at most 1m (presence is recorded that much later)",
+                    humantime::format_duration(self.reorder_window)
+                ),
+            ));
+        }
+        if self.reorder_window >= self.visibility_timeout {
+            return Err(bad(
+                "meeting_events.reorder_window",
+                format!(
+                    "is {}, must be shorter than meeting_events.visibility_timeout ({}): a held \
+                     message would come back before it is applied",
+                    humantime::format_duration(self.reorder_window),
+                    humantime::format_duration(self.visibility_timeout)
                 ),
             ));
         }

@@ -152,8 +152,9 @@ pub async fn run(
         loop {
             let line = match rx.recv().await {
                 Ok(e) => {
-                    let k = kind_index(e.kind);
-                    counts[k] += 1;
+                    if let Some(k) = kind_index(e.kind) {
+                        counts[k] += 1;
+                    }
                     shown_tx.send_replace(counts);
                     let label = labels.get(&e.meeting_id).copied().unwrap_or("?");
                     event_line(&e, label, counts, color)
@@ -272,17 +273,20 @@ async fn opening(
         let before = *shown.borrow();
         // In a meeting with nobody in it, the change is a join: wait for what it made.
         let made = churn::change(driver, fleet, 0, kind, 0, name.clone()).await?;
-        let k = kind_index(made.kind);
-        shown.wait_for(|c| c[k] > before[k]).await?;
+        if let Some(k) = kind_index(made.kind) {
+            shown.wait_for(|c| c[k] > before[k]).await?;
+        }
     }
     Ok(())
 }
 
-fn kind_index(kind: EventKind) -> usize {
+/// Where the summary counts a roster change; presence changes are shown, not counted.
+fn kind_index(kind: EventKind) -> Option<usize> {
     match kind {
-        EventKind::Joined => 0,
-        EventKind::Left => 1,
-        EventKind::CapabilitiesChanged => 2,
+        EventKind::Joined => Some(0),
+        EventKind::Left => Some(1),
+        EventKind::CapabilitiesChanged => Some(2),
+        _ => None,
     }
 }
 
@@ -327,10 +331,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn event_line(e: &StoredEvent, label: &str, counts: [usize; 3], color: bool) -> String {
-    let (name, paint) = match e.kind {
-        EventKind::Joined => ("joined", "32"),
-        EventKind::Left => ("left", "31"),
-        EventKind::CapabilitiesChanged => ("capabilities_changed", "33"),
+    let name = e.kind.as_str();
+    let paint = match e.kind {
+        EventKind::Joined | EventKind::Connected => "32",
+        EventKind::Left | EventKind::Disconnected => "31",
+        EventKind::CapabilitiesChanged => "33",
+        _ => "36",
     };
     let caps = |c: Option<crate::domain::Capabilities>| {
         c.map(|c| {
@@ -347,6 +353,7 @@ fn event_line(e: &StoredEvent, label: &str, counts: [usize; 3], color: bool) -> 
         EventKind::Joined => caps(e.after),
         EventKind::Left => e.reason.map(|r| r.to_string()).unwrap_or_default(),
         EventKind::CapabilitiesChanged => format!("{} → {}", caps(e.before), caps(e.after)),
+        _ => crate::store::describe_presence(e.presence.as_ref()),
     };
     let kind = if color {
         format!("\x1b[{paint}m{name:<20}\x1b[0m")

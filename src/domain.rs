@@ -20,7 +20,9 @@ pub enum DomainError {
     BadCapability(String),
     #[error("left reason {0:?} is not one of removed, meeting_ended, tracking_stopped")]
     BadLeftReason(String),
-    #[error("event kind {0:?} is not one of joined, left, capabilities_changed")]
+    #[error(
+        "event kind {0:?} is not one of joined, left, capabilities_changed, connected, disconnected, video_started, video_stopped, content_started, content_stopped"
+    )]
     BadEventKind(String),
     #[error("region {0:?} is not an AWS region name (e.g. us-east-1)")]
     BadRegion(String),
@@ -322,29 +324,59 @@ pub fn fingerprint(attendees: &[Attendee]) -> Fingerprint {
     (u128::from(h1.finish()) << 64) | u128::from(h2.finish())
 }
 
-/// The three kinds of change roster-sync records (`roster_events.kind`).
+/// The kinds of change roster-sync records (`roster_events.kind`): the roster's three, from
+/// polls, and presence's six, from meeting events (see `presence.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Joined,
     Left,
     CapabilitiesChanged,
+    Connected,
+    Disconnected,
+    VideoStarted,
+    VideoStopped,
+    ContentStarted,
+    ContentStopped,
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        Self::Joined,
+        Self::Left,
+        Self::CapabilitiesChanged,
+        Self::Connected,
+        Self::Disconnected,
+        Self::VideoStarted,
+        Self::VideoStopped,
+        Self::ContentStarted,
+        Self::ContentStopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Joined => "joined",
             Self::Left => "left",
             Self::CapabilitiesChanged => "capabilities_changed",
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+            Self::VideoStarted => "video_started",
+            Self::VideoStopped => "video_stopped",
+            Self::ContentStarted => "content_started",
+            Self::ContentStopped => "content_stopped",
         }
+    }
+
+    /// True for the kinds presence records (who is connected), false for the roster's.
+    pub fn is_presence(self) -> bool {
+        !matches!(self, Self::Joined | Self::Left | Self::CapabilitiesChanged)
     }
 }
 
 impl FromStr for EventKind {
     type Err = DomainError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::Joined, Self::Left, Self::CapabilitiesChanged]
+        Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| DomainError::BadEventKind(s.to_owned()))

@@ -32,6 +32,23 @@ pub struct EventJson {
     pub previous_content: Option<&'static str>,
     pub observed_at: chrono::DateTime<chrono::Utc>,
     pub previous_poll_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Presence kinds only: when it happened (the Chime timestamp, or inside the window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Presence kinds only: `meeting_event`, or `poll` for a boundary a poll proved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
+    /// Presence kinds only: whether no event gave the boundary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inferred: Option<bool>,
+    /// Presence kinds only, when inferred: the window in which it happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inferred_from: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inferred_to: Option<chrono::DateTime<chrono::Utc>>,
+    /// `connected` only, from the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_type: Option<String>,
 }
 
 /// The payload of the Postgres `NOTIFY` on the events channel, one per transaction that

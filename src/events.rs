@@ -101,6 +101,7 @@ impl Printer {
                         caps(event.before).unwrap_or_default(),
                         caps(event.after).unwrap_or_default()
                     ),
+                    _ => crate::store::describe_presence(event.presence.as_ref()),
                 };
                 writeln!(
                     out,

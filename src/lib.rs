@@ -25,6 +25,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod permit;
 pub mod meeting_events;
+pub mod presence;
 pub mod rate;
 pub mod redact;
 pub mod report;

@@ -85,6 +85,18 @@ impl EventType {
         !matches!(self, Self::MeetingStarted | Self::MeetingEnded)
     }
 
+    /// True for the content-share events, whose `attendeeId` may carry a `#content` suffix.
+    pub fn is_content_event(self) -> bool {
+        matches!(
+            self,
+            Self::AttendeeContentJoined
+                | Self::AttendeeContentLeft
+                | Self::AttendeeContentDropped
+                | Self::AttendeeContentVideoStarted
+                | Self::AttendeeContentVideoStopped
+        )
+    }
+
     /// True for the events that carry `networkType`: joins, leaves and drops.
     pub fn has_network_type(self) -> bool {
         matches!(
@@ -258,8 +270,14 @@ fn parse_event(v: &Value, now: DateTime<Utc>) -> Result<MeetingEvent, Rejection>
         .filter(|t| *t <= now + MAX_FUTURE && *t >= now - MAX_AGE)
         .ok_or_else(|| Rejection::BadTimestamp(millis.to_string()))?;
     let attendee = if event_type.is_attendee_event() {
-        let attendee_id = AttendeeId::parse(text(detail, "detail.attendeeId")?)
-            .map_err(|e| Rejection::BadId(e.to_string()))?;
+        let raw = text(detail, "detail.attendeeId")?;
+        // A content share joins as its own attendee, `<attendee id>#content`: its events are
+        // about the sharing attendee.
+        let raw = match raw.strip_suffix("#content") {
+            Some(base) if event_type.is_content_event() => base,
+            _ => raw,
+        };
+        let attendee_id = AttendeeId::parse(raw).map_err(|e| Rejection::BadId(e.to_string()))?;
         let external_user_id = optional_text(detail, "externalUserId")
             .filter(|s| s.chars().count() <= 64)
             .map(ExternalUserId::new);

@@ -24,6 +24,7 @@
 //! never writes SQL itself (the store does).
 
 mod coalesce;
+mod presence_buffer;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use crate::scheduler::Hint;
 use crate::store::{Discovered, MeetingStatus, Store, StoreError};
 
 pub use coalesce::Coalescer;
+pub use presence_buffer::{Flushed, PresenceBuffer};
 
 /// Handled envelope ids are kept this long: longer than SQS keeps a message (14 days).
 pub const SEEN_RETENTION: Duration = Duration::from_secs(15 * 24 * 60 * 60);
@@ -144,6 +146,8 @@ pub struct Intake {
     failing: Option<&'static str>,
     backoff: backon::ExponentialBackoff,
     pruned_at: Option<Instant>,
+    /// Presence events held for the reorder window, then recorded (`presence_buffer.rs`).
+    presence: PresenceBuffer,
     cancel: CancellationToken,
 }
 
@@ -300,6 +304,14 @@ impl Intake {
         cancel: CancellationToken,
     ) -> Self {
         metrics::gauge!("roster_sync_meeting_events_up").set(0.0);
+        let presence = PresenceBuffer::new(
+            settings.reorder_window,
+            // An unknown attendee waits for a poll at most until its message would come back
+            // anyway.
+            settings
+                .visibility_timeout
+                .saturating_sub(settings.reorder_window),
+        );
         Self {
             sqs,
             settings,
@@ -311,6 +323,7 @@ impl Intake {
             failing: None,
             backoff: backoff(),
             pruned_at: None,
+            presence,
             cancel,
         }
     }
@@ -346,7 +359,7 @@ impl Intake {
             .receive_message()
             .queue_url(&self.settings.queue_url)
             .max_number_of_messages(self.settings.batch)
-            .wait_time_seconds(i32::try_from(self.settings.wait.as_secs()).unwrap_or(20))
+            .wait_time_seconds(self.receive_wait())
             .visibility_timeout(
                 i32::try_from(self.settings.visibility_timeout.as_secs().max(1)).unwrap_or(30),
             )
@@ -383,14 +396,22 @@ impl Intake {
         }
         self.backoff = backoff();
         let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
+        if messages.is_empty() && self.presence.held() == 0 {
             return Tick::Idle;
         }
         let received = messages.len();
         RECEIVED.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
         let mut delete = Vec::new();
         for m in &messages {
-            let handled = self.handle(m.body().unwrap_or_default()).await;
+            let (mut handled, presence) = self.handle_message(m.body().unwrap_or_default()).await;
+            if let Some(event) = presence
+                && handled.delete
+            {
+                // Deleted once its presence is recorded.
+                handled.delete = false;
+                self.presence
+                    .offer(event, m.receipt_handle().map(str::to_owned), Utc::now());
+            }
             metrics::counter!(
                 "roster_sync_meeting_events_total",
                 "type" => handled.event_type,
@@ -403,8 +424,36 @@ impl Intake {
                 delete.push(receipt.to_owned());
             }
         }
+        let flushed = self.presence.flush(&self.store, Utc::now()).await;
+        for (event_type, outcome) in &flushed.outcomes {
+            metrics::counter!(
+                "roster_sync_presence_events_total",
+                "type" => event_type.name(),
+                "outcome" => *outcome
+            )
+            .increment(1);
+        }
+        for meeting in &flushed.hint {
+            if let Err(e) = self.hint(meeting).await {
+                tracing::debug!(meeting_id = %meeting, error = %e, "meeting events: no hint for an unknown attendee");
+            }
+        }
+        delete.extend(flushed.delete);
         let deleted = self.delete(delete).await;
         Tick::Handled { received, deleted }
+    }
+
+    /// The long poll's wait: `meeting_events.wait`, shortened while presence events are held
+    /// so that they are applied when their reorder window ends.
+    fn receive_wait(&self) -> i32 {
+        let configured = i32::try_from(self.settings.wait.as_secs()).unwrap_or(20);
+        match self.presence.next_flush(Utc::now()) {
+            Some(at) => {
+                let left = (at - Utc::now()).num_milliseconds().max(0);
+                configured.min(i32::try_from((left + 999) / 1000).unwrap_or(configured))
+            }
+            None => configured,
+        }
     }
 
     /// Deletes the handled messages in one batch; returns how many went.
@@ -456,22 +505,42 @@ impl Intake {
 
     /// Parses one body and commits its effect. Never fails: what went wrong is the outcome.
     pub async fn handle(&mut self, body: &str) -> Handled {
+        self.handle_message(body).await.0
+    }
+
+    /// [`Intake::handle`], also returning the event when it is one presence records (the
+    /// caller holds it in the [`PresenceBuffer`] and deletes the message after).
+    async fn handle_message(&mut self, body: &str) -> (Handled, Option<MeetingEvent>) {
+        let handled = self.handle_hint(body).await;
+        let presence = match &handled {
+            (h, Some(event))
+                if h.delete && crate::presence::is_presence_event(event.event_type) =>
+            {
+                Some(event.clone())
+            }
+            _ => None,
+        };
+        (handled.0, presence)
+    }
+
+    async fn handle_hint(&mut self, body: &str) -> (Handled, Option<MeetingEvent>) {
         let now = Utc::now();
         let event = match parse_body(body, now) {
             Ok(event) => event,
             Err(rejection) => {
                 self.log_rejection(&rejection);
-                return Handled {
+                let handled = Handled {
                     event_type: "unknown",
                     outcome: rejection.outcome(),
                     delete: true,
                 };
+                return (handled, None);
             }
         };
         let event_type = event.event_type.name();
         let age = (now - event.time).to_std().unwrap_or_default();
         metrics::histogram!("roster_sync_meeting_events_age_seconds").record(age.as_secs_f64());
-        match self.commit(&event, now).await {
+        let handled = match self.commit(&event, now).await {
             Ok(outcome) => {
                 tracing::debug!(
                     event_id = %event.id,
@@ -500,7 +569,8 @@ impl Intake {
                     delete: false,
                 }
             }
-        }
+        };
+        (handled, Some(event))
     }
 
     /// The event's effect, then its envelope id recorded: a redelivery after a crash between

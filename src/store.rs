@@ -40,8 +40,9 @@ pub use leases::{
 pub use meeting_events::{ADDED_BY_EVENTS, Discovered, HINTS_CHANNEL, HintWakeups};
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{
-    AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, SessionRow, Snapshot,
-    StoredEvent, TrackedMeeting, UnchangedPoll,
+    AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, PresenceFacts,
+    PresenceRecord, SessionRow, Snapshot, StoredEvent, TrackedMeeting, UnchangedPoll,
+    describe_presence,
 };
 use rows::{EVENT_VALUES, check_changes, decode, event_values};
 pub use stats::WriteCounts;
@@ -588,6 +589,92 @@ impl Store {
         if matches!(outcome, ApplyOutcome::Applied { events, .. } if !events.is_empty()) {
             self.note_committed();
         }
+    }
+
+    /// What the presence reconciler needs of one meeting: whether it is active, its roster
+    /// (with each attendee's earliest possible start), each attendee's presence so far, and
+    /// the fence for [`Store::apply_presence`].
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails; [`StoreError::Corrupt`] for a stored
+    /// value that does not decode.
+    pub async fn presence_context(
+        &self,
+        meeting: &MeetingId,
+    ) -> Result<crate::presence::PresenceContext> {
+        on_backend!(self, presence_context(meeting))
+    }
+
+    /// The envelope ids among `ids` already applied to presence.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails.
+    pub async fn presence_applied(&self, ids: &[String]) -> Result<HashSet<String>> {
+        on_backend!(self, presence_applied(ids))
+    }
+
+    /// Records one batch of presence changes of one meeting and marks its envelope ids
+    /// applied, in one transaction, if the meeting is still active, no presence was recorded
+    /// for it since `rec.fence`, and no envelope id was applied meanwhile. Returns `None`
+    /// (nothing written) otherwise: recompute from a fresh [`Store::presence_context`].
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRecord`] when a change names an attendee missing from `users`;
+    /// [`StoreError::Sqlx`] when the database fails. Nothing is written in either case.
+    pub async fn apply_presence(
+        &self,
+        rec: PresenceRecord<'_>,
+        users: &std::collections::HashMap<AttendeeId, ExternalUserId>,
+    ) -> Result<Option<Vec<StoredEvent>>> {
+        let out = on_backend!(self, apply_presence(&rec, users))?;
+        if out.as_ref().is_some_and(|e| !e.is_empty()) {
+            self.note_committed();
+        }
+        Ok(out)
+    }
+
+    /// Reconciles a batch of one meeting's meeting events (in Chime-timestamp order) with
+    /// what is recorded and records the result: reads the context, lets
+    /// [`crate::presence::plan`] decide, and writes fenced; when another writer recorded
+    /// presence of the meeting meanwhile it starts again from a fresh context (at most 5
+    /// times). Returns the stored presence events and the plan (its `unknown` events are not
+    /// recorded: the caller holds them until a poll shows their attendees).
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlx`] when the database fails, [`StoreError::InvalidRecord`] when the fence kept moving.
+    pub async fn record_presence(
+        &self,
+        meeting: &MeetingId,
+        events: &[crate::lifecycle::MeetingEvent],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<StoredEvent>, crate::presence::Plan)> {
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        for _ in 0..5 {
+            let mut ctx = self.presence_context(meeting).await?;
+            let already = self.presence_applied(&ids).await?;
+            let plan = crate::presence::plan(&mut ctx, events, &already);
+            if plan.applied.is_empty() {
+                return Ok((Vec::new(), plan));
+            }
+            let users = ctx
+                .roster
+                .iter()
+                .map(|(a, (u, _))| (a.clone(), u.clone()))
+                .collect();
+            let rec = PresenceRecord {
+                meeting_id: meeting,
+                fence: ctx.fence,
+                envelope_ids: &plan.applied,
+                changes: &plan.changes,
+                observed_at: now,
+            };
+            if let Some(stored) = self.apply_presence(rec, &users).await? {
+                return Ok((stored, plan));
+            }
+        }
+        Err(StoreError::InvalidRecord(format!(
+            "presence of meeting {meeting} kept changing under five attempts to record it"
+        )))
     }
 
     /// Records the bookkeeping of many unchanged polls in one statement: for each, exactly what

@@ -81,6 +81,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Chime meeting lifecycle events read from the [meeting_events] queue, by type (unknown for a body that is no valid event) and outcome: hint, ignored, inactive, untracked, not_matched, not_found, tracked, duplicate, failed (kept in the queue), or the rejection (malformed, too_large, not_chime, unknown_type, bad_id, bad_timestamp, bad_sns_message).",
     ),
     (
+        "roster_sync_presence_events_total",
+        Kind::Counter,
+        "Presence events (joins, leaves, drops, video and content) applied from the [meeting_events] queue, by type and outcome: applied, no_change, stale (older than a change already recorded for the attendee), duplicate, hint_only, meeting_not_active, unknown_attendee (no poll showed the attendee in time), failed (kept in the queue).",
+    ),
+    (
         "roster_sync_meeting_events_hint_polls_total",
         Kind::Counter,
         "Polls launched because a meeting event made the meeting due (hint polls), paid from the same rate budget.",

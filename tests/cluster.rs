@@ -795,6 +795,7 @@ async fn three_replicas_share_200_meetings_under_churn_within_the_quota() {
                     LISTENER
                 };
             }
+            other => panic!("the churn made a {other}, which it cannot"),
         }
     }
     // The simulator's own record agrees with the driver's account.
@@ -886,6 +887,7 @@ async fn three_replicas_share_200_meetings_under_churn_within_the_quota() {
                     assert_eq!(i, seq.len() - 1, "nothing after a departure: {seq:?}");
                     assert!(!t.live, "a departure of someone still there: {seq:?}");
                 }
+                other => panic!("no meeting events were read, yet a {other} was recorded"),
             }
         }
     }

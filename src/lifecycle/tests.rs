@@ -132,3 +132,20 @@ fn ids_are_compared_in_lower_case() {
         MEETING
     );
 }
+
+#[test]
+fn a_content_share_attendee_is_the_sharing_attendee() {
+    let mut event = joined();
+    event.event_type = EventType::AttendeeContentJoined;
+    let body = event
+        .to_body("1")
+        .replace(ATTENDEE, &format!("{ATTENDEE}#content"));
+    assert_eq!(parse_body(&body, now()).unwrap(), event);
+    let body = joined()
+        .to_body("1")
+        .replace(ATTENDEE, &format!("{ATTENDEE}#content"));
+    assert_eq!(
+        parse_body(&body, now()).map_err(|e| e.outcome()),
+        Err("bad_id")
+    );
+}

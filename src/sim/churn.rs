@@ -537,6 +537,7 @@ async fn change_one(
             meeting.listener[i] = !meeting.listener[i];
             Ok(made(a, EventKind::CapabilitiesChanged))
         }
+        other => anyhow::bail!("the churn makes roster changes, not {other}"),
     }
 }
 

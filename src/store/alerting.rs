@@ -297,6 +297,7 @@ impl From<&LabeledEvent> for EventJson {
         };
         let [audio, video, content] = split(event.after);
         let [previous_audio, previous_video, previous_content] = split(event.before);
+        let p = event.presence.as_ref();
         Self {
             event_id: event.event_id,
             meeting_id: event.meeting_id.as_str().to_owned(),
@@ -304,7 +305,10 @@ impl From<&LabeledEvent> for EventJson {
             attendee_id: event.attendee_id.as_str().to_owned(),
             external_user_id: event.external_user_id.as_str().to_owned(),
             kind: event.kind,
-            reason: event.reason.map(|r| r.as_str()),
+            reason: event
+                .reason
+                .map(|r| r.as_str())
+                .or_else(|| p.and_then(|p| p.reason).map(|r| r.as_str())),
             audio,
             video,
             content,
@@ -313,6 +317,12 @@ impl From<&LabeledEvent> for EventJson {
             previous_content,
             observed_at: event.observed_at,
             previous_poll_at: event.previous_poll_at,
+            occurred_at: p.map(|p| p.occurred_at),
+            source: p.map(|p| p.source.as_str()),
+            inferred: p.map(|p| p.inferred.is_some()),
+            inferred_from: p.and_then(|p| p.inferred).map(|w| w.from),
+            inferred_to: p.and_then(|p| p.inferred).map(|w| w.to),
+            network_type: p.and_then(|p| p.network_type.clone()),
         }
     }
 }

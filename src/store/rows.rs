@@ -65,6 +65,63 @@ pub struct StoredEvent {
     pub reason: Option<LeftReason>,
     pub observed_at: DateTime<Utc>,
     pub previous_poll_at: Option<DateTime<Utc>>,
+    /// Set exactly on the presence kinds (`EventKind::is_presence`).
+    pub presence: Option<PresenceFacts>,
+}
+
+/// What a presence row says beyond the common columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceFacts {
+    /// When it happened: the Chime timestamp, or inside `inferred` when no event gave it.
+    pub occurred_at: DateTime<Utc>,
+    pub source: crate::presence::Source,
+    /// The window of an inferred boundary.
+    pub inferred: Option<crate::presence::Window>,
+    /// On `connected`, from the event.
+    pub network_type: Option<String>,
+    /// On `disconnected`.
+    pub reason: Option<crate::presence::DisconnectReason>,
+}
+
+/// The detail the CLI shows for a presence row: the reason, the network type, and when it
+/// happened if that differs from when it was recorded, with `inferred` and its window.
+pub fn describe_presence(facts: Option<&PresenceFacts>) -> String {
+    let Some(f) = facts else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if let Some(r) = f.reason {
+        parts.push(r.as_str().to_owned());
+    }
+    if let Some(n) = &f.network_type {
+        parts.push(n.clone());
+    }
+    parts.push(format!("at {}", f.occurred_at.format("%H:%M:%S%.3f")));
+    if let Some(w) = f.inferred {
+        parts.push(format!(
+            "inferred within {}..{}",
+            w.from.format("%H:%M:%S"),
+            w.to.format("%H:%M:%S")
+        ));
+    }
+    if f.source == crate::presence::Source::Poll {
+        parts.push("proved by a poll".into());
+    }
+    parts.join(", ")
+}
+
+/// Everything one batch of meeting events wants recorded for one meeting.
+#[derive(Clone, Debug)]
+pub struct PresenceRecord<'a> {
+    pub meeting_id: &'a MeetingId,
+    /// [`crate::presence::PresenceContext::fence`] of the context the changes were computed from.
+    pub fence: i64,
+    /// The envelope ids applied (including those that changed nothing): each counts once.
+    pub envelope_ids: &'a [String],
+    /// In order; each attendee must be in the snapshot.
+    pub changes: &'a [crate::presence::PresenceChange],
+    /// When the batch is recorded: the rows' `observed_at`.
+    pub observed_at: DateTime<Utc>,
 }
 
 /// Everything one poll wants recorded.
@@ -179,6 +236,8 @@ pub(super) fn check_changes(meeting: &MeetingId, changes: &[Change]) -> Result<(
             EventKind::CapabilitiesChanged => {
                 c.after.is_some() && c.before.is_some() && c.reason.is_none()
             }
+            // A poll records roster changes only; presence has its own path.
+            _ => false,
         };
         if !fits {
             return Err(StoreError::InvalidRecord(format!(

@@ -23,7 +23,8 @@
 macro_rules! event_columns {
     () => {
         "event_id, meeting_id, attendee_id, external_user_id, kind, audio, video, content, \
-         previous_audio, previous_video, previous_content, reason, observed_at, previous_poll_at"
+         previous_audio, previous_video, previous_content, reason, observed_at, previous_poll_at, \
+         occurred_at, source, inferred, inferred_from, inferred_to, network_type"
     };
 }
 pub(super) use event_columns;
@@ -46,13 +47,13 @@ macro_rules! shared_queries {
 
             use super::{announce_events, begin_write, insert_events, serialize_event_writers, ts};
             use crate::domain::{
-                Attendee, EventKind, ExternalUserId, LeftReason, MeetingId, Region,
+                Attendee, AttendeeId, EventKind, ExternalUserId, LeftReason, MeetingId, Region,
             };
             use crate::store::shared::{event_columns, meeting_columns};
             use crate::store::{
                 decode, AddOutcome, ApplyOutcome, AttendanceRow, MeetingStatus, MeetingsVersion,
-                LeaseToken, PollRecord, Result, SessionRow, Snapshot, StoreError, StoredEvent,
-                TrackedMeeting,
+                LeaseToken, PollRecord, PresenceRecord, Result, SessionRow,
+                Snapshot, StoreError, StoredEvent, TrackedMeeting,
             };
 
             type Db = $db;
@@ -376,8 +377,10 @@ macro_rules! shared_queries {
                     // Dropping the transaction rolls it back; nothing was written anyway.
                     return Ok(ApplyOutcome::Conflict);
                 }
-                let events = insert_events(&mut tx, rec).await?;
+                let mut events = insert_events(&mut tx, rec).await?;
                 update_snapshot(&mut tx, rec.meeting_id, &events).await?;
+                let closed = close_presence(&mut tx, rec.meeting_id, &events).await?;
+                events.extend(closed);
                 // Test-only: ROSTER_SYNC_FAULT=crash_before_commit ends the process here.
                 crate::fault::inject(crate::fault::Fault::CrashBeforeCommit);
                 tx.commit().await?;
@@ -534,8 +537,10 @@ macro_rules! shared_queries {
                 .bind(previous_poll_at.map(ts))
                 .fetch_all(&mut *conn)
                 .await?;
-                let events = events_from_rows(&rows)?;
+                let mut events = events_from_rows(&rows)?;
                 announce_events(&mut *conn, &events).await?;
+                let closed = close_presence(&mut *conn, id, &events).await?;
+                events.extend(closed);
                 sqlx::query("DELETE FROM roster_attendees WHERE meeting_id = $1")
                     .bind(id.as_str())
                     .execute(&mut *conn)
@@ -751,7 +756,298 @@ macro_rules! shared_queries {
                 Ok(events)
             }
 
+            /// Each attendee's presence so far, folded from the meeting's presence rows.
+            async fn presence_state(
+                conn: &mut Connection,
+                meeting: &MeetingId,
+            ) -> Result<(
+                std::collections::HashMap<AttendeeId, crate::presence::AttendeePresence>,
+                i64,
+            )> {
+                let rows = sqlx::query(
+                    "SELECT event_id, attendee_id, kind, occurred_at FROM roster_events \
+                     WHERE meeting_id = $1 AND occurred_at IS NOT NULL ORDER BY event_id",
+                )
+                .bind(meeting.as_str())
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut state = std::collections::HashMap::<
+                    AttendeeId,
+                    crate::presence::AttendeePresence,
+                >::new();
+                let mut fence = 0;
+                for row in &rows {
+                    fence = get::<i64>(row, "event_id")?;
+                    let attendee = decode::attendee_id(&get::<String>(row, "attendee_id")?)?;
+                    let kind: EventKind = decode::parse("kind", &get::<String>(row, "kind")?)?;
+                    let at: DateTime<Utc> = get(row, "occurred_at")?;
+                    let p = state.entry(attendee).or_default();
+                    match kind {
+                        EventKind::Connected => p.connected_since = Some(at),
+                        EventKind::Disconnected => {
+                            p.connected_since = None;
+                            p.video_since = None;
+                            p.content_since = None;
+                        }
+                        EventKind::VideoStarted => p.video_since = Some(at),
+                        EventKind::VideoStopped => p.video_since = None,
+                        EventKind::ContentStarted => p.content_since = Some(at),
+                        EventKind::ContentStopped => p.content_since = None,
+                        _ => {}
+                    }
+                    p.last_at = p.last_at.max(Some(at));
+                }
+                Ok((state, fence))
+            }
+
+            /// Inserts presence changes (each with the external user id to record) in order.
+            async fn insert_presence(
+                conn: &mut Connection,
+                meeting: &MeetingId,
+                changes: &[(crate::presence::PresenceChange, ExternalUserId)],
+                observed_at: DateTime<Utc>,
+                previous_poll_at: Option<DateTime<Utc>>,
+            ) -> Result<Vec<StoredEvent>> {
+                if changes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                serialize_event_writers(&mut *conn).await?;
+                let mut events = Vec::with_capacity(changes.len());
+                for (c, user) in changes {
+                    let row = sqlx::query(concat!(
+                        "INSERT INTO roster_events \
+                             (meeting_id, attendee_id, external_user_id, kind, reason, \
+                              observed_at, previous_poll_at, occurred_at, source, inferred, \
+                              inferred_from, inferred_to, network_type) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                         RETURNING ",
+                        event_columns!()
+                    ))
+                    .bind(meeting.as_str())
+                    .bind(c.attendee_id.as_str())
+                    .bind(user.as_str())
+                    .bind(c.kind.as_str())
+                    .bind(c.reason.map(|r| r.as_str()))
+                    .bind(ts(observed_at.max(c.occurred_at)))
+                    .bind(previous_poll_at.map(ts))
+                    .bind(ts(c.occurred_at))
+                    .bind(c.source.as_str())
+                    .bind(c.inferred.is_some())
+                    .bind(c.inferred.map(|w| ts(w.from)))
+                    .bind(c.inferred.map(|w| ts(w.to)))
+                    .bind(c.network_type.as_deref())
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    events.push(event_from_row(&row)?);
+                }
+                announce_events(&mut *conn, &events).await?;
+                Ok(events)
+            }
+
+            /// Closes the presence of every attendee a poll proved gone (`left` events just
+            /// inserted): an open session ends inferred inside the poll window.
+            async fn close_presence(
+                conn: &mut Connection,
+                meeting: &MeetingId,
+                events: &[StoredEvent],
+            ) -> Result<Vec<StoredEvent>> {
+                let left: Vec<&StoredEvent> =
+                    events.iter().filter(|e| e.kind == EventKind::Left).collect();
+                let Some(first) = left.first() else {
+                    return Ok(Vec::new());
+                };
+                let (mut state, _) = presence_state(&mut *conn, meeting).await?;
+                if state.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut changes = Vec::new();
+                for e in &left {
+                    let Some(p) = state.get_mut(&e.attendee_id) else {
+                        continue;
+                    };
+                    let reason = match e.reason {
+                        Some(LeftReason::Removed) => crate::presence::DisconnectReason::Removed,
+                        Some(LeftReason::TrackingStopped) => {
+                            crate::presence::DisconnectReason::TrackingStopped
+                        }
+                        _ => crate::presence::DisconnectReason::MeetingEnded,
+                    };
+                    for c in crate::presence::close_by_poll(
+                        p,
+                        &e.attendee_id,
+                        reason,
+                        e.previous_poll_at,
+                        e.observed_at,
+                    ) {
+                        changes.push((c, e.external_user_id.clone()));
+                    }
+                }
+                insert_presence(
+                    conn,
+                    meeting,
+                    &changes,
+                    first.observed_at,
+                    first.previous_poll_at,
+                )
+                .await
+            }
+
+            pub(in crate::store) async fn presence_context(
+                pool: &Pool,
+                meeting: &MeetingId,
+            ) -> Result<crate::presence::PresenceContext> {
+                let mut conn = pool.acquire().await?;
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM tracked_meetings WHERE meeting_id = $1")
+                        .bind(meeting.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                let rows = sqlx::query(
+                    "SELECT a.attendee_id, a.external_user_id, \
+                            coalesce((SELECT coalesce(e.previous_poll_at, e.observed_at) \
+                                      FROM roster_events AS e \
+                                      WHERE e.meeting_id = a.meeting_id \
+                                        AND e.attendee_id = a.attendee_id \
+                                        AND e.kind = 'joined' \
+                                      ORDER BY e.event_id DESC LIMIT 1), a.joined_at) \
+                                AS known_since \
+                     FROM roster_attendees AS a WHERE a.meeting_id = $1",
+                )
+                .bind(meeting.as_str())
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut roster = std::collections::HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    roster.insert(
+                        decode::attendee_id(&get::<String>(row, "attendee_id")?)?,
+                        (
+                            ExternalUserId::new(get::<String>(row, "external_user_id")?),
+                            get::<DateTime<Utc>>(row, "known_since")?,
+                        ),
+                    );
+                }
+                let (state, fence) = presence_state(&mut conn, meeting).await?;
+                Ok(crate::presence::PresenceContext {
+                    active: status.as_deref() == Some("active"),
+                    roster,
+                    state,
+                    fence,
+                })
+            }
+
+            pub(in crate::store) async fn presence_applied(
+                pool: &Pool,
+                ids: &[String],
+            ) -> Result<std::collections::HashSet<String>> {
+                let mut found = std::collections::HashSet::new();
+                for id in ids {
+                    let hit: Option<String> = sqlx::query_scalar(
+                        "SELECT envelope_id FROM presence_applied WHERE envelope_id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
+                    found.extend(hit);
+                }
+                Ok(found)
+            }
+
+            /// `None` when the fence moved, the meeting is not active, or an envelope id was
+            /// already applied: nothing was written and the caller recomputes.
+            pub(in crate::store) async fn apply_presence(
+                pool: &Pool,
+                rec: &PresenceRecord<'_>,
+                users: &std::collections::HashMap<AttendeeId, ExternalUserId>,
+            ) -> Result<Option<Vec<StoredEvent>>> {
+                let mut tx = begin_write(pool).await?;
+                let status: Option<String> = sqlx::query_scalar(concat!(
+                    "SELECT status FROM tracked_meetings WHERE meeting_id = $1",
+                    $for_update
+                ))
+                .bind(rec.meeting_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if status.as_deref() != Some("active") {
+                    return Ok(None);
+                }
+                let fence: i64 = sqlx::query_scalar(
+                    "SELECT coalesce(max(event_id), 0) FROM roster_events \
+                     WHERE meeting_id = $1 AND occurred_at IS NOT NULL",
+                )
+                .bind(rec.meeting_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if fence != rec.fence {
+                    return Ok(None);
+                }
+                for id in rec.envelope_ids {
+                    let done = sqlx::query(
+                        "INSERT INTO presence_applied (envelope_id, meeting_id, applied_at) \
+                         VALUES ($1, $2, $3) ON CONFLICT (envelope_id) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(rec.meeting_id.as_str())
+                    .bind(ts(rec.observed_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Ok(None);
+                    }
+                }
+                let mut changes = Vec::with_capacity(rec.changes.len());
+                for c in rec.changes {
+                    let user = users.get(&c.attendee_id).ok_or_else(|| {
+                        StoreError::InvalidRecord(format!(
+                            "presence of attendee {} who is not in the roster of meeting {}",
+                            c.attendee_id, rec.meeting_id
+                        ))
+                    })?;
+                    changes.push((c.clone(), user.clone()));
+                }
+                let events =
+                    insert_presence(&mut tx, rec.meeting_id, &changes, rec.observed_at, None)
+                        .await?;
+                tx.commit().await?;
+                Ok(Some(events))
+            }
+
             fn event_from_row(row: &DbRow) -> Result<StoredEvent> {
+                let kind: EventKind = decode::parse("kind", &get::<String>(row, "kind")?)?;
+                let reason = get::<Option<String>>(row, "reason")?;
+                let presence = if kind.is_presence() {
+                    let occurred_at: Option<DateTime<Utc>> = get(row, "occurred_at")?;
+                    let source: Option<String> = get(row, "source")?;
+                    let from: Option<DateTime<Utc>> = get(row, "inferred_from")?;
+                    let to: Option<DateTime<Utc>> = get(row, "inferred_to")?;
+                    Some(crate::store::PresenceFacts {
+                        occurred_at: occurred_at.ok_or_else(|| {
+                            StoreError::Corrupt("column occurred_at: NULL on a presence row".into())
+                        })?,
+                        source: source
+                            .as_deref()
+                            .and_then(crate::presence::Source::parse)
+                            .ok_or_else(|| {
+                                StoreError::Corrupt(format!("column source: {source:?}"))
+                            })?,
+                        inferred: from
+                            .zip(to)
+                            .map(|(from, to)| crate::presence::Window { from, to }),
+                        network_type: get(row, "network_type")?,
+                        reason: match reason.as_deref() {
+                            None => None,
+                            Some(r) => Some(crate::presence::DisconnectReason::parse(r).ok_or_else(
+                                || StoreError::Corrupt(format!("column reason: {r:?}")),
+                            )?),
+                        },
+                    })
+                } else {
+                    None
+                };
+                let reason = if kind.is_presence() {
+                    None
+                } else {
+                    reason.map(|r| decode::parse("reason", &r)).transpose()?
+                };
                 Ok(StoredEvent {
                     event_id: get(row, "event_id")?,
                     meeting_id: decode::meeting_id(&get::<String>(row, "meeting_id")?)?,
@@ -760,7 +1056,7 @@ macro_rules! shared_queries {
                         row,
                         "external_user_id",
                     )?),
-                    kind: decode::parse("kind", &get::<String>(row, "kind")?)?,
+                    kind,
                     after: decode::capabilities(
                         ["audio", "video", "content"],
                         [get(row, "audio")?, get(row, "video")?, get(row, "content")?],
@@ -773,11 +1069,10 @@ macro_rules! shared_queries {
                             get(row, "previous_content")?,
                         ],
                     )?,
-                    reason: get::<Option<String>>(row, "reason")?
-                        .map(|r| decode::parse("reason", &r))
-                        .transpose()?,
+                    reason,
                     observed_at: get(row, "observed_at")?,
                     previous_poll_at: get(row, "previous_poll_at")?,
+                    presence,
                 })
             }
         }

@@ -367,3 +367,14 @@ pub async fn sim_and_driver(
     let driver = roster_sync::sim::control::Driver::new(client.sdk_client(&region));
     (sim, driver)
 }
+
+impl Raw {
+    /// Runs a query returning one text column, every row in order.
+    pub async fn text_rows(&self, sql: &'static str) -> Vec<String> {
+        let rows = match self {
+            Raw::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+            Raw::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+        };
+        rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
