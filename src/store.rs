@@ -24,6 +24,7 @@ use crate::redact::redact_url;
 mod alerting;
 mod leases;
 mod postgres;
+mod presence_reads;
 mod retention;
 mod rows;
 mod shared;
@@ -32,6 +33,7 @@ mod stats;
 
 pub use alerting::{CursorClaim, EVENTS_CHANNEL, EventWakeups, LabeledEvent};
 pub use leases::{ClusterView, LeaseToken, LeasedMeeting, ReplicaId, ReplicaInfo, ReplicaRow};
+pub use presence_reads::PresenceSessionRow;
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{
     AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, PresenceFacts,
