@@ -8,13 +8,14 @@ mod common;
 use std::process::{Command, Stdio};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::TestDb;
+use common::{Raw, TestDb};
 use roster_sync::domain::{
     self, Attendee, AttendeeId, Capabilities, Change, ExternalUserId, LeftReason, MeetingId, Region,
 };
 use roster_sync::lifecycle::{EventAttendee, EventType, MeetingEvent};
 use roster_sync::report::{LabelReport, Window};
 use roster_sync::store::{ApplyOutcome, PollRecord, Store};
+use sqlx::{AssertSqlSafe, Row as _};
 
 const LABEL: &str = "standup";
 /// A name that would break markup, CSV and attributes if anything forgot to escape it.
@@ -184,6 +185,7 @@ async fn bens_connected_seconds(db: &TestDb) -> i64 {
 }
 
 both_backends!(
+    the_presence_queries_of_docs_analysts_md_answer_from_the_views,
     the_table_csv_and_json_show_connected_time_beside_roster_time,
     the_html_timeline_draws_presence_over_the_roster_line,
     the_label_report_counts_connected_time_where_presence_exists,
@@ -529,5 +531,112 @@ async fn the_label_report_counts_connected_time_where_presence_exists(db: &TestD
             .count(),
         2,
         "ana's and ben's cells of the meeting with presence"
+    );
+}
+
+/// The SQL of the docs/analysts.md block marked `<!-- sql:NAME -->` (as `tests/report.rs`
+/// reads the other example queries).
+fn doc_query(name: &str) -> String {
+    let doc = include_str!("../docs/analysts.md");
+    let marker = format!("<!-- sql:{name} -->");
+    let after = &doc[doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/analysts.md has no {marker}"))..];
+    let body = &after[after
+        .find("```sql\n")
+        .expect("a sql block after the marker")
+        + 7..];
+    body[..body.find("```").expect("the end of the sql block")].to_owned()
+}
+
+/// Runs an example query and reads every row through `read`.
+macro_rules! run_doc_query {
+    ($raw:expr, $name:expr, |$row:ident| $read:expr) => {{
+        let sql = doc_query($name);
+        match $raw {
+            Raw::Postgres(pool) => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", $name))
+                .iter()
+                .map(|$row| $read)
+                .collect::<Vec<_>>(),
+            Raw::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", $name))
+                .iter()
+                .map(|$row| $read)
+                .collect::<Vec<_>>(),
+        }
+    }};
+}
+
+async fn the_presence_queries_of_docs_analysts_md_answer_from_the_views(db: &TestDb) {
+    let s = seed(&db.store).await;
+    let ben_secs = bens_connected_seconds(db).await as f64;
+
+    let beside = run_doc_query!(&db.raw, "connected-beside-roster", |row| (
+        row.try_get::<String, _>("meeting_id").unwrap(),
+        row.try_get::<String, _>("external_user_id").unwrap(),
+        row.try_get::<f64, _>("roster_seconds").unwrap(),
+        row.try_get::<f64, _>("connected_seconds").unwrap(),
+        row.try_get::<f64, _>("video_seconds").unwrap(),
+        row.try_get::<f64, _>("content_seconds").unwrap(),
+    ));
+    let people: Vec<_> = beside
+        .iter()
+        .map(|(m, who, _, connected, video, content)| {
+            (m.as_str(), who.as_str(), *connected, *video, *content)
+        })
+        .collect();
+    let id = meeting();
+    assert_eq!(
+        people,
+        [
+            (id.as_str(), "ana", 70.0, 18.0, 0.0),
+            (id.as_str(), BEN, ben_secs, 0.0, 30.0),
+        ],
+        "cat and the quiet meeting have no presence"
+    );
+    assert!(beside[0].2 > 3000.0, "ana stays on the roster: {beside:?}");
+
+    let drops = run_doc_query!(&db.raw, "drops-per-person", |row| (
+        row.try_get::<String, _>("external_user_id").unwrap(),
+        row.try_get::<i64, _>("drops").unwrap(),
+    ));
+    assert_eq!(drops, [("ana".to_owned(), 1)]);
+
+    let inferred = run_doc_query!(&db.raw, "inferred-boundaries", |row| (
+        row.try_get::<String, _>("external_user_id").unwrap(),
+        row.try_get::<String, _>("kind").unwrap(),
+        row.try_get::<Option<String>, _>("reason").unwrap(),
+        row.try_get::<String, _>("source").unwrap(),
+        row.try_get::<DateTime<Utc>, _>("inferred_from").unwrap(),
+        row.try_get::<DateTime<Utc>, _>("inferred_to").unwrap(),
+    ));
+    let kinds: Vec<_> = inferred
+        .iter()
+        .map(|(who, kind, reason, source, ..)| {
+            (
+                who.as_str(),
+                kind.as_str(),
+                reason.as_deref(),
+                source.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (BEN, "connected", None, "meeting_event"),
+            (BEN, "disconnected", Some("removed"), "poll"),
+        ],
+        "ben's start (his first event was content) and his end (a poll proved him deleted)"
+    );
+    let (from, to) = (inferred[1].4, inferred[1].5);
+    assert!(
+        from >= at(s.t0, 118) && to == at(s.t0, 150),
+        "between the two polls: {from} {to}"
     );
 }
