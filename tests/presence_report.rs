@@ -346,7 +346,23 @@ fn num(n: &roxmltree::Node<'_, '_>, attr: &str) -> f64 {
 }
 
 async fn the_html_timeline_draws_presence_over_the_roster_line(db: &TestDb) {
-    seed(&db.store).await;
+    let s = seed(&db.store).await;
+    // Dan's Joined carries a timestamp before any poll saw anyone: the timeline starts there.
+    let dan = attendee(4, "dan");
+    poll(
+        &db.store,
+        &meeting(),
+        at(s.t0, 160),
+        &[Change::joined(&dan)],
+    )
+    .await;
+    let early = [event("d1", EventType::AttendeeJoined, &dan, at(s.t0, 1))];
+    let (stored, _) = db
+        .store
+        .record_presence(&meeting(), &early, at(s.t0, 161))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
     let page = roster_sync(db, &["report", meeting().as_str(), "--format", "html"]);
     let doc = parse(&page);
     let timeline = doc
@@ -427,6 +443,19 @@ async fn the_html_timeline_draws_presence_over_the_roster_line(db: &TestDb) {
     assert!((num(&hatched[0], "x") - from).abs() < 0.01);
     assert_eq!(within(ben, "rect", "content").len(), 1);
 
+    // Dan: connected before the roster showed him, so the time axis starts at his event and
+    // his bar starts before his roster line.
+    let first_tick = timeline
+        .descendants()
+        .find(|n| n.tag_name().name() == "text" && has_class(n, "axis"))
+        .and_then(|n| n.text())
+        .unwrap();
+    assert_eq!(first_tick, at(s.t0, 1).format("%H:%M:%S").to_string());
+    let dan = row("dan");
+    let dans = within(dan, "g", "presence");
+    let roster = within(dan, "rect", "roster-line")[0];
+    assert!(span(dans[0]).0 < num(&roster, "x"));
+
     // Cat: no presence, so the roster bar as without presence.
     let cat = row("cat");
     assert!(within(cat, "rect", "roster-line").is_empty());
@@ -448,7 +477,7 @@ async fn the_html_timeline_draws_presence_over_the_roster_line(db: &TestDb) {
         .iter()
         .filter_map(|n| n.text())
         .collect();
-    assert_eq!(connected.len(), 2, "cat has none");
+    assert_eq!(connected.len(), 3, "ana, ben and dan; cat has none");
     assert!(connected.contains(&"1m10s"));
 }
 

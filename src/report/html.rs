@@ -221,18 +221,25 @@ struct Scale {
 
 impl Scale {
     /// From the first join to the last leave, or to when the report was made while anyone is
-    /// present.
+    /// present. Presence counts too: a meeting event's timestamp can precede the poll that
+    /// first saw the attendee.
     fn of(r: &MeetingReport) -> Self {
+        let now = r.generated_at;
+        let p = &r.presence;
         let from = r
             .sessions
             .iter()
             .map(|s| s.joined_at)
+            .chain(p.sessions.iter().map(|s| s.connected_at))
+            .chain(p.media.iter().map(|m| m.started_at))
             .min()
             .unwrap_or(r.meeting.added_at);
         let to = r
             .sessions
             .iter()
-            .map(|s| session_end(s, r.generated_at))
+            .map(|s| session_end(s, now))
+            .chain(p.sessions.iter().map(|s| s.end(now)))
+            .chain(p.media.iter().map(|m| m.end(now)))
             .max()
             .unwrap_or(from)
             .max(from);
