@@ -5,20 +5,23 @@
 //! `report/html.rs`; the concurrency curve (`report/concurrency.rs`) and the label report
 //! (`report/label.rs`) are computed from `attendance_sessions` rows.
 
+use std::collections::HashMap;
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Capabilities, MeetingId};
+use crate::domain::{Capabilities, ExternalUserId, MeetingId};
 use crate::store::{AttendanceRow, SessionRow, Store, StoredEvent, TrackedMeeting};
 
 pub mod concurrency;
 pub mod csv;
 pub mod html;
 pub mod label;
+pub mod presence;
 
 pub use concurrency::Concurrency;
 pub use label::{LabelReport, Window};
+pub use presence::Presence;
 
 /// Everything `report <MEETING_ID>` shows about one meeting.
 #[derive(Clone, Debug)]
@@ -32,6 +35,9 @@ pub struct MeetingReport {
     /// capabilities of their `joined` and `capabilities_changed` events.
     pub events: Vec<StoredEvent>,
     pub concurrency: Concurrency,
+    /// Who was connected, from the presence rows among `events`; empty when no meeting
+    /// events were read for the meeting, and then the report reads as without presence.
+    pub presence: Presence,
     /// When the report was made: open sessions last until then on the timeline.
     pub generated_at: DateTime<Utc>,
 }
@@ -63,12 +69,14 @@ impl MeetingReport {
         generated_at: DateTime<Utc>,
     ) -> Self {
         let concurrency = Concurrency::from_sessions(&sessions);
+        let presence = Presence::from_events(&events);
         Self {
             meeting,
             sessions,
             attendance,
             events,
             concurrency,
+            presence,
             generated_at,
         }
     }
@@ -85,15 +93,74 @@ impl MeetingReport {
         Some((first, last))
     }
 
-    /// The JSON document of `report --format json`.
+    /// Each person's presence totals, by external user id; `None` when the meeting has no
+    /// presence at all (then no presence column is shown).
+    pub fn presence_by_person(&self) -> Option<HashMap<&ExternalUserId, presence::Totals>> {
+        (!self.presence.is_empty()).then(|| self.presence.by_person(self.generated_at))
+    }
+
+    /// The JSON document of `report --format json`. With presence, each attendance row gains
+    /// `presence_sessions`, `connected_seconds`, `video_seconds` and `content_seconds` (null
+    /// for a person without presence rows) and the document a `presence` list; without, it
+    /// has neither.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "meeting": self.meeting,
             "sessions": self.sessions,
             "attendance": self.attendance,
             "concurrency": self.concurrency,
             "generated_at": self.generated_at,
-        })
+        });
+        let Some(totals) = self.presence_by_person() else {
+            return doc;
+        };
+        if let Some(rows) = doc["attendance"].as_array_mut() {
+            for (row, a) in rows.iter_mut().zip(&self.attendance) {
+                let t = totals.get(&a.external_user_id);
+                row["presence_sessions"] = serde_json::json!(t.map(|t| t.sessions));
+                row["connected_seconds"] = serde_json::json!(t.map(|t| t.connected_seconds));
+                row["video_seconds"] = serde_json::json!(t.map(|t| t.video_seconds));
+                row["content_seconds"] = serde_json::json!(t.map(|t| t.content_seconds));
+            }
+        }
+        let now = self.generated_at;
+        let window = |w: Option<crate::presence::Window>| {
+            w.map(|w| serde_json::json!({ "from": w.from, "to": w.to }))
+        };
+        doc["presence"] = self
+            .presence
+            .sessions
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "attendee_id": s.attendee_id,
+                    "external_user_id": s.external_user_id,
+                    "connected_at": s.connected_at,
+                    "disconnected_at": s.disconnected_at,
+                    "disconnect_reason": s.disconnect_reason.map(|r| r.as_str()),
+                    "network_type": s.network_type,
+                    "start_inferred": window(s.start_inferred),
+                    "end_inferred": window(s.end_inferred),
+                    "duration_seconds": s.seconds(now),
+                })
+            })
+            .collect();
+        doc["media"] = self
+            .presence
+            .media
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "attendee_id": m.attendee_id,
+                    "external_user_id": m.external_user_id,
+                    "medium": m.medium.as_str(),
+                    "started_at": m.started_at,
+                    "stopped_at": m.stopped_at,
+                    "duration_seconds": m.seconds(now),
+                })
+            })
+            .collect();
+        doc
     }
 }
 
@@ -150,7 +217,10 @@ impl LabelReport {
     ) -> crate::store::Result<Self> {
         let meetings = store.meetings_with_label(label).await?;
         let sessions = store.label_sessions(label).await?;
-        Ok(Self::new(label, window, &meetings, &sessions, now))
+        let presence = store.label_presence_sessions(label).await?;
+        Ok(Self::with_presence(
+            label, window, &meetings, &sessions, &presence, now,
+        ))
     }
 }
 
@@ -159,7 +229,10 @@ impl LabelReport {
 /// # Errors
 /// The writer failed.
 pub fn write_meeting_table(out: &mut impl Write, report: &MeetingReport) -> std::io::Result<()> {
-    write_table(out, &report.meeting, &report.attendance)?;
+    match report.presence_by_person() {
+        None => write_table(out, &report.meeting, &report.attendance)?,
+        Some(totals) => write_presence_table(out, &report.meeting, &report.attendance, &totals)?,
+    }
     writeln!(out, "  {}", peak_sentence(&report.concurrency))
 }
 
@@ -204,7 +277,17 @@ pub fn write_label_table(out: &mut impl Write, report: &LabelReport) -> std::io:
             p.last_seen.map_or_else(|| "(present)".into(), timestamp),
         )?;
     }
-    writeln!(out, "  {} person(s)", report.people.len())
+    writeln!(out, "  {} person(s)", report.people.len())?;
+    if report.uses_presence() {
+        let counted: usize = report.people.iter().map(|p| p.presence_meetings).sum();
+        let all: usize = report.people.iter().map(|p| p.meetings_attended).sum();
+        writeln!(
+            out,
+            "  TOTAL is connected time (from meeting events) in {counted} of {all} attendance(s), \
+             roster time in the rest"
+        )?;
+    }
+    Ok(())
 }
 
 /// `report --capability-changes` as a table: one line per event, `before -> after` for each
@@ -262,6 +345,30 @@ pub fn write_table(
     meeting: &TrackedMeeting,
     rows: &[AttendanceRow],
 ) -> std::io::Result<()> {
+    write_table_with(out, meeting, rows, None)
+}
+
+/// The attendance table of a meeting with presence: the roster's columns, then each person's
+/// presence sessions and connected, video and content time (`-` for a person without
+/// presence rows).
+///
+/// # Errors
+/// The writer failed.
+pub fn write_presence_table(
+    out: &mut impl Write,
+    meeting: &TrackedMeeting,
+    rows: &[AttendanceRow],
+    totals: &HashMap<&ExternalUserId, presence::Totals>,
+) -> std::io::Result<()> {
+    write_table_with(out, meeting, rows, Some(totals))
+}
+
+fn write_table_with(
+    out: &mut impl Write,
+    meeting: &TrackedMeeting,
+    rows: &[AttendanceRow],
+    presence: Option<&HashMap<&ExternalUserId, presence::Totals>>,
+) -> std::io::Result<()> {
     let label = meeting
         .label
         .as_deref()
@@ -274,13 +381,21 @@ pub fn write_table(
         meeting.region,
         meeting.status.as_str()
     )?;
-    writeln!(
+    write!(
         out,
         "  {:<32}  {:>8}  {:<19}  {:<19}  {:>10}",
         "ATTENDEE", "SESSIONS", "FIRST JOINED", "LAST LEFT", "TOTAL"
     )?;
+    if presence.is_some() {
+        write!(
+            out,
+            "  {:>8}  {:>10}  {:>10}  {:>10}",
+            "CONNECTS", "CONNECTED", "VIDEO", "CONTENT"
+        )?;
+    }
+    writeln!(out)?;
     for r in rows {
-        writeln!(
+        write!(
             out,
             "  {:<32}  {:>8}  {:<19}  {:<19}  {:>10}",
             truncate(r.external_user_id.as_str(), 32),
@@ -291,6 +406,27 @@ pub fn write_table(
                 .unwrap_or_else(|| "(present)".into()),
             format_seconds(r.total_seconds)
         )?;
+        if let Some(totals) = presence {
+            let [sessions, connected, video, content] = match totals.get(&r.external_user_id) {
+                Some(t) => [
+                    t.sessions.to_string(),
+                    format_seconds(t.connected_seconds),
+                    format_seconds(t.video_seconds),
+                    format_seconds(t.content_seconds),
+                ],
+                None => [
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                ],
+            };
+            write!(
+                out,
+                "  {sessions:>8}  {connected:>10}  {video:>10}  {content:>10}"
+            )?;
+        }
+        writeln!(out)?;
     }
     writeln!(out, "  {} attendee(s)", rows.len())
 }

@@ -27,6 +27,7 @@ mod alerting;
 mod leases;
 mod meeting_events;
 mod postgres;
+mod presence_reads;
 mod retention;
 mod rows;
 mod shared;
@@ -38,6 +39,7 @@ pub use leases::{
     ClockOffset, ClusterView, LeaseToken, LeasedMeeting, ReplicaId, ReplicaInfo, ReplicaRow,
 };
 pub use meeting_events::{ADDED_BY_EVENTS, Discovered, HINTS_CHANNEL, HintWakeups};
+pub use presence_reads::PresenceSessionRow;
 pub use retention::{Erased, WebhookCursor};
 pub use rows::{
     AddOutcome, ApplyOutcome, AttendanceRow, MeetingsVersion, PollRecord, PresenceFacts,

@@ -24,18 +24,30 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 }
 
 /// One line per session of the meeting. The meeting's peak concurrency and when it was first
-/// reached repeat on every line, so the file stays one rectangular table.
+/// reached repeat on every line, so the file stays one rectangular table. When the meeting has
+/// presence, each line ends with the attendee's presence sessions and connected, video and
+/// content seconds (empty for an attendee without presence rows); without, those columns are
+/// absent.
 ///
 /// # Errors
 /// The writer failed.
 pub fn write_meeting(out: &mut impl Write, report: &MeetingReport) -> std::io::Result<()> {
-    writeln!(
+    let presence =
+        (!report.presence.is_empty()).then(|| report.presence.by_attendee(report.generated_at));
+    write!(
         out,
         "meeting_id,attendee_id,external_user_id,joined_at,left_at,left_reason,duration_seconds,\
          peak_concurrent,peak_at"
     )?;
+    if presence.is_some() {
+        write!(
+            out,
+            ",presence_sessions,connected_seconds,video_seconds,content_seconds"
+        )?;
+    }
+    writeln!(out)?;
     for s in &report.sessions {
-        writeln!(
+        write!(
             out,
             "{},{},{},{},{},{},{:.3},{},{}",
             s.meeting_id,
@@ -48,6 +60,17 @@ pub fn write_meeting(out: &mut impl Write, report: &MeetingReport) -> std::io::R
             report.concurrency.peak,
             time(report.concurrency.peak_at),
         )?;
+        if let Some(totals) = &presence {
+            match totals.get(&s.attendee_id) {
+                Some(t) => write!(
+                    out,
+                    ",{},{:.3},{:.3},{:.3}",
+                    t.sessions, t.connected_seconds, t.video_seconds, t.content_seconds
+                )?,
+                None => write!(out, ",,,,")?,
+            }
+        }
+        writeln!(out)?;
     }
     Ok(())
 }
@@ -57,12 +80,18 @@ pub fn write_meeting(out: &mut impl Write, report: &MeetingReport) -> std::io::R
 /// # Errors
 /// The writer failed.
 pub fn write_label(out: &mut impl Write, report: &LabelReport) -> std::io::Result<()> {
-    writeln!(
+    let presence = report.uses_presence();
+    write!(
         out,
         "label,external_user_id,meetings_attended,meetings_held,total_seconds,first_seen,last_seen"
     )?;
+    if presence {
+        // How many of the meetings attended count connected time in total_seconds.
+        write!(out, ",presence_meetings")?;
+    }
+    writeln!(out)?;
     for p in &report.people {
-        writeln!(
+        write!(
             out,
             "{},{},{},{},{:.3},{},{}",
             field(&report.label),
@@ -73,6 +102,10 @@ pub fn write_label(out: &mut impl Write, report: &LabelReport) -> std::io::Resul
             p.first_seen.to_rfc3339(),
             time(p.last_seen),
         )?;
+        if presence {
+            write!(out, ",{}", p.presence_meetings)?;
+        }
+        writeln!(out)?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::label::LabelReport;
+use super::presence::{MediaSpan, PresenceSession};
 use super::{MeetingReport, format_seconds, peak_sentence, timestamp, truncate};
 use crate::domain::{AttendeeId, Capabilities, Capability, EventKind};
 use crate::store::SessionRow;
@@ -63,6 +64,16 @@ td.attended{background:#dafbe1;text-align:right}
 td.absent{color:#8c959f;text-align:center}
 ";
 
+/// Added to [`STYLE`] on the page of a meeting with presence.
+const PRESENCE_STYLE: &str = "\
+.roster-line{fill:#57606a}
+.media.video{fill:#0550ae}
+.media.content{fill:#953800}
+.drop{stroke:#cf222e;stroke-width:1.5}
+.inferred{fill:url(#inferred-hatch)}
+.hatch{stroke:#1d2430;stroke-width:1.2;stroke-opacity:0.6}
+";
+
 /// Text safe in XML element content and in single- or double-quoted attribute values. A
 /// character XML 1.0 does not allow (control characters) becomes U+FFFD, so stored text can
 /// never make the page unparsable.
@@ -104,6 +115,10 @@ pub fn write_label(out: &mut impl std::io::Write, report: &LabelReport) -> std::
 }
 
 fn open_page(s: &mut String, title: &str) -> std::fmt::Result {
+    open_page_styled(s, title, "")
+}
+
+fn open_page_styled(s: &mut String, title: &str, extra_style: &str) -> std::fmt::Result {
     writeln!(s, "<!DOCTYPE html>")?;
     writeln!(
         s,
@@ -112,7 +127,7 @@ fn open_page(s: &mut String, title: &str) -> std::fmt::Result {
     writeln!(s, "<head>")?;
     writeln!(s, r#"<meta charset="utf-8"/>"#)?;
     writeln!(s, "<title>{}</title>", escape(title))?;
-    writeln!(s, "<style>\n{STYLE}</style>")?;
+    writeln!(s, "<style>\n{STYLE}{extra_style}</style>")?;
     writeln!(s, "</head>")?;
     writeln!(s, "<body>")
 }
@@ -131,7 +146,12 @@ fn meeting_page(s: &mut String, r: &MeetingReport) -> std::fmt::Result {
         Some(label) => format!("{label} ({})", m.meeting_id),
         None => format!("Meeting {}", m.meeting_id),
     };
-    open_page(s, &format!("Attendance: {title}"))?;
+    let has_presence = !r.presence.is_empty();
+    open_page_styled(
+        s,
+        &format!("Attendance: {title}"),
+        if has_presence { PRESENCE_STYLE } else { "" },
+    )?;
     writeln!(s, "<h1>{}</h1>", escape(&title))?;
     writeln!(s, r#"<dl class="summary">"#)?;
     summary_item(s, "Meeting", m.meeting_id.as_str())?;
@@ -158,6 +178,22 @@ fn meeting_page(s: &mut String, r: &MeetingReport) -> std::fmt::Result {
         r.attendance.len()
     )?;
     summary_item(s, "Sessions", &r.sessions.len().to_string())?;
+    if has_presence {
+        let inferred = r
+            .presence
+            .sessions
+            .iter()
+            .filter(|p| p.start_inferred.is_some() || p.end_inferred.is_some())
+            .count();
+        summary_item(
+            s,
+            "Presence",
+            &format!(
+                "{} connected session(s) from meeting events, {inferred} with an inferred boundary",
+                r.presence.sessions.len()
+            ),
+        )?;
+    }
     summary_item(
         s,
         "Report made",
@@ -167,7 +203,7 @@ fn meeting_page(s: &mut String, r: &MeetingReport) -> std::fmt::Result {
 
     let scale = Scale::of(r);
     writeln!(s, "<h2>Timeline</h2>")?;
-    legend(s)?;
+    legend(s, has_presence)?;
     timeline(s, r, &scale)?;
     writeln!(s, "<h2>Attendees present</h2>")?;
     curve(s, r, &scale)?;
@@ -185,18 +221,25 @@ struct Scale {
 
 impl Scale {
     /// From the first join to the last leave, or to when the report was made while anyone is
-    /// present.
+    /// present. Presence counts too: a meeting event's timestamp can precede the poll that
+    /// first saw the attendee.
     fn of(r: &MeetingReport) -> Self {
+        let now = r.generated_at;
+        let p = &r.presence;
         let from = r
             .sessions
             .iter()
             .map(|s| s.joined_at)
+            .chain(p.sessions.iter().map(|s| s.connected_at))
+            .chain(p.media.iter().map(|m| m.started_at))
             .min()
             .unwrap_or(r.meeting.added_at);
         let to = r
             .sessions
             .iter()
-            .map(|s| session_end(s, r.generated_at))
+            .map(|s| session_end(s, now))
+            .chain(p.sessions.iter().map(|s| s.end(now)))
+            .chain(p.media.iter().map(|m| m.end(now)))
             .max()
             .unwrap_or(from)
             .max(from);
@@ -278,7 +321,7 @@ fn caps_text(c: Capabilities) -> String {
     )
 }
 
-fn legend(s: &mut String) -> std::fmt::Result {
+fn legend(s: &mut String, presence: bool) -> std::fmt::Result {
     write!(s, r#"<div class="legend">"#)?;
     for (class, text) in CAPS_CLASSES {
         write!(
@@ -286,10 +329,29 @@ fn legend(s: &mut String) -> std::fmt::Result {
             r#"<span><span class="swatch {class}"></span>{text}</span>"#
         )?;
     }
-    writeln!(
+    write!(
         s,
-        r#"<span><svg class="mark" xmlns="http://www.w3.org/2000/svg" width="10" height="10"><line class="cap-change" x1="5" y1="0" x2="5" y2="10"/></svg> capabilities changed</span></div>"#
-    )
+        r#"<span><svg class="mark" xmlns="http://www.w3.org/2000/svg" width="10" height="10"><line class="cap-change" x1="5" y1="0" x2="5" y2="10"/></svg> capabilities changed</span>"#
+    )?;
+    if presence {
+        write!(
+            s,
+            concat!(
+                r#"<span>bar: connected (meeting events); thin line: on the roster</span>"#,
+                r#"<span><svg class="mark" xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect class="inferred" x="0" y="0" width="10" height="10"/></svg> inferred (no event gave it)</span>"#,
+                r#"<span><svg class="mark" xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect class="media video" x="0" y="7" width="10" height="3"/></svg> video</span>"#,
+                r#"<span><svg class="mark" xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect class="media content" x="0" y="7" width="10" height="3"/></svg> content</span>"#,
+                r#"<span><svg class="mark" xmlns="http://www.w3.org/2000/svg" width="10" height="10"><line class="drop" x1="5" y1="0" x2="5" y2="10"/></svg> dropped</span>"#,
+            )
+        )?;
+    }
+    writeln!(s, "</div>")
+}
+
+/// The hatching of inferred parts: an SVG pattern, defined once in the timeline (the legend's
+/// swatch refers to it too).
+fn hatch_pattern() -> &'static str {
+    r#"<defs><pattern id="inferred-hatch" patternUnits="userSpaceOnUse" width="4" height="4" patternTransform="rotate(45)"><line class="hatch" x1="0" y1="0" x2="0" y2="4"/></pattern></defs>"#
 }
 
 /// One row per person (by first join), one bar per session, coloured by the capabilities held
@@ -323,7 +385,18 @@ fn timeline(s: &mut String, r: &MeetingReport, scale: &Scale) -> std::fmt::Resul
         s,
         r#"<svg id="timeline" class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height:.0}" width="{WIDTH}" height="{height:.0}" role="img" aria-label="attendance timeline">"#
     )?;
+    if !r.presence.is_empty() {
+        writeln!(s, "{}", hatch_pattern())?;
+    }
     axis(s, scale, 12.0, height)?;
+    let mut presence: HashMap<&AttendeeId, Vec<&PresenceSession>> = HashMap::new();
+    for p in &r.presence.sessions {
+        presence.entry(&p.attendee_id).or_default().push(p);
+    }
+    let mut media: HashMap<&AttendeeId, Vec<&MediaSpan>> = HashMap::new();
+    for m in &r.presence.media {
+        media.entry(&m.attendee_id).or_default().push(m);
+    }
     for (i, (person, sessions)) in rows.iter().enumerate() {
         let y = AXIS_H + ROW_H * i as f64;
         let name = escape(person);
@@ -336,14 +409,17 @@ fn timeline(s: &mut String, r: &MeetingReport, scale: &Scale) -> std::fmt::Resul
             escape(&truncate(person, NAME_CHARS))
         )?;
         for sess in sessions {
-            session_bar(
-                s,
-                sess,
-                caps.get(&sess.attendee_id),
-                r.generated_at,
-                scale,
-                y,
-            )?;
+            let history = caps.get(&sess.attendee_id);
+            let id = &sess.attendee_id;
+            if presence.contains_key(id) || media.contains_key(id) {
+                let connected = Connected {
+                    sessions: presence.get(id).cloned().unwrap_or_default(),
+                    media: media.get(id).cloned().unwrap_or_default(),
+                };
+                presence_bars(s, sess, &connected, history, r.generated_at, scale, y)?;
+            } else {
+                session_bar(s, sess, history, r.generated_at, scale, y)?;
+            }
         }
         writeln!(s, "</g>")?;
     }
@@ -360,8 +436,40 @@ fn session_bar(
 ) -> std::fmt::Result {
     let start = sess.joined_at;
     let end = session_end(sess, now);
+    writeln!(
+        s,
+        r#"<g class="session" data-attendee-id="{}"><title>{}: joined {} UTC, {}, {}</title>"#,
+        sess.attendee_id,
+        escape(sess.external_user_id.as_str()),
+        timestamp(start),
+        left_text(sess),
+        format_seconds(sess.duration_seconds),
+    )?;
+    caps_bars(s, history, start, end, "bar", scale, y)?;
+    writeln!(s, "</g>")
+}
+
+fn left_text(sess: &SessionRow) -> String {
+    match (sess.left_at, sess.left_reason) {
+        (Some(at), Some(reason)) => format!("left {} UTC ({reason})", timestamp(at)),
+        (Some(at), None) => format!("left {} UTC", timestamp(at)),
+        _ => "still present".to_owned(),
+    }
+}
+
+/// One bar from `start` to `end` in pieces coloured by the capabilities held from each change
+/// to the next, with a marker at each change inside.
+fn caps_bars(
+    s: &mut String,
+    history: Option<&Vec<(DateTime<Utc>, Capabilities)>>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    class: &str,
+    scale: &Scale,
+    y: f64,
+) -> std::fmt::Result {
     let history = history.map_or(&[][..], Vec::as_slice);
-    // The capabilities at the join, then each change strictly inside the session.
+    // The capabilities at the start, then each change strictly inside the bar.
     let initial = history
         .iter()
         .rev()
@@ -372,19 +480,6 @@ fn session_bar(
         .filter(|(at, _)| *at > start && *at < end)
         .copied()
         .collect();
-    let left = match (sess.left_at, sess.left_reason) {
-        (Some(at), Some(reason)) => format!("left {} UTC ({reason})", timestamp(at)),
-        (Some(at), None) => format!("left {} UTC", timestamp(at)),
-        _ => "still present".to_owned(),
-    };
-    writeln!(
-        s,
-        r#"<g class="session" data-attendee-id="{}"><title>{}: joined {} UTC, {left}, {}</title>"#,
-        sess.attendee_id,
-        escape(sess.external_user_id.as_str()),
-        timestamp(start),
-        format_seconds(sess.duration_seconds),
-    )?;
     let mut from = start;
     let mut held = initial;
     for (at, next) in changes
@@ -394,13 +489,13 @@ fn session_bar(
     {
         let x = scale.x(from);
         let w = (scale.x(at) - x).max(1.0);
-        let (class, text) = match held {
+        let (caps, text) = match held {
             Some(c) => (caps_class(c), caps_text(c)),
             None => ("caps-none", "capabilities unknown".to_owned()),
         };
         writeln!(
             s,
-            r#"<rect class="bar {class}" x="{x:.2}" y="{:.1}" width="{w:.2}" height="{BAR_H}"><title>{text}</title></rect>"#,
+            r#"<rect class="{class} {caps}" x="{x:.2}" y="{:.1}" width="{w:.2}" height="{BAR_H}"><title>{text}</title></rect>"#,
             y + 1.0,
         )?;
         from = at;
@@ -415,6 +510,105 @@ fn session_bar(
             y + ROW_H - 1.0,
             timestamp(*at),
             caps_text(*c),
+        )?;
+    }
+    Ok(())
+}
+
+/// One attendee's presence rows, for its timeline row.
+struct Connected<'a> {
+    sessions: Vec<&'a PresenceSession>,
+    media: Vec<&'a MediaSpan>,
+}
+
+/// An attendee with presence: the roster lifetime as a thin line, each presence session a bar
+/// over it (gaps between are drops or absences), the inferred parts of a bar hatched, video and
+/// content marked along the bar's foot, and a red tick where the attendee dropped.
+fn presence_bars(
+    s: &mut String,
+    sess: &SessionRow,
+    connected: &Connected<'_>,
+    history: Option<&Vec<(DateTime<Utc>, Capabilities)>>,
+    now: DateTime<Utc>,
+    scale: &Scale,
+    y: f64,
+) -> std::fmt::Result {
+    let name = escape(sess.external_user_id.as_str());
+    let start = sess.joined_at;
+    let end = session_end(sess, now);
+    writeln!(
+        s,
+        r#"<g class="session" data-attendee-id="{}"><title>{name}: on the roster from {} UTC, {}, {}</title>"#,
+        sess.attendee_id,
+        timestamp(start),
+        left_text(sess),
+        format_seconds(sess.duration_seconds),
+    )?;
+    let x = scale.x(start);
+    writeln!(
+        s,
+        r#"<rect class="roster-line" x="{x:.2}" y="{:.2}" width="{:.2}" height="1.5"/>"#,
+        y + 1.0 + BAR_H / 2.0 - 0.75,
+        (scale.x(end) - x).max(1.0),
+    )?;
+    for p in &connected.sessions {
+        let (from, to) = (p.connected_at, p.end(now));
+        let mut text = format!("{name}: connected {} UTC", timestamp(from));
+        if p.start_inferred.is_some() {
+            text.push_str(" (inferred)");
+        }
+        match (p.disconnected_at, p.disconnect_reason) {
+            (Some(at), reason) => {
+                let _ = write!(text, ", disconnected {} UTC", timestamp(at));
+                if let Some(reason) = reason {
+                    let _ = write!(text, " ({})", reason.as_str());
+                }
+                if p.end_inferred.is_some() {
+                    text.push_str(" (inferred)");
+                }
+            }
+            (None, _) => text.push_str(", still connected"),
+        }
+        let _ = write!(text, ", {}", format_seconds(p.seconds(now)));
+        writeln!(
+            s,
+            r#"<g class="presence" data-connected-at="{}" data-disconnect-reason="{}"><title>{text}</title>"#,
+            p.connected_at.to_rfc3339(),
+            p.disconnect_reason.map_or("", |r| r.as_str()),
+        )?;
+        caps_bars(s, history, from, to, "bar connected", scale, y)?;
+        for (a, b) in p.inferred_parts(now) {
+            let x = scale.x(a);
+            writeln!(
+                s,
+                r#"<rect class="inferred" x="{x:.2}" y="{:.1}" width="{:.2}" height="{BAR_H}"><title>inferred: between {} and {} UTC</title></rect>"#,
+                y + 1.0,
+                (scale.x(b) - x).max(1.0),
+                timestamp(a),
+                timestamp(b),
+            )?;
+        }
+        if p.disconnect_reason == Some(crate::presence::DisconnectReason::Dropped) {
+            let x = scale.x(to);
+            writeln!(
+                s,
+                r#"<line class="drop" x1="{x:.2}" y1="{y:.1}" x2="{x:.2}" y2="{:.1}"><title>dropped {} UTC</title></line>"#,
+                y + ROW_H - 1.0,
+                timestamp(to),
+            )?;
+        }
+        writeln!(s, "</g>")?;
+    }
+    for m in &connected.media {
+        let x = scale.x(m.started_at);
+        writeln!(
+            s,
+            r#"<rect class="media {medium}" x="{x:.2}" y="{:.1}" width="{:.2}" height="2.5"><title>{medium} from {} UTC, {}</title></rect>"#,
+            y + 1.0 + BAR_H - 2.5,
+            (scale.x(m.end(now)) - x).max(1.0),
+            timestamp(m.started_at),
+            format_seconds(m.seconds(now)),
+            medium = m.medium.as_str(),
         )?;
     }
     writeln!(s, "</g>")
@@ -463,16 +657,24 @@ fn curve(s: &mut String, r: &MeetingReport, scale: &Scale) -> std::fmt::Result {
 
 /// The same columns as `--format table`.
 fn attendance_table(s: &mut String, r: &MeetingReport) -> std::fmt::Result {
+    let presence = r.presence_by_person();
     writeln!(s, r#"<table id="attendance">"#)?;
-    writeln!(
+    write!(
         s,
-        r#"<thead><tr><th>Attendee</th><th class="num">Sessions</th><th>First joined (UTC)</th><th>Last left (UTC)</th><th class="num">Total</th></tr></thead>"#
+        r#"<thead><tr><th>Attendee</th><th class="num">Sessions</th><th>First joined (UTC)</th><th>Last left (UTC)</th><th class="num">Total</th>"#
     )?;
+    if presence.is_some() {
+        write!(
+            s,
+            r#"<th class="num">Connects</th><th class="num">Connected</th><th class="num">Video</th><th class="num">Content</th>"#
+        )?;
+    }
+    writeln!(s, "</tr></thead>")?;
     writeln!(s, "<tbody>")?;
     for a in &r.attendance {
-        writeln!(
+        write!(
             s,
-            r#"<tr><td>{}</td><td class="num">{}</td><td>{}</td><td>{}</td><td class="num">{}</td></tr>"#,
+            r#"<tr><td>{}</td><td class="num">{}</td><td>{}</td><td>{}</td><td class="num">{}</td>"#,
             escape(a.external_user_id.as_str()),
             a.sessions,
             timestamp(a.first_joined_at),
@@ -480,6 +682,23 @@ fn attendance_table(s: &mut String, r: &MeetingReport) -> std::fmt::Result {
                 .map_or_else(|| "(present)".to_owned(), timestamp),
             format_seconds(a.total_seconds)
         )?;
+        if let Some(totals) = &presence {
+            match totals.get(&a.external_user_id) {
+                Some(t) => write!(
+                    s,
+                    r#"<td class="num">{}</td><td class="num connected">{}</td><td class="num">{}</td><td class="num">{}</td>"#,
+                    t.sessions,
+                    format_seconds(t.connected_seconds),
+                    format_seconds(t.video_seconds),
+                    format_seconds(t.content_seconds),
+                )?,
+                None => write!(
+                    s,
+                    r#"<td class="absent">-</td><td class="absent">-</td><td class="absent">-</td><td class="absent">-</td>"#
+                )?,
+            }
+        }
+        writeln!(s, "</tr>")?;
     }
     writeln!(s, "</tbody>\n</table>")
 }
@@ -503,6 +722,13 @@ fn label_page(s: &mut String, r: &LabelReport) -> std::fmt::Result {
     )?;
     summary_item(s, "Meetings held", &r.meetings.len().to_string())?;
     summary_item(s, "People", &r.people.len().to_string())?;
+    if r.uses_presence() {
+        summary_item(
+            s,
+            "Time",
+            "connected time (from meeting events) where a meeting has presence, marked in the grid; roster time elsewhere",
+        )?;
+    }
     summary_item(
         s,
         "Report made",
@@ -533,9 +759,18 @@ fn label_page(s: &mut String, r: &LabelReport) -> std::fmt::Result {
             s,
             r#"<tr class="person" data-person="{name}"><td>{name}</td>"#
         )?;
-        for cell in r.grid_row(p) {
+        for cell in r.grid_cells(p) {
             match cell {
-                Some(secs) => write!(s, r#"<td class="attended">{}</td>"#, format_seconds(secs))?,
+                Some(a) if a.connected => write!(
+                    s,
+                    r#"<td class="attended connected" title="connected time">{}</td>"#,
+                    format_seconds(a.seconds)
+                )?,
+                Some(a) => write!(
+                    s,
+                    r#"<td class="attended">{}</td>"#,
+                    format_seconds(a.seconds)
+                )?,
                 None => write!(s, r#"<td class="absent">-</td>"#)?,
             }
         }

@@ -8,13 +8,16 @@
 //! - A person *attended* a meeting when one of their sessions of it is in the window. Their
 //!   time is the sum of their sessions' time inside the window; first and last seen are the
 //!   first join and last leave of those sessions (last seen is `None` while one is open).
+//! - Where a meeting has presence for a person (rows of `presence_sessions`), their time in
+//!   it is their connected time inside the window instead of their roster time; whether they
+//!   attended is still decided by the roster.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
 use crate::domain::{ExternalUserId, MeetingId};
-use crate::store::{MeetingStatus, SessionRow, TrackedMeeting};
+use crate::store::{MeetingStatus, PresenceSessionRow, SessionRow, TrackedMeeting};
 
 /// `[since, until)`, each end optional.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +57,10 @@ pub struct HeldMeeting {
 pub struct Attended {
     pub meeting_id: MeetingId,
     pub seconds: f64,
+    /// `seconds` is connected time (the meeting has presence for the person), not roster
+    /// time. Absent from JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub connected: bool,
 }
 
 /// One person across the label's meetings.
@@ -63,6 +70,9 @@ pub struct PersonAttendance {
     pub meetings_attended: usize,
     pub meetings_held: usize,
     pub total_seconds: f64,
+    /// How many of the meetings attended count connected time. Absent from JSON when zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub presence_meetings: usize,
     pub first_seen: DateTime<Utc>,
     /// `None` while one of their sessions is still open.
     pub last_seen: Option<DateTime<Utc>>,
@@ -82,8 +92,13 @@ pub struct LabelReport {
     pub people: Vec<PersonAttendance>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl LabelReport {
-    /// Builds the report from the label's meetings and all their sessions (any order).
+    /// Builds the report from the label's meetings and all their sessions (any order), without
+    /// presence.
     pub fn new(
         label: &str,
         window: Window,
@@ -91,6 +106,26 @@ impl LabelReport {
         sessions: &[SessionRow],
         now: DateTime<Utc>,
     ) -> Self {
+        Self::with_presence(label, window, meetings, sessions, &[], now)
+    }
+
+    /// Builds the report from the label's meetings, all their sessions and all their presence
+    /// sessions (any order): connected time replaces roster time where presence exists.
+    pub fn with_presence(
+        label: &str,
+        window: Window,
+        meetings: &[TrackedMeeting],
+        sessions: &[SessionRow],
+        presence: &[PresenceSessionRow],
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut connected: HashMap<(&MeetingId, &ExternalUserId), f64> = HashMap::new();
+        for p in presence {
+            let end = p.disconnected_at.unwrap_or(now).max(p.connected_at);
+            *connected
+                .entry((&p.meeting_id, &p.external_user_id))
+                .or_default() += window.seconds_within(p.connected_at, end);
+        }
         let status: HashMap<&MeetingId, MeetingStatus> =
             meetings.iter().map(|m| (&m.meeting_id, m.status)).collect();
         let in_window: Vec<&SessionRow> = sessions
@@ -151,9 +186,13 @@ impl LabelReport {
                     .iter()
                     .zip(&held_meetings)
                     .filter_map(|(secs, m)| {
-                        secs.map(|seconds| Attended {
-                            meeting_id: m.meeting_id.clone(),
-                            seconds,
+                        secs.map(|roster| {
+                            let presence = connected.get(&(&m.meeting_id, person)).copied();
+                            Attended {
+                                meeting_id: m.meeting_id.clone(),
+                                seconds: presence.unwrap_or(roster),
+                                connected: presence.is_some(),
+                            }
                         })
                     })
                     .collect();
@@ -162,6 +201,7 @@ impl LabelReport {
                     meetings_attended: meetings.len(),
                     meetings_held: held_meetings.len(),
                     total_seconds: meetings.iter().map(|a| a.seconds).sum(),
+                    presence_meetings: meetings.iter().filter(|a| a.connected).count(),
                     first_seen: sessions.iter().map(|s| s.joined_at).min().unwrap_or(now),
                     last_seen,
                     meetings,
@@ -182,6 +222,14 @@ impl LabelReport {
 
     /// The person's seconds in each held meeting (`None`: did not attend), in meeting order.
     pub fn grid_row(&self, person: &PersonAttendance) -> Vec<Option<f64>> {
+        self.grid_cells(person)
+            .into_iter()
+            .map(|a| a.map(|a| a.seconds))
+            .collect()
+    }
+
+    /// The person's attendance of each held meeting (`None`: did not attend), in meeting order.
+    pub fn grid_cells<'a>(&self, person: &'a PersonAttendance) -> Vec<Option<&'a Attended>> {
         self.meetings
             .iter()
             .map(|m| {
@@ -189,9 +237,13 @@ impl LabelReport {
                     .meetings
                     .iter()
                     .find(|a| a.meeting_id == m.meeting_id)
-                    .map(|a| a.seconds)
             })
             .collect()
+    }
+
+    /// Whether any time in the report is connected time.
+    pub fn uses_presence(&self) -> bool {
+        self.people.iter().any(|p| p.presence_meetings > 0)
     }
 }
 
