@@ -732,11 +732,8 @@ async fn after_forget_pg_dump_holds_no_trace_of_the_person() {
         return;
     };
     let Some(pg_dump) = pg_dump() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but pg_dump is missing"
-        );
-        eprintln!("skipped: no pg_dump");
+        common::skip("no pg_dump on PATH (install the PostgreSQL client)");
+        db.finish().await;
         return;
     };
     let erased = "Zoë «erase-me» O'Brien";
