@@ -1,5 +1,7 @@
 //! The real AWS SDK client against the simulator over HTTP on 127.0.0.1.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -339,6 +341,64 @@ async fn trace_logs_of_a_fetch_contain_no_join_token() {
         );
     }
     assert!(!debug.contains("Zoë"), "Debug output hides ExternalUserId");
+}
+
+/// The project's own safeguard (`telemetry::filter`), exercised: `LOG_SENSITIVE_BODIES=true`
+/// makes the AWS SDK print whole response bodies at trace level, and `ListAttendees` answers
+/// carry every attendee's JoinToken; with `RUST_LOG=trace` too, the real daemon's logs still
+/// hold none of them.
+#[tokio::test]
+async fn with_log_sensitive_bodies_set_trace_logs_of_the_daemon_contain_no_join_token() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 5);
+    let (meeting, _, tokens) = meeting_with(&c, 6).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let binary = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(common::BIN);
+        cmd.args(args)
+            .env_clear()
+            .envs(common::binary_env())
+            .env("DATABASE_URL", &url)
+            .env("ROSTER_SYNC__HTTP__LISTEN", "")
+            .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", sim.endpoint_url())
+            .env("ROSTER_SYNC__POLL__INTERVAL", "200ms")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+    for args in [
+        &["migrate"][..],
+        &["meetings", "add", meeting.as_str(), "--no-verify"],
+    ] {
+        let out = binary(args).output().await.expect("run roster-sync");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let before = sim.stats().list_attendees.requests;
+    let mut daemon = binary(&["run"])
+        .env("RUST_LOG", "trace")
+        .env("LOG_SENSITIVE_BODIES", "true")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let lines = common::collect_stderr(&mut daemon);
+    common::eventually("three polls of the meeting", || async {
+        sim.stats().list_attendees.requests >= before + 3
+    })
+    .await;
+    let status = common::terminate(&mut daemon).await;
+    assert!(status.success(), "{status}");
+    let logs = lines.lock().unwrap().join("\n");
+    // The SDK did log at trace level (the request pipeline), so the bodies were one
+    // directive away from the output.
+    assert!(
+        logs.contains("aws_smithy_runtime") && logs.contains("TRACE"),
+        "the SDK's trace logging was on ({} bytes of logs)",
+        logs.len()
+    );
+    for t in &tokens {
+        assert!(!logs.contains(t.as_str()), "a JoinToken reached the logs");
+    }
 }
 
 #[tokio::test]

@@ -466,3 +466,84 @@ pub async fn sim_and_driver(
     let driver = roster_sync::sim::control::Driver::new(client.sdk_client(&region));
     (sim, driver)
 }
+
+/// How long [`eventually`] waits before failing: only a guard that keeps a broken build from
+/// hanging the run, never a measure of speed.
+pub const EVENTUALLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Polls `check` every 50 ms until it holds; fails the test, naming `what`, after
+/// [`EVENTUALLY_LIMIT`].
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(EVENTUALLY_LIMIT, what, check).await;
+}
+
+/// [`eventually`] with its own failure guard `limit`.
+pub async fn eventually_within<F, Fut>(limit: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` over HTTP/1.0: the status and the body, or `None` when
+/// nothing answers or the answer is not HTTP.
+pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.ok()?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit (failing the test after a minute);
+/// returns its exit status.
+pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("the child is still running");
+    let sent = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {pid}: {sent}");
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("process {pid} did not exit within a minute of SIGTERM"))
+        .expect("wait for the child")
+}
+
+/// Everything `child` writes to stderr, collected line by line as it comes.
+pub fn collect_stderr(child: &mut tokio::process::Child) -> std::sync::Arc<Mutex<Vec<String>>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let sink = std::sync::Arc::clone(&lines);
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+        }
+    });
+    lines
+}
