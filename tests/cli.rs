@@ -97,6 +97,34 @@ fn an_unreachable_database_is_named_without_its_password() {
     assert!(!err.contains("s3cr3t"), "{err}");
 }
 
+/// A database still unreachable when `database.startup_timeout` runs out: the start was
+/// retried meanwhile (each attempt logged), then the daemon exits non-zero with a message
+/// that names the database (redacted), the timeout that expired and the last reason.
+#[test]
+fn a_database_unreachable_past_startup_timeout_fails_the_start_naming_the_timeout() {
+    let (out, _, stderr) = run(roster_sync(&["run"])
+        .env("DATABASE_URL", "postgres://app:s3cr3t@127.0.0.1:1/roster")
+        .env("ROSTER_SYNC__DATABASE__STARTUP_TIMEOUT", "2s"));
+    assert!(!out.status.success(), "the start succeeded: {stderr}");
+    assert!(
+        stderr.contains("waiting for the database"),
+        "no retry was logged before giving up: {stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    for part in [
+        "postgres://app:***@127.0.0.1:1/roster",
+        "database.startup_timeout",
+        "2s",
+        "refused",
+    ] {
+        assert!(
+            last.contains(part),
+            "{part:?} missing from the error: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
+}
+
 #[test]
 fn config_prints_the_effective_settings_with_the_password_redacted() {
     let (out, stdout, stderr) = run(roster_sync(&["config"])
