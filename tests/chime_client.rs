@@ -549,7 +549,8 @@ fn serve_pages(
 #[tokio::test]
 async fn a_next_token_loop_and_a_roster_past_the_page_limit_fail_the_poll_as_malformed_recording_nothing()
  {
-    let cases: [(&str, fn(u64) -> String, std::ops::RangeInclusive<u64>); 2] = [
+    type Case = (&'static str, fn(u64) -> String, std::ops::RangeInclusive<u64>);
+    let cases: [Case; 2] = [
         ("a NextToken loop", |_| "again".to_owned(), 2..=3),
         // A new token on every page: only the page limit (1000) ends it.
         ("endless pages", |n| format!("page-{n}"), 1000..=1001),
