@@ -549,7 +549,11 @@ fn serve_pages(
 #[tokio::test]
 async fn a_next_token_loop_and_a_roster_past_the_page_limit_fail_the_poll_as_malformed_recording_nothing()
  {
-    type Case = (&'static str, fn(u64) -> String, std::ops::RangeInclusive<u64>);
+    type Case = (
+        &'static str,
+        fn(u64) -> String,
+        std::ops::RangeInclusive<u64>,
+    );
     let cases: [Case; 2] = [
         ("a NextToken loop", |_| "again".to_owned(), 2..=3),
         // A new token on every page: only the page limit (1000) ends it.
