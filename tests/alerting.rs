@@ -669,6 +669,56 @@ async fn events_follow_prints_events_committed_after_it_started_and_stops_on_sig
     db.finish().await;
 }
 
+both_backends!(events_follow_prints_a_burst_of_events_each_once_in_commit_order);
+
+/// `events --follow` on either backend while polls keep committing (120 events in 40 polls,
+/// written as fast as the store takes them, not one line at a time): every event is printed
+/// once, in id order, none skipped, none repeated. The correctness half of the ignored
+/// latency measurement in `alerting_latency.rs`.
+async fn events_follow_prints_a_burst_of_events_each_once_in_commit_order(db: &TestDb) {
+    let id = meeting(8);
+    track(&db.store, &id, "burst").await;
+    let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
+    let mut child = Command::new(BIN)
+        .args(["events", "--follow", "--format", "json", "--since"])
+        .arg(before[0].event_id.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env_remove("ROSTER_SYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    let mut expected = Vec::new();
+    for p in 0..40u32 {
+        let changes: Vec<Change> = (0..3)
+            .map(|k| Change::joined(&attendee(100 + p * 3 + k, "burst")))
+            .collect();
+        expected.extend(
+            poll(&db.store, &id, &changes)
+                .await
+                .iter()
+                .map(|e| e.event_id),
+        );
+    }
+    let printed: Vec<i64> = (0..expected.len())
+        .map(|_| next_line(&lines)["event_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(printed, expected, "printed in commit order, each once");
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = wait_with_deadline(&mut child);
+    assert!(status.success(), "events --follow ended with {status}");
+    assert!(
+        lines.recv_timeout(Duration::from_secs(1)).is_err(),
+        "nothing printed twice after the burst"
+    );
+}
+
 #[tokio::test]
 async fn events_follow_exits_quietly_when_its_reader_goes_away() {
     let Some(db) = common::postgres_db().await else {
