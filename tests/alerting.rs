@@ -93,9 +93,15 @@ where
 /// What the receiver saw.
 #[derive(Default)]
 struct Received {
-    /// Answer 503 (with `Retry-After: 0`) to this many requests before accepting any.
+    /// Answer 503 (with `Retry-After: retry_after` seconds) to this many requests before
+    /// accepting any.
     refuse_next: usize,
+    retry_after: u32,
+    /// Never answer this many requests (after the refusals), as a hung receiver.
+    hang_next: usize,
     refused: usize,
+    /// When each request with a valid signature arrived.
+    arrivals: Vec<Instant>,
     bad_signatures: usize,
     /// Accepted batches: webhook-id and the events' JSON.
     batches: Vec<(String, Vec<serde_json::Value>)>,
@@ -146,16 +152,33 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, HeaderMap) {
+    let hang = {
+        let mut state = state.lock().unwrap();
+        let hang =
+            signature_is_valid(&headers, &body) && state.refuse_next == 0 && state.hang_next > 0;
+        if hang {
+            state.hang_next -= 1;
+            state.arrivals.push(Instant::now());
+        }
+        hang
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
     let mut state = state.lock().unwrap();
     if !signature_is_valid(&headers, &body) {
         state.bad_signatures += 1;
         return (StatusCode::UNAUTHORIZED, HeaderMap::new());
     }
+    state.arrivals.push(Instant::now());
     if state.refuse_next > 0 {
         state.refuse_next -= 1;
         state.refused += 1;
         let mut h = HeaderMap::new();
-        h.insert("retry-after", "0".parse().unwrap());
+        h.insert(
+            "retry-after",
+            state.retry_after.to_string().parse().unwrap(),
+        );
         return (StatusCode::SERVICE_UNAVAILABLE, h);
     }
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -168,10 +191,16 @@ async fn receive(
 
 /// A receiver on 127.0.0.1, port 0; its URL and what it saw.
 async fn receiver(refuse_first: usize) -> (String, Arc<Mutex<Received>>) {
-    let state = Arc::new(Mutex::new(Received {
+    receiver_with(Received {
         refuse_next: refuse_first,
         ..Received::default()
-    }));
+    })
+    .await
+}
+
+/// A receiver starting from `state` (refusals, Retry-After, hangs).
+async fn receiver_with(state: Received) -> (String, Arc<Mutex<Received>>) {
+    let state = Arc::new(Mutex::new(state));
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(receive))
         .with_state(state.clone());
@@ -205,11 +234,23 @@ async fn start_sinks_on(
     raw: &common::Raw,
     entries: Vec<WebhookEntry>,
 ) -> (CancellationToken, TaskTracker) {
+    start_sinks_with(store, raw, entries, |_| {}).await
+}
+
+/// The fast delivery settings of the tests, retry backoff capped at [`BACKOFF_CAP`], then
+/// `adjust`.
+async fn start_sinks_with(
+    store: &Store,
+    raw: &common::Raw,
+    entries: Vec<WebhookEntry>,
+    adjust: impl FnOnce(&mut Settings),
+) -> (CancellationToken, TaskTracker) {
     let mut settings = Settings::defaults().unwrap();
     settings.webhook.batch = 2;
     settings.webhook.poll_interval = Duration::from_millis(20);
     settings.webhook.backoff_base = Duration::from_millis(10);
-    settings.webhook.backoff_cap = Duration::from_millis(100);
+    settings.webhook.backoff_cap = BACKOFF_CAP;
+    adjust(&mut settings);
     let sinks = entries.len() as i64;
     settings.webhooks = entries;
     settings.validate().unwrap();
@@ -226,6 +267,79 @@ async fn start_sinks_on(
     })
     .await;
     (cancel, tracker)
+}
+
+/// The tests' cap on the webhook retry backoff: a wait longer than this is the receiver's.
+const BACKOFF_CAP: Duration = Duration::from_millis(100);
+
+both_backends!(
+    a_receivers_retry_after_is_honoured_before_the_next_attempt,
+    a_hung_receiver_is_cut_off_by_webhook_timeout_and_the_batch_retried,
+);
+
+/// A 503 with `Retry-After: 2`: the next attempt comes no sooner than two seconds later
+/// (the backoff alone would retry within 100 ms), and the batch then arrives.
+async fn a_receivers_retry_after_is_honoured_before_the_next_attempt(db: &TestDb) {
+    let (url, received) = receiver_with(Received {
+        refuse_next: 1,
+        retry_after: 2,
+        ..Received::default()
+    })
+    .await;
+    let id = meeting(9);
+    track(&db.store, &id, "board").await;
+    let (cancel, tracker) = start_sinks(db, vec![webhook("ops", &url)]).await;
+    let ids = five_events(&db.store, &id).await;
+    eventually("every event delivered after the refusal", || async {
+        received.lock().unwrap().event_ids() == ids
+    })
+    .await;
+    let r = received.lock().unwrap();
+    assert_eq!(r.refused, 1);
+    let gap = r.arrivals[1] - r.arrivals[0];
+    assert!(
+        gap >= Duration::from_secs(2),
+        "retried {gap:?} after a Retry-After of 2 s"
+    );
+    drop(r);
+    cancel.cancel();
+    tracker.wait().await;
+}
+
+/// A receiver that never answers its first request: `webhook.timeout` (300 ms) ends that
+/// attempt, and the batch is sent again and delivered, instead of the sink waiting forever.
+async fn a_hung_receiver_is_cut_off_by_webhook_timeout_and_the_batch_retried(db: &TestDb) {
+    let (url, received) = receiver_with(Received {
+        hang_next: 1,
+        ..Received::default()
+    })
+    .await;
+    let id = meeting(10);
+    track(&db.store, &id, "board").await;
+    let timeout = Duration::from_millis(300);
+    let (cancel, tracker) = start_sinks_with(&db.store, &db.raw, vec![webhook("ops", &url)], |s| {
+        s.webhook.timeout = timeout;
+    })
+    .await;
+    let ids = five_events(&db.store, &id).await;
+    // The guard: the timeout, a backoff and generous room; a sink without a timeout never
+    // delivers.
+    common::eventually_within(
+        timeout + BACKOFF_CAP + Duration::from_secs(20),
+        "every event delivered after the hung attempt",
+        || async { received.lock().unwrap().event_ids() == ids },
+    )
+    .await;
+    let r = received.lock().unwrap();
+    assert!(r.arrivals.len() >= 2, "the hung batch was sent again");
+    let gap = r.arrivals[1] - r.arrivals[0];
+    assert!(
+        gap >= timeout,
+        "the hung attempt was abandoned after {gap:?}, before the timeout"
+    );
+    drop(r);
+    cancel.cancel();
+    tracker.wait().await;
 }
 
 /// Five events on one meeting: three joins, a capability change, a leave.
