@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -74,19 +76,6 @@ async fn poll(store: &Store, id: &MeetingId, changes: &[Change]) -> Vec<StoredEv
     match store.apply(rec).await.unwrap() {
         ApplyOutcome::Applied { events, .. } => events,
         ApplyOutcome::Conflict => panic!("unexpected conflict"),
-    }
-}
-
-/// Polls `check` until it holds or 20 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,19 +48,6 @@ async fn succeeds(cmd: &mut tokio::process::Command) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}\n{stderr}");
     stdout
-}
-
-/// Polls `check` until it holds or 30 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// What the receiver saw.
@@ -384,15 +373,8 @@ fn daemon(
 
 /// SIGTERM, then a successful exit within 60 s.
 async fn terminate(child: &mut tokio::process::Child) {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("the daemon stops after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    let status = common::terminate(child).await;
+    assert!(status.success(), "the daemon exited {status} after SIGTERM");
 }
 
 async fn track(db: &TestDb, id: &roster_sync::domain::MeetingId) {
