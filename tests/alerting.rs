@@ -823,6 +823,89 @@ async fn events_follow_prints_a_burst_of_events_each_once_in_commit_order(db: &T
     );
 }
 
+/// `events --follow` loses its database connections (every backend on the database
+/// terminated) between two bursts of events: it reconnects and prints the second burst,
+/// nothing skipped and nothing printed twice.
+#[tokio::test]
+async fn events_follow_across_a_lost_database_connection_skips_and_repeats_nothing() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let id = meeting(11);
+    track(&db.store, &id, "board").await;
+    let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
+    let mut child = Command::new(BIN)
+        .args(["events", "--follow", "--format", "json", "--since"])
+        .arg(before[0].event_id.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env_remove("ROSTER_SYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    let burst = |first: u32| {
+        let (store, id) = (db.store.clone(), id.clone());
+        async move {
+            let mut ids = Vec::new();
+            for p in 0..10u32 {
+                let changes: Vec<Change> = (0..3)
+                    .map(|k| Change::joined(&attendee(first + p * 3 + k, "burst")))
+                    .collect();
+                ids.extend(poll(&store, &id, &changes).await.iter().map(|e| e.event_id));
+            }
+            ids
+        }
+    };
+    let mut expected = burst(100).await;
+    let mut printed: Vec<i64> = (0..expected.len())
+        .map(|_| next_line(&lines)["event_id"].as_i64().unwrap())
+        .collect();
+    db.raw
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
+    let second = burst(200).await;
+    expected.extend(&second);
+    printed.extend((0..second.len()).map(|_| next_line(&lines)["event_id"].as_i64().unwrap()));
+    assert_eq!(
+        printed, expected,
+        "each event once, in order, across the reconnect"
+    );
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = wait_with_deadline(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.success(),
+        "events --follow ended with {status}: {stderr}"
+    );
+    assert!(
+        // Postgres' own words for the terminated backend, in whichever log line reports it
+        // (a pooled connection's ping, the listener, or a failed read).
+        [
+            "terminating connection",
+            "interrupted",
+            "cannot read events"
+        ]
+        .iter()
+        .any(|seen| stderr.contains(seen)),
+        "the connection was lost, and logged: {stderr}"
+    );
+    assert!(
+        lines.recv_timeout(Duration::from_secs(1)).is_err(),
+        "nothing printed twice"
+    );
+    db.finish().await;
+}
+
 #[tokio::test]
 async fn events_follow_exits_quietly_when_its_reader_goes_away() {
     let Some(db) = common::postgres_db().await else {

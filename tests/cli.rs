@@ -454,7 +454,7 @@ fn a_second_daemon_on_the_same_sqlite_file_is_refused_and_the_file_stays_intact(
         .spawn()
         .unwrap();
     let lock = dir.path().join("roster.db.lock");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     // The lock file holds the daemon's pid once the lock is taken.
     while !(lock.exists() && std::fs::metadata(&lock).is_ok_and(|m| m.len() > 0)) {
         assert!(Instant::now() < deadline, "the first daemon did not start");
@@ -504,7 +504,7 @@ fn meetings_listed_in_the_config_file_are_tracked_when_run_starts() {
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let listed = loop {
         let (out, stdout, _) =
             run(roster_sync(&["meetings", "list", "--format", "json"]).env("DATABASE_URL", &url));
