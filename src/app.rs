@@ -237,7 +237,23 @@ async fn open_store(
                 |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "waiting for the database"),
             )
             .await
-            .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
+            .map_err(|e| {
+                // A database that stayed unreachable until the timeout ran out: say that the
+                // start gave up waiting, and which key decides how long it waits.
+                let waited = settings
+                    .database
+                    .startup_timeout
+                    .filter(|_| e.is_transient())
+                    .map(|t| {
+                        format!(
+                            " (gave up waiting: `database.startup_timeout` is {})",
+                            humantime::format_duration(t)
+                        )
+                    })
+                    .unwrap_or_default();
+                anyhow::Error::new(e)
+                    .context(format!("cannot open database {}{waited}", redact_url(&url)))
+            })?;
             (store, true)
         }
     };

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -77,25 +79,18 @@ async fn poll(store: &Store, id: &MeetingId, changes: &[Change]) -> Vec<StoredEv
     }
 }
 
-/// Polls `check` until it holds or 20 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// What the receiver saw.
 #[derive(Default)]
 struct Received {
-    /// Answer 503 (with `Retry-After: 0`) to this many requests before accepting any.
+    /// Answer 503 (with `Retry-After: retry_after` seconds) to this many requests before
+    /// accepting any.
     refuse_next: usize,
+    retry_after: u32,
+    /// Never answer this many requests (after the refusals), as a hung receiver.
+    hang_next: usize,
     refused: usize,
+    /// When each request with a valid signature arrived.
+    arrivals: Vec<Instant>,
     bad_signatures: usize,
     /// Accepted batches: webhook-id and the events' JSON.
     batches: Vec<(String, Vec<serde_json::Value>)>,
@@ -146,16 +141,33 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, HeaderMap) {
+    let hang = {
+        let mut state = state.lock().unwrap();
+        let hang =
+            signature_is_valid(&headers, &body) && state.refuse_next == 0 && state.hang_next > 0;
+        if hang {
+            state.hang_next -= 1;
+            state.arrivals.push(Instant::now());
+        }
+        hang
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
     let mut state = state.lock().unwrap();
     if !signature_is_valid(&headers, &body) {
         state.bad_signatures += 1;
         return (StatusCode::UNAUTHORIZED, HeaderMap::new());
     }
+    state.arrivals.push(Instant::now());
     if state.refuse_next > 0 {
         state.refuse_next -= 1;
         state.refused += 1;
         let mut h = HeaderMap::new();
-        h.insert("retry-after", "0".parse().unwrap());
+        h.insert(
+            "retry-after",
+            state.retry_after.to_string().parse().unwrap(),
+        );
         return (StatusCode::SERVICE_UNAVAILABLE, h);
     }
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -168,10 +180,16 @@ async fn receive(
 
 /// A receiver on 127.0.0.1, port 0; its URL and what it saw.
 async fn receiver(refuse_first: usize) -> (String, Arc<Mutex<Received>>) {
-    let state = Arc::new(Mutex::new(Received {
+    receiver_with(Received {
         refuse_next: refuse_first,
         ..Received::default()
-    }));
+    })
+    .await
+}
+
+/// A receiver starting from `state` (refusals, Retry-After, hangs).
+async fn receiver_with(state: Received) -> (String, Arc<Mutex<Received>>) {
+    let state = Arc::new(Mutex::new(state));
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(receive))
         .with_state(state.clone());
@@ -205,11 +223,23 @@ async fn start_sinks_on(
     raw: &common::Raw,
     entries: Vec<WebhookEntry>,
 ) -> (CancellationToken, TaskTracker) {
+    start_sinks_with(store, raw, entries, |_| {}).await
+}
+
+/// The fast delivery settings of the tests, retry backoff capped at [`BACKOFF_CAP`], then
+/// `adjust`.
+async fn start_sinks_with(
+    store: &Store,
+    raw: &common::Raw,
+    entries: Vec<WebhookEntry>,
+    adjust: impl FnOnce(&mut Settings),
+) -> (CancellationToken, TaskTracker) {
     let mut settings = Settings::defaults().unwrap();
     settings.webhook.batch = 2;
     settings.webhook.poll_interval = Duration::from_millis(20);
     settings.webhook.backoff_base = Duration::from_millis(10);
-    settings.webhook.backoff_cap = Duration::from_millis(100);
+    settings.webhook.backoff_cap = BACKOFF_CAP;
+    adjust(&mut settings);
     let sinks = entries.len() as i64;
     settings.webhooks = entries;
     settings.validate().unwrap();
@@ -226,6 +256,80 @@ async fn start_sinks_on(
     })
     .await;
     (cancel, tracker)
+}
+
+/// The tests' cap on the webhook retry backoff: a wait longer than this is the receiver's.
+const BACKOFF_CAP: Duration = Duration::from_millis(100);
+
+both_backends!(
+    a_receivers_retry_after_is_honoured_before_the_next_attempt,
+    a_hung_receiver_is_cut_off_by_webhook_timeout_and_the_batch_retried,
+);
+
+/// A 503 with `Retry-After: 2`: the next attempt comes no sooner than two seconds later
+/// (the backoff alone would retry within 100 ms), and the batch then arrives.
+async fn a_receivers_retry_after_is_honoured_before_the_next_attempt(db: &TestDb) {
+    let (url, received) = receiver_with(Received {
+        refuse_next: 1,
+        retry_after: 2,
+        ..Received::default()
+    })
+    .await;
+    let id = meeting(9);
+    track(&db.store, &id, "board").await;
+    let (cancel, tracker) = start_sinks(db, vec![webhook("ops", &url)]).await;
+    let ids = five_events(&db.store, &id).await;
+    eventually("every event delivered after the refusal", || async {
+        received.lock().unwrap().event_ids() == ids
+    })
+    .await;
+    let (refused, arrivals) = {
+        let r = received.lock().unwrap();
+        (r.refused, r.arrivals.clone())
+    };
+    assert_eq!(refused, 1);
+    let gap = arrivals[1] - arrivals[0];
+    assert!(
+        gap >= Duration::from_secs(2),
+        "retried {gap:?} after a Retry-After of 2 s"
+    );
+    cancel.cancel();
+    tracker.wait().await;
+}
+
+/// A receiver that never answers its first request: `webhook.timeout` (300 ms) ends that
+/// attempt, and the batch is sent again and delivered, instead of the sink waiting forever.
+async fn a_hung_receiver_is_cut_off_by_webhook_timeout_and_the_batch_retried(db: &TestDb) {
+    let (url, received) = receiver_with(Received {
+        hang_next: 1,
+        ..Received::default()
+    })
+    .await;
+    let id = meeting(10);
+    track(&db.store, &id, "board").await;
+    let timeout = Duration::from_millis(300);
+    let (cancel, tracker) = start_sinks_with(&db.store, &db.raw, vec![webhook("ops", &url)], |s| {
+        s.webhook.timeout = timeout;
+    })
+    .await;
+    let ids = five_events(&db.store, &id).await;
+    // The guard: the timeout, a backoff and generous room; a sink without a timeout never
+    // delivers.
+    common::eventually_within(
+        timeout + BACKOFF_CAP + Duration::from_secs(20),
+        "every event delivered after the hung attempt",
+        || async { received.lock().unwrap().event_ids() == ids },
+    )
+    .await;
+    let arrivals = received.lock().unwrap().arrivals.clone();
+    assert!(arrivals.len() >= 2, "the hung batch was sent again");
+    let gap = arrivals[1] - arrivals[0];
+    assert!(
+        gap >= timeout,
+        "the hung attempt was abandoned after {gap:?}, before the timeout"
+    );
+    cancel.cancel();
+    tracker.wait().await;
 }
 
 /// Five events on one meeting: three joins, a capability change, a leave.
@@ -665,6 +769,139 @@ async fn events_follow_prints_events_committed_after_it_started_and_stops_on_sig
     assert!(
         lines.recv_timeout(Duration::from_secs(5)).is_err(),
         "nothing more printed"
+    );
+    db.finish().await;
+}
+
+both_backends!(events_follow_prints_a_burst_of_events_each_once_in_commit_order);
+
+/// `events --follow` on either backend while polls keep committing (120 events in 40 polls,
+/// written as fast as the store takes them, not one line at a time): every event is printed
+/// once, in id order, none skipped, none repeated. The correctness half of the ignored
+/// latency measurement in `alerting_latency.rs`.
+async fn events_follow_prints_a_burst_of_events_each_once_in_commit_order(db: &TestDb) {
+    let id = meeting(8);
+    track(&db.store, &id, "burst").await;
+    let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
+    let mut child = Command::new(BIN)
+        .args(["events", "--follow", "--format", "json", "--since"])
+        .arg(before[0].event_id.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env_remove("ROSTER_SYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    let mut expected = Vec::new();
+    for p in 0..40u32 {
+        let changes: Vec<Change> = (0..3)
+            .map(|k| Change::joined(&attendee(100 + p * 3 + k, "burst")))
+            .collect();
+        expected.extend(
+            poll(&db.store, &id, &changes)
+                .await
+                .iter()
+                .map(|e| e.event_id),
+        );
+    }
+    let printed: Vec<i64> = (0..expected.len())
+        .map(|_| next_line(&lines)["event_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(printed, expected, "printed in commit order, each once");
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = wait_with_deadline(&mut child);
+    assert!(status.success(), "events --follow ended with {status}");
+    assert!(
+        lines.recv_timeout(Duration::from_secs(1)).is_err(),
+        "nothing printed twice after the burst"
+    );
+}
+
+/// `events --follow` loses its database connections (every backend on the database
+/// terminated) between two bursts of events: it reconnects and prints the second burst,
+/// nothing skipped and nothing printed twice.
+#[tokio::test]
+async fn events_follow_across_a_lost_database_connection_skips_and_repeats_nothing() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    let id = meeting(11);
+    track(&db.store, &id, "board").await;
+    let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
+    let mut child = Command::new(BIN)
+        .args(["events", "--follow", "--format", "json", "--since"])
+        .arg(before[0].event_id.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env_remove("ROSTER_SYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    let burst = |first: u32| {
+        let (store, id) = (db.store.clone(), id.clone());
+        async move {
+            let mut ids = Vec::new();
+            for p in 0..10u32 {
+                let changes: Vec<Change> = (0..3)
+                    .map(|k| Change::joined(&attendee(first + p * 3 + k, "burst")))
+                    .collect();
+                ids.extend(poll(&store, &id, &changes).await.iter().map(|e| e.event_id));
+            }
+            ids
+        }
+    };
+    let mut expected = burst(100).await;
+    let mut printed: Vec<i64> = (0..expected.len())
+        .map(|_| next_line(&lines)["event_id"].as_i64().unwrap())
+        .collect();
+    db.raw
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
+    let second = burst(200).await;
+    expected.extend(&second);
+    printed.extend((0..second.len()).map(|_| next_line(&lines)["event_id"].as_i64().unwrap()));
+    assert_eq!(
+        printed, expected,
+        "each event once, in order, across the reconnect"
+    );
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = wait_with_deadline(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.success(),
+        "events --follow ended with {status}: {stderr}"
+    );
+    assert!(
+        // Postgres' own words for the terminated backend, in whichever log line reports it
+        // (a pooled connection's ping, the listener, or a failed read).
+        [
+            "terminating connection",
+            "interrupted",
+            "cannot read events"
+        ]
+        .iter()
+        .any(|seen| stderr.contains(seen)),
+        "the connection was lost, and logged: {stderr}"
+    );
+    assert!(
+        lines.recv_timeout(Duration::from_secs(1)).is_err(),
+        "nothing printed twice"
     );
     db.finish().await;
 }

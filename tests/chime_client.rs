@@ -1,5 +1,7 @@
 //! The real AWS SDK client against the simulator over HTTP on 127.0.0.1.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -341,6 +343,64 @@ async fn trace_logs_of_a_fetch_contain_no_join_token() {
     assert!(!debug.contains("Zoë"), "Debug output hides ExternalUserId");
 }
 
+/// The project's own safeguard (`telemetry::filter`), exercised: `LOG_SENSITIVE_BODIES=true`
+/// makes the AWS SDK print whole response bodies at trace level, and `ListAttendees` answers
+/// carry every attendee's JoinToken; with `RUST_LOG=trace` too, the real daemon's logs still
+/// hold none of them.
+#[tokio::test]
+async fn with_log_sensitive_bodies_set_trace_logs_of_the_daemon_contain_no_join_token() {
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(&sim, 5);
+    let (meeting, _, tokens) = meeting_with(&c, 6).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let binary = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(common::BIN);
+        cmd.args(args)
+            .env_clear()
+            .envs(common::binary_env())
+            .env("DATABASE_URL", &url)
+            .env("ROSTER_SYNC__HTTP__LISTEN", "")
+            .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", sim.endpoint_url())
+            .env("ROSTER_SYNC__POLL__INTERVAL", "200ms")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+    for args in [
+        &["migrate"][..],
+        &["meetings", "add", meeting.as_str(), "--no-verify"],
+    ] {
+        let out = binary(args).output().await.expect("run roster-sync");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let before = sim.stats().list_attendees.requests;
+    let mut daemon = binary(&["run"])
+        .env("RUST_LOG", "trace")
+        .env("LOG_SENSITIVE_BODIES", "true")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let lines = common::collect_stderr(&mut daemon);
+    common::eventually("three polls of the meeting", || async {
+        sim.stats().list_attendees.requests >= before + 3
+    })
+    .await;
+    let status = common::terminate(&mut daemon).await;
+    assert!(status.success(), "{status}");
+    let logs = lines.lock().unwrap().join("\n");
+    // The SDK did log at trace level (the request pipeline), so the bodies were one
+    // directive away from the output.
+    assert!(
+        logs.contains("aws_smithy_runtime") && logs.contains("TRACE"),
+        "the SDK's trace logging was on ({} bytes of logs)",
+        logs.len()
+    );
+    for t in &tokens {
+        assert!(!logs.contains(t.as_str()), "a JoinToken reached the logs");
+    }
+}
+
 #[tokio::test]
 async fn a_hung_endpoint_times_out_instead_of_stalling_the_poll() {
     // Accepts connections and never answers.
@@ -446,5 +506,100 @@ async fn a_malformed_answer_fails_the_poll_without_quoting_its_body() {
         );
         assert!(!format!("{err:?}").contains(token));
         server.abort();
+    }
+}
+
+/// Answers the `n`th request on `listener` (from 0) with one attendee and `next_token(n)`
+/// as its NextToken. Returns the server task and the number of requests answered.
+fn serve_pages(
+    listener: tokio::net::TcpListener,
+    next_token: fn(u64) -> String,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let served = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&served);
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let body = format!(
+                    r#"{{"Attendees":[{{"ExternalUserId":"page-{n}","AttendeeId":"00000000-0000-0000-0000-{n:012}","JoinToken":"t","Capabilities":{{"Audio":"SendReceive","Video":"SendReceive","Content":"SendReceive"}}}}],"NextToken":"{}"}}"#,
+                    next_token(n)
+                );
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (server, served)
+}
+
+/// A service whose NextToken comes back unchanged, and one whose pages never end: the poll
+/// fails as malformed and records nothing, not the pages it read before noticing.
+#[tokio::test]
+async fn a_next_token_loop_and_a_roster_past_the_page_limit_fail_the_poll_as_malformed_recording_nothing()
+ {
+    type Case = (
+        &'static str,
+        fn(u64) -> String,
+        std::ops::RangeInclusive<u64>,
+    );
+    let cases: [Case; 2] = [
+        ("a NextToken loop", |_| "again".to_owned(), 2..=3),
+        // A new token on every page: only the page limit (1000) ends it.
+        ("endless pages", |n| format!("page-{n}"), 1000..=1001),
+    ];
+    for (case, next_token, requests) in cases {
+        let db = common::sqlite_db().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (server, served) = serve_pages(listener, next_token);
+        // Pages of one, and a budget that lets a thousand pages through at once.
+        let c = ChimeClient::new(
+            simulator_sdk_config(&region()),
+            ClientOptions {
+                max_results: 1,
+                ..ClientOptions::for_endpoint(&format!("http://{addr}"), 10_000.0, 2_000)
+            },
+        );
+        let meeting = MeetingId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
+        db.store
+            .add_meeting(&meeting, &region(), None, roster_sync::domain::now(), false)
+            .await
+            .unwrap();
+        let (outcome, _) =
+            roster_sync::scheduler::poll_once(&c, &db.store, &meeting, &region(), None).await;
+        let roster_sync::scheduler::PollOutcome::Failed(failure) = outcome else {
+            panic!("{case}: the poll did not fail: {outcome:?}");
+        };
+        assert_eq!(
+            failure.code.as_deref(),
+            Some("(malformed answer)"),
+            "{case}: {failure:?}"
+        );
+        let asked = served.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(requests.contains(&asked), "{case}: {asked} pages requested");
+        for table in ["roster_events", "roster_attendees"] {
+            let sql = if table == "roster_events" {
+                "SELECT count(*) FROM roster_events"
+            } else {
+                "SELECT count(*) FROM roster_attendees"
+            };
+            assert_eq!(db.raw.scalar(sql).await, 0, "{case}: {table} holds rows");
+        }
+        let m = db.store.get_meeting(&meeting).await.unwrap().unwrap();
+        assert_eq!(m.consecutive_failures, 1, "{case}: the failure is recorded");
+        server.abort();
+        db.finish().await;
     }
 }

@@ -804,18 +804,18 @@ async fn three_replicas_share_200_meetings_under_churn_within_the_quota() {
         let timeline = sim.attendee_timeline(&t.meeting, &id).expect("created");
         assert_eq!(timeline.deleted_at.is_none(), t.live, "{id}");
     }
-    assert_eq!(
-        held_at_the_end.len(),
-        3,
-        "all three hold meetings: {held_at_the_end:?}"
-    );
-    for (replica, held) in &held_at_the_end {
-        // Balanced by pages (one page a meeting here): a third each, up to rounding.
-        assert!(
-            held.abs_diff(MEETINGS / 3) <= 1,
-            "{replica} holds {held} of {MEETINGS}: {held_at_the_end:?}"
-        );
-    }
+    // Balanced by pages (one page a meeting here): a third each, up to rounding. A sample
+    // taken mid-churn may catch a lease in a handover, so wait for the balance to be observed
+    // (the last sample is only in the failure message).
+    eventually_within(
+        Duration::from_secs(60),
+        &format!("all three replicas hold a third of the meetings each (last sample during the churn: {held_at_the_end:?})"),
+        || async {
+            let held = held_by(&db.store.meeting_owners().await.unwrap());
+            held.len() == 3 && held.values().all(|n| n.abs_diff(MEETINGS / 3) <= 1)
+        },
+    )
+    .await;
 
     // Settle: every meeting completes a poll started after the churn, and the record then
     // matches the simulator.

@@ -188,26 +188,22 @@ async fn the_scenario_records_exactly_what_happened(db: &TestDb) {
 }
 
 /// 100 polls of an unchanged meeting: no insert, update or delete on the event and snapshot
-/// tables. On Postgres this reads the server's own counters (`pg_stat_user_tables`).
+/// tables, not even one that leaves the same values behind. Triggers the test adds to both
+/// tables log every row written, synchronously, on both backends.
 async fn unchanged_polls_write_no_snapshot_or_event_rows(db: &TestDb) {
     let rig = rig_with_quota(1000.0, 1000).await;
-    let (id, _) = tracked_meeting(db, &rig, 40).await;
+    let (id, made) = tracked_meeting(db, &rig, 40).await;
     let (first, mut known) = poll_once(&rig.client, &db.store, &id, &region(), None).await;
     assert!(matches!(first, PollOutcome::Changed(_)));
-    let before = writes(db).await;
-    // A second store, so its connections (and their statistics) are flushed when it closes.
-    let polls = roster_sync::store::Store::connect(&db.url, 2)
-        .await
-        .unwrap();
+    log_row_writes(db).await;
     for _ in 0..100 {
-        let (outcome, k) = poll_once(&rig.client, &polls, &id, &region(), known).await;
+        let (outcome, k) = poll_once(&rig.client, &db.store, &id, &region(), known).await;
         assert!(matches!(outcome, PollOutcome::Unchanged), "{outcome:?}");
         known = k;
     }
-    polls.close().await;
-    let after = writes(db).await;
     assert_eq!(
-        after, before,
+        db.raw.scalar("SELECT count(*) FROM test_row_writes").await,
+        0,
         "unchanged polls wrote to roster_events/roster_attendees"
     );
     let meeting = db.store.get_meeting(&id).await.unwrap().unwrap();
@@ -216,20 +212,51 @@ async fn unchanged_polls_write_no_snapshot_or_event_rows(db: &TestDb) {
         "every poll was recorded in the bookkeeping"
     );
     assert_eq!(rig.sim.stats().list_attendees.requests, 101);
+    // The triggers do see a write: the next change is logged.
+    rig.driver
+        .delete_attendee(&id, &made[0].attendee_id)
+        .await
+        .unwrap();
+    let (outcome, _) = poll_once(&rig.client, &db.store, &id, &region(), known).await;
+    assert!(matches!(outcome, PollOutcome::Changed(_)), "{outcome:?}");
+    assert!(db.raw.scalar("SELECT count(*) FROM test_row_writes").await >= 2);
 }
 
-/// Inserted + updated + deleted rows of the event and snapshot tables as the store reports
-/// them ([`Store::write_counts`]): Postgres statistics (after the writers' connections
-/// closed), or row counts on SQLite.
-///
-/// [`Store::write_counts`]: roster_sync::store::Store::write_counts
-async fn writes(db: &TestDb) -> (i64, i64, Option<i64>) {
+/// Adds a `test_row_writes` table and triggers that log there every row inserted, updated or
+/// deleted in `roster_events` and `roster_attendees`.
+async fn log_row_writes(db: &TestDb) {
     if db.raw.is_postgres() {
-        // Statistics arrive asynchronously from closed backends; give them a moment.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        db.raw
+            .execute(
+                "CREATE TABLE test_row_writes (what text NOT NULL); \
+                 CREATE FUNCTION test_log_row_write() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN INSERT INTO test_row_writes VALUES (TG_OP || ' ' || TG_TABLE_NAME); \
+                 RETURN NULL; END $$; \
+                 CREATE TRIGGER test_log_events AFTER INSERT OR UPDATE OR DELETE \
+                 ON roster_events FOR EACH ROW EXECUTE FUNCTION test_log_row_write(); \
+                 CREATE TRIGGER test_log_attendees AFTER INSERT OR UPDATE OR DELETE \
+                 ON roster_attendees FOR EACH ROW EXECUTE FUNCTION test_log_row_write();",
+            )
+            .await;
+    } else {
+        db.raw
+            .execute(
+                "CREATE TABLE test_row_writes (what TEXT NOT NULL); \
+                 CREATE TRIGGER test_ie AFTER INSERT ON roster_events \
+                 BEGIN INSERT INTO test_row_writes VALUES ('insert roster_events'); END; \
+                 CREATE TRIGGER test_ue AFTER UPDATE ON roster_events \
+                 BEGIN INSERT INTO test_row_writes VALUES ('update roster_events'); END; \
+                 CREATE TRIGGER test_de AFTER DELETE ON roster_events \
+                 BEGIN INSERT INTO test_row_writes VALUES ('delete roster_events'); END; \
+                 CREATE TRIGGER test_ia AFTER INSERT ON roster_attendees \
+                 BEGIN INSERT INTO test_row_writes VALUES ('insert roster_attendees'); END; \
+                 CREATE TRIGGER test_ua AFTER UPDATE ON roster_attendees \
+                 BEGIN INSERT INTO test_row_writes VALUES ('update roster_attendees'); END; \
+                 CREATE TRIGGER test_da AFTER DELETE ON roster_attendees \
+                 BEGIN INSERT INTO test_row_writes VALUES ('delete roster_attendees'); END;",
+            )
+            .await;
     }
-    let counts = db.store.write_counts().await.unwrap();
-    (counts.event_rows, counts.snapshot_rows, counts.row_writes)
 }
 
 async fn a_page_that_fails_after_its_retries_records_no_events(db: &TestDb) {
@@ -291,7 +318,11 @@ async fn no_table_holds_a_join_token(db: &TestDb) {
         .delete_attendee(&id, &made[4].attendee_id)
         .await
         .unwrap();
-    let _ = poll_once(&rig.client, &db.store, &id, &region(), known).await;
+    let (outcome, _) = poll_once(&rig.client, &db.store, &id, &region(), known).await;
+    assert!(
+        matches!(&outcome, PollOutcome::Changed(e) if e.len() == 2),
+        "the capability change and the departure were recorded: {outcome:?}"
+    );
     let dump = db.raw.dump_all_tables().await;
     assert!(
         dump.contains(made[0].attendee_id.as_str()),

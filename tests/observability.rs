@@ -9,15 +9,15 @@
 
 mod common;
 
+use common::{collect_stderr as collect_lines, eventually, get};
+
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
 
 use roster_sync::domain::MeetingId;
 use roster_sync::sim::ScriptedFault;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use common::BIN;
@@ -55,49 +55,9 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// `GET path` on the daemon's endpoint: status and body, or `None` while nothing answers.
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.ok()?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((code, body))
-}
-
-/// Polls `check` until it holds. The limit only keeps a broken daemon from hanging the test.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn terminate(child: &mut Child) {
-    let pid = child.id().expect("the daemon is running");
-    let sent = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(sent);
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("the daemon stops")
-        .expect("wait for the daemon");
-    assert!(status.success(), "{status}");
+    let status = common::terminate(child).await;
+    assert!(status.success(), "the daemon exited {status} after SIGTERM");
 }
 
 /// A simulated meeting with two attendees, tracked in a fresh SQLite file. Returns the
@@ -131,20 +91,6 @@ async fn tracked_meeting() -> (
     .env("DATABASE_URL", &url))
     .await;
     (sim, meeting, url, dir)
-}
-
-/// Collects the lines the child writes to stderr.
-fn collect_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let sink = Arc::clone(&lines);
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
 }
 
 /// The first JSON log line whose fields satisfy `pick`.

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,7 @@ both_backends!(
     a_failing_sink_is_logged_once_when_it_fails_and_once_when_it_recovers_not_per_retry,
     a_sink_added_to_the_configuration_gets_every_event_from_the_daemon_start_on_and_no_history,
     a_receiver_stopped_across_a_daemon_restart_gets_every_event_in_order_without_a_gap,
+    a_hung_receiver_never_holds_up_polling,
 );
 
 /// The binary with a clean environment and placeholder AWS credentials (the simulator does
@@ -46,19 +49,6 @@ async fn succeeds(cmd: &mut tokio::process::Command) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}\n{stderr}");
     stdout
-}
-
-/// Polls `check` until it holds or 30 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// What the receiver saw.
@@ -384,15 +374,8 @@ fn daemon(
 
 /// SIGTERM, then a successful exit within 60 s.
 async fn terminate(child: &mut tokio::process::Child) {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("the daemon stops after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    let status = common::terminate(child).await;
+    assert!(status.success(), "the daemon exited {status} after SIGTERM");
 }
 
 async fn track(db: &TestDb, id: &roster_sync::domain::MeetingId) {
@@ -697,4 +680,68 @@ async fn a_receiver_stopped_across_a_daemon_restart_gets_every_event_in_order_wi
         highest = highest.max(*ids.last().unwrap());
     }
     assert_eq!(highest, *recorded.last().unwrap());
+}
+
+/// A receiver that accepts connections and never answers, with a `webhook.timeout` of a
+/// minute: while the sink waits on it, the daemon keeps polling and recording. Each change is
+/// made only after the previous one was recorded, so a poll loop held up by the sink fails
+/// the wait instead of a timing.
+async fn a_hung_receiver_never_holds_up_polling(db: &TestDb) {
+    let (sim, driver) = common::sim_and_driver(100.0).await;
+    let id = driver.create_meeting("hooks", "us-east-1").await.unwrap();
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", hung.local_addr().unwrap());
+    let connections = Arc::new(Mutex::new(Vec::new()));
+    let held = Arc::clone(&connections);
+    let accepting = tokio::spawn(async move {
+        while let Ok((socket, _)) = hung.accept().await {
+            // Kept open, never read or answered.
+            held.lock().unwrap().push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("roster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[webhook]\npoll_interval = \"50ms\"\ntimeout = \"60s\"\n\n\
+             [[webhooks]]\nname = \"hung\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    track(db, &id).await;
+    let mut daemon = daemon(db, &sim.endpoint_url(), Some(&config))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    eventually("the sink has its cursor", || async {
+        db.raw
+            .scalar("SELECT count(*) FROM webhook_cursors WHERE name = 'hung'")
+            .await
+            == 1
+    })
+    .await;
+    driver
+        .add_attendees(&id, [("first@example.com".to_owned(), None)])
+        .await
+        .unwrap();
+    eventually(
+        "the first join recorded and sent to the hung receiver",
+        || async {
+            recorded_event_ids(db).await.len() == 1 && !connections.lock().unwrap().is_empty()
+        },
+    )
+    .await;
+    for n in 2..=6 {
+        driver
+            .add_attendees(&id, [(format!("p{n}@example.com"), None)])
+            .await
+            .unwrap();
+        eventually("the join recorded while the sink hangs", || async {
+            recorded_event_ids(db).await.len() == n
+        })
+        .await;
+    }
+    terminate(&mut daemon).await;
+    accepting.abort();
 }

@@ -345,7 +345,10 @@ async fn unchanged_polls_are_recorded_in_one_batch_by_shutdown() {
     );
     let cancel = CancellationToken::new();
     let run = tokio::spawn(scheduler.run(cancel.clone()));
-    // Wait for an observed state: every meeting polled a few times.
+    // Wait for an observed state: every meeting polled a few times. The deadline only keeps
+    // a broken loop from hanging the run; a loop that died (the observer's assertion failed)
+    // fails at once with its panic.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let enough = {
             let p = polls.lock().unwrap();
@@ -354,6 +357,15 @@ async fn unchanged_polls_are_recorded_in_one_batch_by_shutdown() {
         if enough {
             break;
         }
+        if run.is_finished() {
+            let ended = run.await;
+            panic!("the scheduler ended before every meeting was polled five times: {ended:?}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every meeting was polled five times within a minute: {:?}",
+            polls.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cancel.cancel();

@@ -4,7 +4,11 @@
 //! Postgres tests use `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]) as an admin connection
 //! and create a database `roster_test_<uuid>` per test, dropped when the test passes and left
 //! for inspection when it fails (`DROP DATABASE` every `roster_test_%` to clean up). Without a
-//! Postgres server they are skipped, unless `CI` is set: then they fail.
+//! Postgres server they are skipped, unless `CI` is set to a true value: then they fail.
+//!
+//! A skipped test still shows as `ok` in libtest's list, so [`skip`] records it, and when the
+//! test binary exits (after libtest's `test result:` line) one block on stderr names every test
+//! of that binary that did not run and why: a plain `cargo test` shows what it did not test.
 
 // Each test crate uses only some of these helpers.
 #![allow(dead_code)]
@@ -14,9 +18,105 @@ use roster_sync::store::Store;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use tempfile::TempDir;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Whether `CI` is set to a true value (`1`, `true` or `yes`, any case): then a test whose
+/// tools or server are missing fails instead of being skipped. `CI=0` or `CI=` is not set.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| {
+        matches!(
+            value.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes"
+        )
+    })
+}
+
+/// Tests of this binary that did not run, as (test name, reason).
+static SKIPPED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// Whether `report_skips` is registered to run at exit.
+static REPORT_SKIPS_AT_EXIT: OnceLock<bool> = OnceLock::new();
+
+unsafe extern "C" {
+    /// C's `atexit`: runs `callback` when the process exits, after libtest's summary.
+    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+}
+
+/// The calling test cannot run because `reason` (a missing server or tool): records it, for
+/// the report printed when the test binary exits; the caller then returns early.
+///
+/// # Panics
+/// When [`ci`] is true: there every test must run.
+pub fn skip(reason: &str) {
+    assert!(
+        !ci(),
+        "{reason} (CI is set, so this test must run; .ci/run sets up what the tests need)"
+    );
+    // libtest names each test's thread after the test; the test body runs on it.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test on an unnamed thread")
+        .to_owned();
+    let registered = *REPORT_SKIPS_AT_EXIT.get_or_init(|| {
+        // SAFETY: `atexit` only stores the pointer of a function that lives as long as the
+        // process; `report_skips` neither panics nor unwinds into C.
+        unsafe { atexit(report_skips) == 0 }
+    });
+    if !registered {
+        // Without the report at exit, say it now, past libtest's capture of `eprintln!`.
+        let line = format!("SKIPPED {test}: {reason}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return;
+    }
+    SKIPPED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((test, reason.to_owned()));
+}
+
+/// Prints, after libtest's `test result:` line, which tests of this binary did not run and
+/// why, grouped by reason.
+extern "C" fn report_skips() {
+    let skipped = std::mem::take(&mut *SKIPPED.lock().unwrap_or_else(PoisonError::into_inner));
+    if skipped.is_empty() {
+        return;
+    }
+    let binary = std::env::args()
+        .next()
+        .and_then(|path| {
+            std::path::Path::new(&path)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .map(|name| match name.rsplit_once('-') {
+            Some((stem, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => stem.to_owned(),
+            _ => name,
+        })
+        .unwrap_or_default();
+    let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
+    for (test, reason) in skipped.iter() {
+        match reasons.iter_mut().find(|(known, _)| known == reason) {
+            Some((_, tests)) => tests.push(test.clone()),
+            None => reasons.push((reason.clone(), vec![test.clone()])),
+        }
+    }
+    let mut report = format!(
+        "\nSKIPPED: {} test(s) of tests/{binary}.rs passed without running (listed as ok above):\n",
+        skipped.len()
+    );
+    for (reason, mut tests) in reasons {
+        tests.sort();
+        report.push_str(&format!("  {} because {reason}:\n", tests.len()));
+        for test in tests {
+            report.push_str(&format!("    {test}\n"));
+        }
+    }
+    report.push_str("  Set CI=1 to make a missing server or tool fail the run instead.\n\n");
+    // A failed write to stderr has nowhere else to go.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes());
+}
 
 /// A database made for one test.
 pub struct TestDb {
@@ -178,8 +278,8 @@ async fn drop_postgres_database(admin_url: &str, name: &str) {
     .expect("drop the test database");
 }
 
-/// A fresh, empty Postgres database, or `None` (with a note on stderr) when no server answers
-/// at `DATABASE_URL` and `CI` is not set.
+/// A fresh, empty Postgres database, or `None` (the test is recorded as skipped, see [`skip`])
+/// when no server answers at `DATABASE_URL`.
 ///
 /// # Panics
 /// When no server answers and `CI` is set, or when the server refuses to create the database.
@@ -188,12 +288,11 @@ pub async fn postgres_empty_db() -> Option<EmptyPgDb> {
         std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
     let mut admin = match PgConnection::connect(&admin_url).await {
         Ok(conn) => conn,
-        Err(e) if std::env::var_os("CI").is_some() => panic!(
-            "no Postgres at {} (CI is set, so the Postgres tests must run): {e}",
-            redact_url(&admin_url)
-        ),
         Err(e) => {
-            eprintln!("skipped: no Postgres at {} ({e})", redact_url(&admin_url));
+            skip(&format!(
+                "no Postgres at {} ({e}); start it or set DATABASE_URL",
+                redact_url(&admin_url)
+            ));
             return None;
         }
     };
@@ -211,8 +310,8 @@ pub async fn postgres_empty_db() -> Option<EmptyPgDb> {
     })
 }
 
-/// A fresh, migrated Postgres database, or `None` (with a note on stderr) when no server
-/// answers at `DATABASE_URL` and `CI` is not set.
+/// A fresh, migrated Postgres database, or `None` (the test is recorded as skipped, see
+/// [`skip`]) when no server answers at `DATABASE_URL`.
 ///
 /// # Panics
 /// When no server answers and `CI` is set, or when the server refuses to create the database.
@@ -377,4 +476,85 @@ impl Raw {
         };
         rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
+}
+
+/// How long [`eventually`] waits before failing: only a guard that keeps a broken build from
+/// hanging the run, never a measure of speed.
+pub const EVENTUALLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Polls `check` every 50 ms until it holds; fails the test, naming `what`, after
+/// [`EVENTUALLY_LIMIT`].
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(EVENTUALLY_LIMIT, what, check).await;
+}
+
+/// [`eventually`] with its own failure guard `limit`.
+pub async fn eventually_within<F, Fut>(limit: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` over HTTP/1.0: the status and the body, or `None` when
+/// nothing answers or the answer is not HTTP.
+pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.ok()?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit (failing the test after a minute);
+/// returns its exit status.
+pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("the child is still running");
+    let sent = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {pid}: {sent}");
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("process {pid} did not exit within a minute of SIGTERM"))
+        .expect("wait for the child")
+}
+
+/// Everything `child` writes to stderr, collected line by line as it comes.
+pub fn collect_stderr(child: &mut tokio::process::Child) -> std::sync::Arc<Mutex<Vec<String>>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let sink = std::sync::Arc::clone(&lines);
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+        }
+    });
+    lines
 }
