@@ -21,8 +21,9 @@ use crate::config::Settings;
 use crate::deadline::Later as _;
 use crate::domain::{Capability, EventKind, MeetingId};
 use crate::redact::redact_url;
-use crate::sim::churn::{self, ChurnPlan, Fleet, Skew, churn};
+use crate::sim::churn::{self, ChurnPlan, Fleet, PresenceChurnPlan, Skew, churn};
 use crate::sim::control::Driver;
+use crate::sim::events::EventsConfig;
 use crate::sim::{self, SimConfig};
 use crate::store::{Store, StoredEvent};
 
@@ -61,6 +62,13 @@ const LABELS: &[&str] = &[
 /// How many changes a second the demo's churn makes, over all meetings.
 const CHANGES_PER_SECOND: f64 = 3.0;
 
+/// How many presence changes (connects, drops, leaves, video, content) a second, over all
+/// meetings.
+const PRESENCE_CHANGES_PER_SECOND: f64 = 2.0;
+
+/// The simulator's queue for the meeting lifecycle events.
+const EVENTS_QUEUE: &str = "demo-meeting-events";
+
 /// Runs the demo to the end of `--duration`, or until `cancel` fires (Ctrl-C).
 ///
 /// # Errors
@@ -98,10 +106,24 @@ pub async fn run(
     )
     .await
     .context("starting the simulator on 127.0.0.1")?;
+    // The simulator publishes Chime's meeting lifecycle events to a queue of its own, and the
+    // daemon reads them (`[meeting_events]`): hints poll a changed meeting at once, and the
+    // presence churn below shows who is connected.
+    sim.set_events(Some(EventsConfig::to_queue(EVENTS_QUEUE)))
+        .context("turning the simulator's meeting events on")?;
+    settings.meeting_events.queue_url = sim
+        .queue_url(EVENTS_QUEUE)
+        .context("the simulator's events queue")?;
+    settings.meeting_events.endpoint_url = sim.endpoint_url();
+    settings.meeting_events.region = region.as_str().to_owned();
+    settings.meeting_events.wait = Duration::from_secs(1);
+    settings.meeting_events.reorder_window = Duration::from_secs(1);
     let mut options = ClientOptions::from_settings(&settings);
     options.endpoint_url = Some(sim.endpoint_url());
     let client = Arc::new(ChimeClient::new(simulator_sdk_config(&region), options));
     let driver = Driver::new(client.sdk_client(&region));
+    let presence_driver =
+        Driver::new(client.sdk_client(&region)).with_endpoint(&sim.endpoint_url());
 
     let (tx, mut rx) = broadcast::channel::<StoredEvent>(4096);
     let daemon = Daemon::build(
@@ -173,6 +195,19 @@ pub async fn run(
 
     let started = tokio::time::Instant::now();
     let stop = started.later_by(args.duration);
+    // People connect, share video and content, drop, reconnect and leave.
+    let presence = {
+        let cancel = cancel.clone();
+        let people = fleet.people();
+        let plan = PresenceChurnPlan {
+            per_second: PRESENCE_CHANGES_PER_SECOND,
+            duration: args.duration,
+            ..PresenceChurnPlan::default()
+        };
+        tokio::spawn(async move {
+            churn::presence_churn(&presence_driver, &people, &plan, &cancel, |_| {}).await;
+        })
+    };
     let churn = {
         let cancel = cancel.clone();
         let store = store.clone();
@@ -216,6 +251,7 @@ pub async fn run(
     }
     cancel.cancel();
     let _ = churn.await;
+    let _ = presence.await;
     daemon.wait().await?;
 
     // The daemon is gone, and with it the sender: the printer drains and returns.
@@ -229,7 +265,9 @@ pub async fn run(
             .await?
             .unwrap_or_default()
         {
-            counts[1] += 1;
+            if let Some(k) = kind_index(e.kind) {
+                counts[k] += 1;
+            }
             say(&event_line(&e, label, counts, color));
         }
     }

@@ -19,8 +19,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::control::{Created, Driver};
-use crate::deadline::Later as _;
 use super::presence::PresenceAction;
+use crate::deadline::Later as _;
 use crate::domain::{AttendeeId, Capabilities, Capability, EventKind, MeetingId};
 
 /// The capabilities a capability change switches to and from the default.
