@@ -267,7 +267,9 @@ both_backends!(
 );
 
 /// A 503 with `Retry-After: 2`: the next attempt comes no sooner than two seconds later
-/// (the backoff alone would retry within 100 ms), and the batch then arrives.
+/// (the backoff alone, starting at 10 ms, would retry within a few tens of milliseconds), and
+/// the batch then arrives. A receiver's `Retry-After` is honoured up to `webhook.backoff_cap`,
+/// so the cap is raised above it here.
 async fn a_receivers_retry_after_is_honoured_before_the_next_attempt(db: &TestDb) {
     let (url, received) = receiver_with(Received {
         refuse_next: 1,
@@ -277,7 +279,10 @@ async fn a_receivers_retry_after_is_honoured_before_the_next_attempt(db: &TestDb
     .await;
     let id = meeting(9);
     track(&db.store, &id, "board").await;
-    let (cancel, tracker) = start_sinks(db, vec![webhook("ops", &url)]).await;
+    let (cancel, tracker) = start_sinks_with(&db.store, &db.raw, vec![webhook("ops", &url)], |s| {
+        s.webhook.backoff_cap = Duration::from_secs(5);
+    })
+    .await;
     let ids = five_events(&db.store, &id).await;
     eventually("every event delivered after the refusal", || async {
         received.lock().unwrap().event_ids() == ids
