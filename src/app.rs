@@ -123,7 +123,15 @@ impl Daemon {
         arm_fault_hook()?;
         let background = start_background_tasks(settings, &store, &cancel).await?;
         let cluster = join_cluster(settings, &store, &client).await?;
-        let hints = start_meeting_events(settings, &store, &client, &cancel, &background).await?;
+        let hints = start_meeting_events(
+            settings,
+            &store,
+            &client,
+            &cancel,
+            &background,
+            options.events.clone(),
+        )
+        .await?;
         let scheduler = assemble_scheduler(
             settings,
             &store,
@@ -389,6 +397,7 @@ async fn start_meeting_events(
     client: &Arc<ChimeClient>,
     cancel: &CancellationToken,
     background: &TaskTracker,
+    events: Option<broadcast::Sender<StoredEvent>>,
 ) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<crate::scheduler::Hint>>> {
     crate::meeting_events::spawn(
         settings,
@@ -396,6 +405,7 @@ async fn start_meeting_events(
         Arc::clone(client),
         cancel.clone(),
         background,
+        events,
     )
     .await
     .context("starting the meeting-events intake ([meeting_events])")

@@ -148,6 +148,9 @@ pub struct Intake {
     pruned_at: Option<Instant>,
     /// Presence events held for the reorder window, then recorded (`presence_buffer.rs`).
     presence: PresenceBuffer,
+    /// Every presence event recorded is also sent here, after its commit (the demo's live
+    /// output), as the scheduler sends the roster's.
+    sink: Option<tokio::sync::broadcast::Sender<crate::store::StoredEvent>>,
     cancel: CancellationToken,
 }
 
@@ -191,6 +194,7 @@ pub async fn spawn(
     verifier: Arc<ChimeClient>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
+    sink: Option<tokio::sync::broadcast::Sender<crate::store::StoredEvent>>,
 ) -> Result<Option<mpsc::Receiver<Hint>>> {
     if !settings.meeting_events.enabled() {
         return Ok(None);
@@ -216,7 +220,7 @@ pub async fn spawn(
     ));
     drop(raw_tx);
     let sqs = sqs_client(settings, verifier.sdk_config());
-    let intake = Intake::new(
+    let mut intake = Intake::new(
         sqs,
         settings.meeting_events.clone(),
         store,
@@ -225,6 +229,7 @@ pub async fn spawn(
         to_scheduler,
         cancel.clone(),
     );
+    intake.sink = sink;
     tracing::info!(
         queue_url = %settings.meeting_events.queue_url,
         region = %settings.meeting_events.queue_region(&settings.chime.region),
@@ -324,6 +329,7 @@ impl Intake {
             backoff: backoff(),
             pruned_at: None,
             presence,
+            sink: None,
             cancel,
         }
     }
@@ -332,10 +338,12 @@ impl Intake {
     pub async fn run(mut self) {
         let cancel = self.cancel.clone();
         loop {
-            let tick = tokio::select! {
-                () = cancel.cancelled() => return,
-                tick = self.tick() => tick,
-            };
+            // The tick itself stops at the receive; what it committed is always passed on
+            // (to the sink, the queue's deletes), never cut between commit and report.
+            if cancel.is_cancelled() {
+                return;
+            }
+            let tick = self.tick().await;
             let pause = match tick {
                 Tick::Failed { retry_in, .. } => retry_in,
                 // Without a long poll (`wait` under a second) an empty queue answers at once:
@@ -354,7 +362,7 @@ impl Intake {
     /// handles and deletes its messages.
     pub async fn tick(&mut self) -> Tick {
         self.prune_when_due().await;
-        let answer = self
+        let receive = self
             .sqs
             .receive_message()
             .queue_url(&self.settings.queue_url)
@@ -363,8 +371,12 @@ impl Intake {
             .visibility_timeout(
                 i32::try_from(self.settings.visibility_timeout.as_secs().max(1)).unwrap_or(30),
             )
-            .send()
-            .await;
+            .send();
+        // Shutdown cuts the long poll short; messages it would have brought stay in the queue.
+        let answer = tokio::select! {
+            () = self.cancel.cancelled() => return Tick::Idle,
+            answer = receive => answer,
+        };
         let out = match answer {
             Ok(out) => out,
             Err(e) => {
@@ -436,6 +448,12 @@ impl Intake {
         for meeting in &flushed.hint {
             if let Err(e) = self.hint(meeting).await {
                 tracing::debug!(meeting_id = %meeting, error = %e, "meeting events: no hint for an unknown attendee");
+            }
+        }
+        if let Some(sink) = &self.sink {
+            for e in &flushed.stored {
+                // Nobody listening is fine: the sink is only a live view.
+                let _ = sink.send(e.clone());
             }
         }
         delete.extend(flushed.delete);

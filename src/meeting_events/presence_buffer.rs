@@ -33,8 +33,8 @@ pub struct Flushed {
     pub outcomes: Vec<(EventType, &'static str)>,
     /// Meetings with events of attendees the roster does not know: poll them.
     pub hint: Vec<MeetingId>,
-    /// Presence rows recorded.
-    pub recorded: usize,
+    /// Presence rows recorded, in `event_id` order.
+    pub stored: Vec<crate::store::StoredEvent>,
 }
 
 /// See the module header.
@@ -115,7 +115,7 @@ impl PresenceBuffer {
                     continue;
                 }
             };
-            out.recorded += stored.len();
+            out.stored.extend(stored);
             out.outcomes.extend(plan.outcomes.iter().copied());
             let waiting: std::collections::HashSet<&str> =
                 plan.unknown.iter().map(|e| e.id.as_str()).collect();
