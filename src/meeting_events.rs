@@ -72,6 +72,9 @@ pub fn received_total() -> u64 {
 /// The pause after an empty answer to a short poll (`meeting_events.wait` under 1 s).
 const IDLE_PAUSE: Duration = Duration::from_secs(1);
 
+/// Entries per `DeleteMessageBatch`, at most (SQS's limit).
+const MAX_DELETE_BATCH: usize = 10;
+
 /// Hints waiting for the scheduler, at most; the intake waits when it is full.
 const HINT_QUEUE: usize = 1024;
 
@@ -476,11 +479,23 @@ impl Intake {
 
     /// Deletes the handled messages in one batch; returns how many went.
     async fn delete(&self, receipts: Vec<String>) -> usize {
+        let mut deleted = 0;
+        // SQS takes at most 10 entries per DeleteMessageBatch; a flush of held presence
+        // events can release many more at once.
+        for chunk in receipts.chunks(MAX_DELETE_BATCH) {
+            deleted += self.delete_batch(chunk).await;
+        }
+        deleted
+    }
+
+    /// One `DeleteMessageBatch` of at most [`MAX_DELETE_BATCH`] receipts; returns how many
+    /// went.
+    async fn delete_batch(&self, receipts: &[String]) -> usize {
         if receipts.is_empty() {
             return 0;
         }
         let mut entries = Vec::with_capacity(receipts.len());
-        for (i, receipt) in receipts.into_iter().enumerate() {
+        for (i, receipt) in receipts.iter().enumerate() {
             match aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .receipt_handle(receipt)

@@ -41,8 +41,9 @@ pub struct Flushed {
 #[derive(Debug)]
 pub struct PresenceBuffer {
     reorder: Reorder,
-    /// The newest receipt handle of each held envelope id (SQS deletes only with the newest).
-    receipts: HashMap<String, String>,
+    /// The receipt handles of each held envelope id: one per message that carried it (a
+    /// duplicate delivery is a message of its own, deleted with its own handle).
+    receipts: HashMap<String, Vec<String>>,
     /// Events of attendees not in the roster yet, with when each was first held.
     unknown: BTreeMap<MeetingId, Vec<(MeetingEvent, DateTime<Utc>)>>,
     hold_unknown: TimeDelta,
@@ -62,7 +63,7 @@ impl PresenceBuffer {
     /// Holds a presence event whose message has `receipt`.
     pub fn offer(&mut self, event: MeetingEvent, receipt: Option<String>, now: DateTime<Utc>) {
         if let Some(r) = receipt {
-            self.receipts.insert(event.id.clone(), r);
+            self.receipts.entry(event.id.clone()).or_default().push(r);
         }
         self.reorder.push(event, now);
     }
@@ -122,10 +123,12 @@ impl PresenceBuffer {
             let mut keep = Vec::new();
             for (e, first_held) in held {
                 if !waiting.contains(e.id.as_str()) {
-                    out.delete.extend(self.receipts.remove(&e.id));
+                    out.delete
+                        .extend(self.receipts.remove(&e.id).unwrap_or_default());
                 } else if now - first_held >= self.hold_unknown {
                     out.outcomes.push((e.event_type, "unknown_attendee"));
-                    out.delete.extend(self.receipts.remove(&e.id));
+                    out.delete
+                        .extend(self.receipts.remove(&e.id).unwrap_or_default());
                 } else {
                     keep.push((e, first_held));
                 }
@@ -133,7 +136,8 @@ impl PresenceBuffer {
             if keep.len() > MAX_UNKNOWN_PER_MEETING {
                 for (e, _) in keep.drain(..keep.len() - MAX_UNKNOWN_PER_MEETING) {
                     out.outcomes.push((e.event_type, "unknown_attendee"));
-                    out.delete.extend(self.receipts.remove(&e.id));
+                    out.delete
+                        .extend(self.receipts.remove(&e.id).unwrap_or_default());
                 }
             }
             if !keep.is_empty() {
