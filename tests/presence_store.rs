@@ -76,6 +76,7 @@ both_backends!(
     a_redelivered_event_is_recorded_once,
     events_of_attendees_the_roster_does_not_know_are_held_not_recorded,
     an_ended_meeting_closes_every_open_presence_session,
+    events_of_an_ended_or_untracked_meeting_or_of_another_meetings_attendee_record_nothing,
 );
 
 async fn events_and_polls_make_presence_sessions_with_inferred_ends_marked(db: &TestDb) {
@@ -301,5 +302,82 @@ async fn an_ended_meeting_closes_every_open_presence_session(db: &TestDb) {
             .scalar("SELECT count(*) FROM presence_sessions WHERE start_inferred")
             .await,
         1
+    );
+}
+
+async fn events_of_an_ended_or_untracked_meeting_or_of_another_meetings_attendee_record_nothing(
+    db: &TestDb,
+) {
+    let store = &db.store;
+    let t0 = start();
+    let other = MeetingId::parse("0000000b-0000-4000-8000-000000000000").unwrap();
+    let (ana, bob) = (attendee(1, "ana"), attendee(2, "bob"));
+    let r = Region::parse("us-east-1").unwrap();
+    store
+        .add_meeting(&meeting(), &r, None, t0, false)
+        .await
+        .unwrap();
+    store
+        .add_meeting(&other, &r, None, t0, false)
+        .await
+        .unwrap();
+    poll(store, at(t0, 5), &[Change::joined(&ana)]).await;
+    // Bob is in the other meeting only.
+    let snapshot = store.snapshot(&other).await.unwrap();
+    let rec = PollRecord {
+        meeting_id: &other,
+        expected_seq: snapshot.poll_seq,
+        started_at: at(t0, 4),
+        observed_at: at(t0, 5),
+        previous_poll_at: None,
+        changes: &[Change::joined(&bob)],
+    };
+    store.apply(rec).await.unwrap();
+
+    // An event naming this meeting with the other meeting's attendee: held, never recorded
+    // against either meeting.
+    let wrong = event("e1", EventType::AttendeeJoined, &bob, at(t0, 10));
+    let (stored, plan) = store
+        .record_presence(&meeting(), std::slice::from_ref(&wrong), at(t0, 11))
+        .await
+        .unwrap();
+    assert!(stored.is_empty());
+    assert_eq!(plan.unknown.len(), 1);
+
+    // A meeting that is not tracked: counted, nothing recorded.
+    let untracked = MeetingId::parse("0000000c-0000-4000-8000-000000000000").unwrap();
+    let mut stray = event("e2", EventType::AttendeeJoined, &ana, at(t0, 12));
+    stray.meeting_id = untracked.clone();
+    let (stored, plan) = store
+        .record_presence(&untracked, std::slice::from_ref(&stray), at(t0, 13))
+        .await
+        .unwrap();
+    assert!(stored.is_empty());
+    assert_eq!(
+        plan.outcomes,
+        [(EventType::AttendeeJoined, "meeting_not_active")]
+    );
+
+    // An ended meeting: counted, nothing recorded.
+    let seq = store.snapshot(&meeting()).await.unwrap().poll_seq;
+    store
+        .end_meeting(&meeting(), seq, at(t0, 20), Some(at(t0, 5)))
+        .await
+        .unwrap();
+    let late = event("e3", EventType::AttendeeJoined, &ana, at(t0, 21));
+    let (stored, plan) = store
+        .record_presence(&meeting(), std::slice::from_ref(&late), at(t0, 22))
+        .await
+        .unwrap();
+    assert!(stored.is_empty());
+    assert_eq!(
+        plan.outcomes,
+        [(EventType::AttendeeJoined, "meeting_not_active")]
+    );
+    assert_eq!(
+        db.raw
+            .scalar("SELECT count(*) FROM roster_events WHERE occurred_at IS NOT NULL")
+            .await,
+        0
     );
 }
