@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// overtake each other).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "meeting_events")]
     pub event_delay: Duration,
+    /// With `--meeting-events`: presence changes a second over all meetings during the churn
+    /// phase (people connect, drop, reconnect, share video and content, hand off, leave), so
+    /// the daemon records presence beside the roster. 0: none.
+    #[arg(long, default_value_t = 0.0, requires = "meeting_events")]
+    pub presence_churn_per_s: f64,
     /// Changes per second over all meetings during the churn phase: joins and deletions
     /// (2/3) and capability changes (1/3).
     #[arg(long, default_value_t = 1.0)]

@@ -19,7 +19,7 @@ use roster_sync::config::{PollStrategy, Settings};
 use roster_sync::deadline::Later as _;
 use roster_sync::domain::Region;
 use roster_sync::scheduler::PollReport;
-use roster_sync::sim::churn::{ChurnPlan, Fleet, churn, guid};
+use roster_sync::sim::churn::{ChurnPlan, Fleet, PresenceChurnPlan, churn, guid, presence_churn};
 use roster_sync::sim::control::Driver;
 use roster_sync::store::{Backend, Store, StoredEvent};
 
@@ -237,10 +237,26 @@ pub async fn measure(
         name: |serial| format!("churn-{serial}"),
         skew: args.churn_skew,
     };
+    // Presence beside the roster churn, over the attendees the setup made.
+    let presence = (args.meeting_events && args.presence_churn_per_s > 0.0).then(|| {
+        let driver = Driver::new(driver_client.sdk_client(&region)).with_endpoint(&sim.url);
+        let people = fleet.people();
+        let plan = PresenceChurnPlan {
+            per_second: args.presence_churn_per_s,
+            duration: args.duration,
+            ..PresenceChurnPlan::default()
+        };
+        let cancel = cancel.clone();
+        tokio::spawn(async move { presence_churn(&driver, &people, &plan, &cancel, |_| {}).await })
+    });
     let churned = churn(&driver, &mut fleet, &plan, &cancel, |made| {
         lock(&changes).made(&made);
     })
     .await;
+    let presence_churned = match presence {
+        Some(task) => Some(task.await.context("the presence churn failed")?),
+        None => None,
+    };
     let churn_stopped = Instant::now();
     println!(
         "churn: {} changes made ({} failed); settling until a sweep started after the last change completes",
@@ -258,7 +274,12 @@ pub async fn measure(
     let requests = counters.requests.load(Ordering::Relaxed);
     daemon.stop().await?;
     let meeting_events = if args.meeting_events {
-        Some(crate::events::report(args, &sim.url).await?)
+        let mut report = crate::events::report(args, &sim.url).await?;
+        if let Some(p) = &presence_churned {
+            report.presence_changes = p.made;
+            report.presence_changes_failed = p.failed;
+        }
+        Some(report)
     } else {
         None
     };
@@ -515,8 +536,14 @@ fn print_summary(r: &Report, sweeps: &[Sweep], hwm_reset: bool) {
     if let Some(e) = &r.meeting_events {
         let _ = writeln!(
             s,
-            "meeting events: {} emitted ({} lost, {} duplicated), {} received, {} hint polls",
-            e.events_emitted, e.events_lost, e.events_duplicated, e.events_received, e.hint_polls
+            "meeting events: {} emitted ({} lost, {} duplicated), {} received, {} hint polls; {} presence changes made ({} refused)",
+            e.events_emitted,
+            e.events_lost,
+            e.events_duplicated,
+            e.events_received,
+            e.hint_polls,
+            e.presence_changes,
+            e.presence_changes_failed
         );
     }
     let _ = writeln!(

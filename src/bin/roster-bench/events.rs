@@ -30,6 +30,10 @@ pub struct EventsReport {
     pub event_loss: f64,
     pub event_dup: f64,
     pub event_delay_s: f64,
+    /// Presence changes the presence churn made (`--presence-churn-per-s`), and those the
+    /// simulator refused (an attendee the roster churn had deleted meanwhile, say).
+    pub presence_changes: u64,
+    pub presence_changes_failed: u64,
 }
 
 async fn request(url: &str, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
@@ -101,5 +105,7 @@ pub async fn report(args: &BenchArgs, sim_url: &str) -> anyhow::Result<EventsRep
         event_loss: args.event_loss,
         event_dup: args.event_dup,
         event_delay_s: args.event_delay.as_secs_f64(),
+        presence_changes: 0,
+        presence_changes_failed: 0,
     })
 }

@@ -269,6 +269,9 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
             bail!("{flag} must be within 0.0..=1.0");
         }
     }
+    if !(args.presence_churn_per_s.is_finite() && args.presence_churn_per_s >= 0.0) {
+        bail!("--presence-churn-per-s must be a number of changes a second, 0 or more");
+    }
     if args.event_delay > roster_sync::sim::events::MAX_EVENT_DELAY {
         bail!("--event-delay must be at most 15m");
     }
