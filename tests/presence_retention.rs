@@ -12,7 +12,7 @@ use common::{BIN, TestDb};
 use roster_sync::domain::{
     self, Attendee, AttendeeId, Capabilities, Change, ExternalUserId, LeftReason, MeetingId, Region,
 };
-use roster_sync::lifecycle::{EventAttendee, EventType, MeetingEvent};
+use roster_sync::lifecycle::{EventType, MeetingEvent};
 use roster_sync::store::{ApplyOutcome, PollRecord, Store};
 
 const ANA: &str = "ana@presence-forget.example";
@@ -35,23 +35,7 @@ fn at(t0: DateTime<Utc>, s: i64) -> DateTime<Utc> {
 }
 
 fn event(id: &str, ty: EventType, who: &Attendee, when: DateTime<Utc>) -> MeetingEvent {
-    MeetingEvent {
-        id: id.into(),
-        event_type: ty,
-        region: Region::parse("us-east-1").unwrap(),
-        time: when,
-        occurred_at: when,
-        meeting_id: meeting(),
-        external_meeting_id: None,
-        media_region: None,
-        attendee: Some(EventAttendee {
-            attendee_id: who.attendee_id.clone(),
-            external_user_id: None,
-        }),
-        network_type: ty.has_network_type().then(|| "Voip".to_owned()),
-        capabilities: None,
-        success: None,
-    }
+    common::presence_event(id, ty, &meeting(), &who.attendee_id, when)
 }
 
 async fn poll(store: &Store, observed_at: DateTime<Utc>, changes: &[Change]) {

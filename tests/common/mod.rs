@@ -558,3 +558,32 @@ pub fn collect_stderr(child: &mut tokio::process::Child) -> std::sync::Arc<Mutex
     });
     lines
 }
+
+/// A Chime `AttendeeJoined`/`Left`/… lifecycle event of `attendee` in `meeting` at `when`, as
+/// the intake parses it (control region us-east-1, `networkType` where the type carries one):
+/// the presence tests build their events with it.
+pub fn presence_event(
+    id: &str,
+    event_type: roster_sync::lifecycle::EventType,
+    meeting: &roster_sync::domain::MeetingId,
+    attendee: &roster_sync::domain::AttendeeId,
+    when: chrono::DateTime<chrono::Utc>,
+) -> roster_sync::lifecycle::MeetingEvent {
+    roster_sync::lifecycle::MeetingEvent {
+        id: id.into(),
+        event_type,
+        region: roster_sync::domain::Region::parse("us-east-1").expect("a region name"),
+        time: when,
+        occurred_at: when,
+        meeting_id: meeting.clone(),
+        external_meeting_id: None,
+        media_region: None,
+        attendee: Some(roster_sync::lifecycle::EventAttendee {
+            attendee_id: attendee.clone(),
+            external_user_id: None,
+        }),
+        network_type: event_type.has_network_type().then(|| "Voip".to_owned()),
+        capabilities: None,
+        success: None,
+    }
+}
