@@ -438,6 +438,15 @@ async fn a_failing_sink_is_logged_once_when_it_fails_and_once_when_it_recovers_n
             receiver.seen.lock().unwrap().event_ids().len() == outage
         })
         .await;
+        // The sink logs its recovery once the cursor has moved past the batch: wait for the
+        // cursor, not only the receiver, before the next outage or the stop.
+        eventually(&format!("outage {outage}: the cursor moved"), || async {
+            db.raw
+                .scalar("SELECT coalesce(max(last_event_id), 0) FROM webhook_cursors")
+                .await
+                >= outage as i64
+        })
+        .await;
     }
     terminate(&mut child).await;
     sim.shutdown().await.unwrap();
