@@ -95,6 +95,7 @@ async fn count(db: &TestDb, kind: &str, reason: Option<&str>) -> usize {
 both_backends!(
     the_scenario_records_exactly_what_happened,
     unchanged_polls_write_no_snapshot_or_event_rows,
+    the_daemons_batched_bookkeeping_writes_no_snapshot_or_event_rows,
     a_page_that_fails_after_its_retries_records_no_events,
     no_table_holds_a_join_token,
     a_failing_meeting_backs_off_without_delaying_the_others,
@@ -220,6 +221,46 @@ async fn unchanged_polls_write_no_snapshot_or_event_rows(db: &TestDb) {
     let (outcome, _) = poll_once(&rig.client, &db.store, &id, &region(), known).await;
     assert!(matches!(outcome, PollOutcome::Changed(_)), "{outcome:?}");
     assert!(db.raw.scalar("SELECT count(*) FROM test_row_writes").await >= 2);
+}
+
+/// The same through the daemon, whose unchanged polls go to the batched bookkeeping
+/// ([`roster_sync::store::Store::record_unchanged_polls`]) rather than to `apply`: 30 polls
+/// counted in `poll_seq` leave no row written in the event and snapshot tables, and the
+/// change that follows is written and logged.
+async fn the_daemons_batched_bookkeeping_writes_no_snapshot_or_event_rows(db: &TestDb) {
+    let rig = rig_with_quota(1000.0, 1000).await;
+    let (id, made) = tracked_meeting(db, &rig, 40).await;
+    let driver = rig.driver.clone();
+    let daemon = spawn_daemon(db, rig.client, Duration::from_millis(50), 4).await;
+    eventually("the first poll", Duration::from_secs(60), || async {
+        meeting(db, &id).await.poll_seq >= 1
+    })
+    .await;
+    log_row_writes(db).await;
+    let from = meeting(db, &id).await.poll_seq;
+    eventually(
+        "30 unchanged polls recorded",
+        Duration::from_secs(60),
+        || async { meeting(db, &id).await.poll_seq >= from + 30 },
+    )
+    .await;
+    assert_eq!(
+        db.raw.scalar("SELECT count(*) FROM test_row_writes").await,
+        0,
+        "the bookkeeping of unchanged polls wrote to roster_events/roster_attendees"
+    );
+    driver
+        .delete_attendee(&id, &made[0].attendee_id)
+        .await
+        .unwrap();
+    eventually(
+        "the departure logged by the triggers",
+        Duration::from_secs(60),
+        || async { db.raw.scalar("SELECT count(*) FROM test_row_writes").await >= 2 },
+    )
+    .await;
+    daemon.stop().await.unwrap();
+    assert_eq!(count(db, "left", Some("removed")).await, 1);
 }
 
 /// Adds a `test_row_writes` table and triggers that log there every row inserted, updated or

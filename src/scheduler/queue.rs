@@ -505,7 +505,6 @@ impl Queue {
             let r = (self.next_region + offset) % regions;
             let window = rate_of(&self.regions[r].region)
                 .map_or(f64::INFINITY, |rate| rate * LOOKAHEAD.as_secs_f64());
-            let mut blocked = Vec::new();
             // A hinted meeting whose bookkeeping is not written yet holds the hints back
             // until the caller wrote it (`held`).
             let mut hints_held = false;
@@ -546,12 +545,14 @@ impl Queue {
                     }
                     slot
                 } else {
-                    let Some(Reverse(entry)) = top else { break };
-                    let (_, slot, _) = entry;
+                    let Some(Reverse((_, slot, _))) = top else {
+                        break;
+                    };
                     if self.get(slot).is_some_and(|s| s.pending) {
-                        self.regions[r].ready.pop();
-                        blocked.push(Reverse(entry));
-                        continue;
+                        // It keeps its place: nothing behind it goes first while the caller
+                        // writes its bookkeeping (`held`), then it launches.
+                        due.held = true;
+                        break;
                     }
                     slot
                 };
@@ -572,8 +573,6 @@ impl Queue {
                 let claim = PageClaim::take(&self.regions[r].window, cost(state.pages));
                 due.launch.push((slot, claim));
             }
-            due.held |= !blocked.is_empty();
-            self.regions[r].ready.extend(blocked);
         }
         due
     }

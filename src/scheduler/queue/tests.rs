@@ -61,6 +61,31 @@ async fn due_meetings_launch_stalest_first() {
     assert_eq!(order, vec![2, 1, 0]);
 }
 
+/// The stalest meeting's bookkeeping is still in the batch: nothing behind it launches
+/// first. The caller writes the batch (`held`) and the next call launches it, in its place.
+#[tokio::test(start_paused = true)]
+async fn a_due_meeting_waiting_for_its_bookkeeping_keeps_its_place() {
+    let mut q = Queue::default();
+    let now = Instant::now();
+    for i in 0..3 {
+        q.insert(id(i), region(), now, now, 1);
+        q.get_mut(i).unwrap().fresh_at = Some(now + Duration::from_secs(i as u64));
+    }
+    q.get_mut(0).unwrap().pending = true;
+    q.promote(now);
+    let held = q.take_due(now, 3, Duration::from_secs(10), |_| None);
+    assert!(held.held);
+    assert!(
+        held.launch.is_empty(),
+        "launched behind it: {:?}",
+        held.launch
+    );
+    q.get_mut(0).unwrap().pending = false;
+    let due = q.take_due(now, 3, Duration::from_secs(10), |_| None);
+    let order: Vec<usize> = due.launch.iter().map(|(s, _)| *s).collect();
+    assert_eq!(order, vec![0, 1, 2]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn by_due_polled_meetings_launch_earliest_due_first_after_the_never_polled() {
     let mut q = Queue::by_due(Some(Duration::from_secs(3600)));
