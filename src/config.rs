@@ -69,8 +69,10 @@ pub struct DatabaseSettings {
     /// How long `run` waits for an unreachable database at start; `None` (empty): forever.
     #[serde(with = "optional_duration")]
     pub startup_timeout: Option<Duration>,
-    /// Postgres `statement_timeout` of the daemon's connections: a statement running longer
-    /// fails instead of holding up the scheduler. Ignored on SQLite.
+    /// Postgres `statement_timeout` and `idle_in_transaction_session_timeout` of the daemon's
+    /// connections: a statement running longer fails instead of holding up the scheduler, and
+    /// a session frozen that long inside a transaction is ended by the server, releasing its
+    /// locks. Ignored on SQLite.
     #[serde(with = "human_duration")]
     pub statement_timeout: Duration,
 }

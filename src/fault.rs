@@ -7,6 +7,13 @@
 //!   changed something is about to open its write transaction: the poll is in flight, its
 //!   roster fetched and diffed. The cluster tests resume it with SIGCONT after its lease was
 //!   taken over, to prove that a replica paused past its lease cannot write.
+//! - `stop_in_heartbeat` makes the process send itself SIGSTOP once, inside the first cluster
+//!   heartbeat transaction that renewed a lease, before it commits: the replica is frozen
+//!   holding row locks (its heartbeat row, its leases). The cluster tests leave it stopped to
+//!   prove that the server ends such a session and the other replicas carry on.
+//! - `stop_before_commit` makes the process send itself SIGSTOP once, inside the first write
+//!   transaction of a poll that changed something, before it commits: frozen holding the lock
+//!   that orders event commits. The cluster tests leave it stopped, as above.
 //!
 //! Compiled into every build but inert unless the variable is set: it is read once, when the
 //! daemon starts (in `Daemon::build`), and a process that never armed it never
@@ -29,13 +36,27 @@ pub enum Fault {
     CrashBeforeCommit,
     /// Stop (SIGSTOP) once, before the first changed poll's write transaction.
     StopBeforeWrite,
+    /// Stop (SIGSTOP) once, inside the first heartbeat transaction that renewed a lease.
+    StopInHeartbeat,
+    /// Stop (SIGSTOP) once, inside the first changed poll's write transaction.
+    StopBeforeCommit,
 }
+
+/// Every fault, for parsing and for the error that lists them.
+const ALL: [Fault; 4] = [
+    Fault::CrashBeforeCommit,
+    Fault::StopBeforeWrite,
+    Fault::StopInHeartbeat,
+    Fault::StopBeforeCommit,
+];
 
 impl Fault {
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::CrashBeforeCommit => "crash_before_commit",
             Fault::StopBeforeWrite => "stop_before_write",
+            Fault::StopInHeartbeat => "stop_in_heartbeat",
+            Fault::StopBeforeCommit => "stop_before_commit",
         }
     }
 }
@@ -54,16 +75,21 @@ pub fn arm_from_env() -> anyhow::Result<Option<Fault>> {
     let fault = match std::env::var(FAULT_ENV) {
         Err(_) => None,
         Ok(v) if v.is_empty() => None,
-        Ok(v) if v == Fault::CrashBeforeCommit.as_str() => Some(Fault::CrashBeforeCommit),
-        Ok(v) if v == Fault::StopBeforeWrite.as_str() => Some(Fault::StopBeforeWrite),
-        Ok(v) => anyhow::bail!(
-            "{FAULT_ENV}={v:?} names no fault (known: crash_before_commit, stop_before_write)"
-        ),
+        Ok(v) => match ALL.into_iter().find(|f| f.as_str() == v) {
+            Some(fault) => Some(fault),
+            None => {
+                let known: Vec<&str> = ALL.iter().map(|f| f.as_str()).collect();
+                anyhow::bail!(
+                    "{FAULT_ENV}={v:?} names no fault (known: {})",
+                    known.join(", ")
+                )
+            }
+        },
     };
     Ok(*ARMED.get_or_init(|| fault))
 }
 
-/// Whether `stop_before_write` has fired: it stops the process once.
+/// Whether the armed stop fault has fired: each stops the process once.
 static STOPPED: AtomicBool = AtomicBool::new(false);
 
 /// Injects `fault` when it is armed.
@@ -73,8 +99,8 @@ static STOPPED: AtomicBool = AtomicBool::new(false);
 /// rolled back by the database, as after a `kill -9`). Not `abort`, which could leave a core
 /// file in the working directory.
 ///
-/// [`Fault::StopBeforeWrite`] stops the whole process with SIGSTOP (sent by `kill`, so the
-/// library needs no `unsafe`) the first time only, and returns once something sends SIGCONT.
+/// The stop faults stop the whole process with SIGSTOP (sent by `kill`, so the library needs
+/// no `unsafe`) the first time only, and return once something sends SIGCONT.
 pub fn inject(fault: Fault) {
     if ARMED.get().copied().flatten() != Some(fault) {
         return;
@@ -84,7 +110,7 @@ pub fn inject(fault: Fault) {
             eprintln!("{FAULT_ENV}={}: exiting on purpose", fault.as_str());
             std::process::exit(CRASH_EXIT_CODE);
         }
-        Fault::StopBeforeWrite => {
+        Fault::StopBeforeWrite | Fault::StopInHeartbeat | Fault::StopBeforeCommit => {
             if STOPPED.swap(true, Ordering::SeqCst) {
                 return;
             }

@@ -1,7 +1,8 @@
 //! Cluster mode (`cluster.enabled`) on a real Postgres: a poll whose lease was lost writes
 //! nothing and is counted; three real `run` replicas share meetings, each polled by one of
 //! them, and take over from a killed or stopped replica without repeating or losing an event;
-//! a replica stopped (SIGSTOP) past its lease cannot commit the poll it had in flight; three
+//! a replica stopped (SIGSTOP) past its lease cannot commit the poll it had in flight; one
+//! frozen inside a transaction (its heartbeat or a write) holds up no other replica; three
 //! replicas share 200 meetings under two minutes of churn inside the quota the simulator
 //! enforces; SQLite refuses cluster mode naming the key.
 
@@ -367,6 +368,22 @@ impl Replica {
         stat.rsplit_once(')')?.1.trim_start().chars().next()
     }
 
+    /// Waits until the replica is stopped by a signal (an injected stop fault); fails at once,
+    /// with its exit status, if it exits instead.
+    async fn wait_until_stopped(&mut self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("the replica's status") {
+                panic!("{what}: the replica exited instead ({status})");
+            }
+            if self.state() == Some('T') {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     async fn stop(mut self) {
         self.signal("-TERM").await;
@@ -586,18 +603,19 @@ async fn a_replica_paused_past_its_lease_cannot_commit_the_poll_it_had_in_flight
 
     // A polls, finds three attendees, and stops (SIGSTOP) just before its write.
     let port = free_port();
-    let a = Replica::start_with(
+    // Its other threads stop wherever they are, perhaps inside a heartbeat transaction: the
+    // server ends such a session after its idle_in_transaction_session_timeout, here 3 s.
+    let mut a = Replica::start_with(
         &db,
         &sim.endpoint_url(),
         &[
             ("ROSTER_SYNC_FAULT", "stop_before_write".into()),
             ("ROSTER_SYNC__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            ("ROSTER_SYNC__DATABASE__STATEMENT_TIMEOUT", "3s".into()),
         ],
     );
-    eventually("A is stopped with its poll in flight", || async {
-        a.state() == Some('T')
-    })
-    .await;
+    a.wait_until_stopped("A is stopped with its poll in flight")
+        .await;
     let a_id = owners(&db).await.1[&a.pid()].clone();
     assert_eq!(
         db.raw.scalar("SELECT count(*) FROM roster_events").await,
@@ -679,6 +697,128 @@ async fn a_replica_paused_past_its_lease_cannot_commit_the_poll_it_had_in_flight
     b.stop().await;
     sim.shutdown().await.unwrap();
     db.finish().await;
+}
+
+/// The attendees `meeting`'s snapshot holds, sorted.
+async fn snapshot_of(db: &TestDb, meeting: &MeetingId) -> Vec<String> {
+    let mut ids: Vec<String> =
+        sqlx::query_scalar("SELECT attendee_id FROM roster_attendees WHERE meeting_id = $1")
+            .bind(meeting.as_str())
+            .fetch_all(pg(db))
+            .await
+            .unwrap();
+    ids.sort();
+    ids
+}
+
+/// Replica A stops itself with `fault` inside a transaction and stays frozen, its session kept
+/// open, with `statement_timeout` as its `database.statement_timeout` (also its
+/// `idle_in_transaction_session_timeout`). Once its heartbeat is older than its lease TTL, an
+/// attendee leaves A's meeting, a second meeting starts, and replica B starts. B must record the second meeting whatever A
+/// holds; with `takeover`, B must also take A's meeting over once the server has ended A's
+/// session, and record its roster as it is now, each join once.
+async fn frozen_inside_a_transaction(fault: &str, statement_timeout: &str, takeover: bool) {
+    let Some(db) = postgres().await else { return };
+    let region = Region::parse("us-east-1").unwrap();
+    let (sim, driver) = common::sim_and_driver(200.0).await;
+    let first = driver.create_meeting("frozen", "us-east-1").await.unwrap();
+    let people = driver
+        .add_attendees(&first, (0..3).map(|i| (format!("frozen-{i}"), None)))
+        .await
+        .unwrap();
+    db.store
+        .add_meeting(&first, &region, None, roster_sync::domain::now(), false)
+        .await
+        .unwrap();
+
+    let mut a = Replica::start_with(
+        &db,
+        &sim.endpoint_url(),
+        &[
+            ("ROSTER_SYNC_FAULT", fault.into()),
+            (
+                "ROSTER_SYNC__DATABASE__STATEMENT_TIMEOUT",
+                statement_timeout.into(),
+            ),
+        ],
+    );
+    a.wait_until_stopped(&format!("A stops itself ({fault})"))
+        .await;
+    // Past A's lease TTL: its leases are up for takeover and its heartbeat row is one the
+    // others' heartbeats delete, both as committed (A's open transaction may hold them locked).
+    eventually("A's heartbeat row goes stale", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM cluster_replicas \
+             WHERE heartbeat_at < now() - make_interval(secs => $1)",
+        )
+        .bind(LEASE_TTL.as_secs_f64())
+        .fetch_one(pg(&db))
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+
+    driver
+        .delete_attendee(&first, &people[0].attendee_id)
+        .await
+        .unwrap();
+    let second = driver.create_meeting("after", "us-east-1").await.unwrap();
+    let others = driver
+        .add_attendees(&second, (0..2).map(|i| (format!("after-{i}"), None)))
+        .await
+        .unwrap();
+    db.store
+        .add_meeting(&second, &region, None, roster_sync::domain::now(), false)
+        .await
+        .unwrap();
+    let b = Replica::start(&db, &sim.endpoint_url());
+
+    let mut expected: Vec<String> = others
+        .iter()
+        .map(|p| p.attendee_id.as_str().to_owned())
+        .collect();
+    expected.sort();
+    eventually(
+        "B records the meeting that started while A is frozen",
+        || async { snapshot_of(&db, &second).await == expected },
+    )
+    .await;
+    if takeover {
+        let mut expected: Vec<String> = people[1..]
+            .iter()
+            .map(|p| p.attendee_id.as_str().to_owned())
+            .collect();
+        expected.sort();
+        eventually(
+            "B takes A's meeting over and records it as it is now",
+            || async { snapshot_of(&db, &first).await == expected },
+        )
+        .await;
+        assert_eq!(duplicated_joins(&db).await, 0);
+    }
+    assert_eq!(a.state(), Some('T'), "A is still frozen");
+
+    drop(a);
+    b.stop().await;
+    sim.shutdown().await.unwrap();
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_frozen_inside_its_heartbeat_loses_its_session_and_its_meetings() {
+    frozen_inside_a_transaction("stop_in_heartbeat", "3s", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_replicas_go_on_while_a_replica_frozen_inside_its_heartbeat_keeps_its_session() {
+    // A day: A's session and its locks outlast the test; B's heartbeat must not wait for them.
+    frozen_inside_a_transaction("stop_in_heartbeat", "1d", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_frozen_inside_its_write_holds_up_no_other_writer() {
+    frozen_inside_a_transaction("stop_before_commit", "3s", true).await;
 }
 
 /// What the simulator holds for one attendee the test created: whether it is still there and

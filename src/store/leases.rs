@@ -175,15 +175,26 @@ impl Store {
         .bind(&me.version)
         .execute(&mut *tx)
         .await?;
+        // A replica frozen inside its own heartbeat holds its row locked until the server ends
+        // its session (`idle_in_transaction_session_timeout`, see `postgres::connect`); its row
+        // is skipped rather than waited for, so the live replicas' heartbeats go on meanwhile.
         sqlx::query(
-            "DELETE FROM cluster_replicas WHERE heartbeat_at < now() - make_interval(secs => $1)",
+            "DELETE FROM cluster_replicas WHERE replica_id IN ( \
+                 SELECT replica_id FROM cluster_replicas \
+                 WHERE heartbeat_at < now() - make_interval(secs => $1) \
+                 FOR UPDATE SKIP LOCKED)",
         )
         .bind(ttl)
         .execute(&mut *tx)
         .await?;
+        // Only meetings with no lease row yet: an insert that meets an existing row another
+        // transaction has locked (a frozen replica's renewal) would wait for that transaction.
         sqlx::query(
             "INSERT INTO meeting_leases (meeting_id) \
-             SELECT meeting_id FROM tracked_meetings WHERE status = 'active' \
+             SELECT m.meeting_id FROM tracked_meetings AS m \
+             WHERE m.status = 'active' \
+               AND NOT EXISTS (SELECT 1 FROM meeting_leases AS l \
+                               WHERE l.meeting_id = m.meeting_id) \
              ON CONFLICT (meeting_id) DO NOTHING",
         )
         .execute(&mut *tx)
@@ -195,7 +206,7 @@ impl Store {
         // renewed at the next heartbeat, well inside its TTL.
         // Only leases of active meetings are renewed; those of meetings that ended or stopped
         // are dropped below.
-        sqlx::query(
+        let renewed = sqlx::query(
             "UPDATE meeting_leases AS l \
              SET expires_at = now() + make_interval(secs => $2), \
                  pages = GREATEST(1, CEIL((SELECT count(*) FROM roster_attendees AS a \
@@ -210,7 +221,8 @@ impl Store {
         .bind(ttl)
         .bind(f64::from(page_size.max(1)))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         // A meeting that ended or stopped is never polled again: its lease goes, whoever held
         // it (a lease is made again if the meeting is tracked again). Rows a committing write
         // holds are skipped, as above, and dropped at a later heartbeat.
@@ -325,6 +337,10 @@ impl Store {
             .map(|(region, holders)| (region.clone(), holders.len() as i64))
             .collect();
         let region_shares = shares_of(me_id, &holdings);
+        if renewed > 0 {
+            // Test-only: ROSTER_SYNC_FAULT=stop_in_heartbeat stops the process here once.
+            crate::fault::inject(crate::fault::Fault::StopInHeartbeat);
+        }
         tx.commit().await?;
         Ok(ClusterView {
             live_replicas: live,

@@ -71,9 +71,17 @@ pub(super) async fn connect(
         .application_name("roster-sync")
         .options([("lock_timeout", LOCK_TIMEOUT)]);
     if let Some(limit) = statement_timeout {
-        // Whole milliseconds, the setting's unit; at least 1 (0 would mean "no limit").
-        let ms = limit.as_millis().max(1);
-        options = options.options([("statement_timeout", format!("{ms}ms"))]);
+        // Whole milliseconds, the settings' unit; at least 1 (0 would mean "no limit"). The
+        // same limit ends a session left idle inside a transaction: the daemon sends a
+        // transaction's statements back to back, so such a session belongs to a process that
+        // is frozen (SIGSTOP, a paused VM or container) or hung. Its transaction holds row
+        // locks and the lock that orders event commits; without the limit every other writer
+        // of the database would wait for it for as long as the process stays frozen.
+        let ms = format!("{}ms", limit.as_millis().max(1));
+        options = options.options([
+            ("statement_timeout", ms.as_str()),
+            ("idle_in_transaction_session_timeout", ms.as_str()),
+        ]);
     }
     // One plain connection first: the pool retries a refused connection until its acquire
     // timeout and then reports only that it timed out, while this says why (refused, unknown

@@ -381,8 +381,10 @@ macro_rules! shared_queries {
                 update_snapshot(&mut tx, rec.meeting_id, &events).await?;
                 let closed = close_presence(&mut tx, rec.meeting_id, &events).await?;
                 events.extend(closed);
-                // Test-only: ROSTER_SYNC_FAULT=crash_before_commit ends the process here.
+                // Test-only: ROSTER_SYNC_FAULT=crash_before_commit ends the process here, and
+                // stop_before_commit stops it here once.
                 crate::fault::inject(crate::fault::Fault::CrashBeforeCommit);
+                crate::fault::inject(crate::fault::Fault::StopBeforeCommit);
                 tx.commit().await?;
                 Ok(ApplyOutcome::Applied {
                     events,
