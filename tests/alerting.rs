@@ -34,6 +34,7 @@ both_backends!(
     webhook_batches_arrive_in_order_signed_so_the_receiver_can_verify_them,
     a_receiver_down_then_up_loses_nothing_and_reorders_nothing,
     filters_deliver_only_matching_events_and_still_move_the_cursor,
+    a_sustained_stream_from_concurrent_writers_reaches_the_receiver_once_in_order,
 );
 
 fn meeting(n: u32) -> MeetingId {
@@ -395,6 +396,87 @@ async fn webhook_batches_arrive_in_order_signed_so_the_receiver_can_verify_them(
     let last = seen.batches.last().unwrap().1.last().unwrap();
     assert_eq!(last["kind"], "left");
     assert_eq!(last["reason"], "removed");
+}
+
+/// The correctness part of `tests/alerting_latency.rs`'s webhook measurement, in a test that
+/// runs: four writers commit 1000 events concurrently, 10 at a time, while the sink delivers
+/// them in batches of 50 to a receiver that refuses now and then. Every event arrives once,
+/// in commit (id) order, in signed batches no larger than `webhook.batch`.
+async fn a_sustained_stream_from_concurrent_writers_reaches_the_receiver_once_in_order(
+    db: &TestDb,
+) {
+    const WRITERS: u32 = 4;
+    const POLLS: u32 = 25;
+    const JOINS: u32 = 10;
+    const BATCH: u32 = 50;
+    // Three refusals at the start; each writer adds more while it writes.
+    let (url, seen) = receiver(3).await;
+    for w in 0..WRITERS {
+        track(&db.store, &meeting(10 + w), "stream").await;
+    }
+    let (cancel, tracker) =
+        start_sinks_with(&db.store, &db.raw, vec![webhook("stream", &url)], |s| {
+            s.webhook.batch = BATCH
+        })
+        .await;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = db.store.clone();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let id = meeting(10 + w);
+                let mut ids = Vec::new();
+                for p in 0..POLLS {
+                    let changes: Vec<Change> = (0..JOINS)
+                        .map(|j| {
+                            let n = (w * POLLS + p) * JOINS + j;
+                            Change::joined(&attendee(10_000 + n, &format!("s{n}@corp.example")))
+                        })
+                        .collect();
+                    ids.extend(poll(&store, &id, &changes).await.iter().map(|e| e.event_id));
+                    if p % 10 == 5 {
+                        // A refusal while the stream goes on: the batch is sent again.
+                        seen.lock().unwrap().refuse_next += 1;
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in writers {
+        all.extend(w.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all.len(), (WRITERS * POLLS * JOINS) as usize);
+    let last = *all.last().unwrap();
+    eventually("the cursor reached the last event", || async {
+        db.raw
+            .scalar("SELECT last_event_id FROM webhook_cursors WHERE name = 'stream'")
+            .await
+            == last
+    })
+    .await;
+    cancel.cancel();
+    tracker.wait().await;
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.bad_signatures, 0);
+    assert!(
+        seen.refused >= 3,
+        "the receiver refused {} times",
+        seen.refused
+    );
+    assert_eq!(seen.event_ids(), all, "each event once, in commit order");
+    for (webhook_id, events) in &seen.batches {
+        assert!(
+            events.len() <= BATCH as usize,
+            "a batch larger than webhook.batch"
+        );
+        let first = events[0]["event_id"].as_i64().unwrap();
+        let last = events[events.len() - 1]["event_id"].as_i64().unwrap();
+        assert_eq!(webhook_id, &format!("stream-{first}-{last}"));
+    }
 }
 
 async fn a_receiver_down_then_up_loses_nothing_and_reorders_nothing(db: &TestDb) {

@@ -19,7 +19,7 @@ use roster_sync::domain::{self, Capabilities, MeetingId, Region};
 use roster_sync::sim::churn::LISTENER;
 use roster_sync::sim::control::Driver;
 
-use common::TestDb;
+use common::{TestDb, eventually_within};
 
 const MEETINGS: usize = 8;
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -123,18 +123,6 @@ async fn polls(db: &TestDb, id: &MeetingId) -> i64 {
     db.store.get_meeting(id).await.unwrap().unwrap().poll_seq
 }
 
-/// Polls `check` every 100 ms until it holds; `limit` only keeps a broken build from hanging.
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Poll counts of the busy meeting and of each quiet one.
 async fn counts(db: &TestDb, ids: &[MeetingId]) -> (i64, Vec<i64>) {
     let mut quiet = Vec::new();
@@ -156,7 +144,7 @@ async fn run(strategy: PollStrategy, enough: impl Fn(i64, &[i64]) -> bool) -> (i
     let (ids, attendee) = meetings(&db, &driver).await;
     let daemon = daemon(&db, &sim.endpoint_url(), strategy).await;
     let stop = churn_busy(driver, ids[0].clone(), attendee);
-    eventually("the warm-up", Duration::from_secs(120), async || {
+    eventually_within(Duration::from_secs(120), "the warm-up", || async {
         polls(&db, &ids[0]).await >= WARM_UP
     })
     .await;
@@ -165,10 +153,10 @@ async fn run(strategy: PollStrategy, enough: impl Fn(i64, &[i64]) -> bool) -> (i
         let quiet: Vec<i64> = quiet.iter().zip(&quiet_from).map(|(q, f)| q - f).collect();
         (busy - busy_from, quiet)
     };
-    eventually(
-        "enough polls of the busy and the quiet meetings",
+    eventually_within(
         Duration::from_secs(120),
-        async || {
+        "enough polls of the busy and the quiet meetings",
+        || async {
             let (busy, quiet) = since(counts(&db, &ids).await);
             enough(busy, &quiet)
         },

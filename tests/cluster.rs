@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::TestDb;
+use common::{TestDb, eventually, eventually_within};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use roster_sync::domain::{
     Attendee, AttendeeId, Capabilities, Change, EventKind, ExternalUserId, MeetingId, Region,
@@ -392,28 +392,6 @@ impl Replica {
             .expect("the replica stops after SIGTERM")
             .unwrap();
         assert!(status.success(), "SIGTERM exits 0: {status}");
-    }
-}
-
-/// Polls `what` until it holds or 60 s pass (a failure guard only).
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    eventually_within(Duration::from_secs(60), what, check).await;
-}
-
-/// Polls `what` until it holds or `limit` passes (a failure guard only).
-async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

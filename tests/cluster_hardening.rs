@@ -8,9 +8,9 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BIN, TestDb};
+use common::{BIN, TestDb, eventually};
 use roster_sync::domain::{MeetingId, Region};
 use tokio::process::{Child, Command};
 
@@ -58,19 +58,6 @@ impl Replica {
             .expect("the replica stops after SIGTERM")
             .unwrap();
         assert!(status.success(), "SIGTERM exits 0: {status}");
-    }
-}
-
-/// Polls `what` until it holds or 60 s pass (a failure guard only).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestDb;
+use common::{TestDb, eventually, eventually_within};
 use roster_sync::app::{Daemon, DaemonOptions};
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::config::Settings;
@@ -232,17 +232,15 @@ async fn the_daemons_batched_bookkeeping_writes_no_snapshot_or_event_rows(db: &T
     let (id, made) = tracked_meeting(db, &rig, 40).await;
     let driver = rig.driver.clone();
     let daemon = spawn_daemon(db, rig.client, Duration::from_millis(50), 4).await;
-    eventually("the first poll", Duration::from_secs(60), || async {
+    eventually("the first poll", || async {
         meeting(db, &id).await.poll_seq >= 1
     })
     .await;
     log_row_writes(db).await;
     let from = meeting(db, &id).await.poll_seq;
-    eventually(
-        "30 unchanged polls recorded",
-        Duration::from_secs(60),
-        || async { meeting(db, &id).await.poll_seq >= from + 30 },
-    )
+    eventually("30 unchanged polls recorded", || async {
+        meeting(db, &id).await.poll_seq >= from + 30
+    })
     .await;
     assert_eq!(
         db.raw.scalar("SELECT count(*) FROM test_row_writes").await,
@@ -253,11 +251,9 @@ async fn the_daemons_batched_bookkeeping_writes_no_snapshot_or_event_rows(db: &T
         .delete_attendee(&id, &made[0].attendee_id)
         .await
         .unwrap();
-    eventually(
-        "the departure logged by the triggers",
-        Duration::from_secs(60),
-        || async { db.raw.scalar("SELECT count(*) FROM test_row_writes").await >= 2 },
-    )
+    eventually("the departure logged by the triggers", || async {
+        db.raw.scalar("SELECT count(*) FROM test_row_writes").await >= 2
+    })
     .await;
     daemon.stop().await.unwrap();
     assert_eq!(count(db, "left", Some("removed")).await, 1);
@@ -403,23 +399,6 @@ async fn spawn_daemon(
     .expect("build the daemon")
 }
 
-/// Checks `check` every 50 ms until it holds. `limit` only guards against a test that would
-/// otherwise hang: no assertion depends on how long the wait took.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn meeting(db: &TestDb, id: &MeetingId) -> TrackedMeeting {
     db.store.get_meeting(id).await.unwrap().unwrap()
 }
@@ -433,7 +412,6 @@ async fn a_failing_meeting_backs_off_without_delaying_the_others(db: &TestDb) {
     let daemon = spawn_daemon(db, rig.client, Duration::from_millis(100), 4).await;
     eventually(
         "12 polls of the healthy meeting and 2 failures of the broken one",
-        Duration::from_secs(60),
         || async {
             meeting(db, &healthy).await.poll_seq >= 12
                 && meeting(db, &broken).await.consecutive_failures >= 2
@@ -472,21 +450,17 @@ async fn meetings_added_and_removed_while_running_are_noticed(db: &TestDb) {
         .await
         .unwrap();
     let daemon = spawn_daemon(db, rig.client, Duration::from_millis(200), 4).await;
-    eventually(
-        "the first meeting's attendees joined",
-        Duration::from_secs(30),
-        || async { db.store.events_for_meeting(&first).await.unwrap().len() == 2 },
-    )
+    eventually("the first meeting's attendees joined", || async {
+        db.store.events_for_meeting(&first).await.unwrap().len() == 2
+    })
     .await;
     db.store
         .add_meeting(&later, &region(), None, domain::now(), false)
         .await
         .unwrap();
-    eventually(
-        "the meeting added while running was polled",
-        Duration::from_secs(30),
-        || async { meeting(db, &later).await.poll_seq >= 1 },
-    )
+    eventually("the meeting added while running was polled", || async {
+        meeting(db, &later).await.poll_seq >= 1
+    })
     .await;
     let removed = db
         .store
@@ -503,11 +477,9 @@ async fn meetings_added_and_removed_while_running_are_noticed(db: &TestDb) {
     // Five more polls of the other meeting: the daemon has re-read the meeting list (every
     // interval) several times since the removal.
     let later_seq = meeting(db, &later).await.poll_seq;
-    eventually(
-        "five more polls of the remaining meeting",
-        Duration::from_secs(30),
-        || async { meeting(db, &later).await.poll_seq >= later_seq + 5 },
-    )
+    eventually("five more polls of the remaining meeting", || async {
+        meeting(db, &later).await.poll_seq >= later_seq + 5
+    })
     .await;
     daemon.stop().await.unwrap();
     let first_now = meeting(db, &first).await;
@@ -544,9 +516,9 @@ async fn twenty_meetings_under_a_two_rps_quota_keep_being_polled_within_budget(d
     let started = std::time::Instant::now();
     let daemon = spawn_daemon(db, rig.client, Duration::from_secs(2), 8).await;
     // 40 polls at 2 requests/s take 20 s; the limit is only there so a stuck daemon fails.
-    eventually(
-        "every meeting polled twice",
+    eventually_within(
         Duration::from_secs(180),
+        "every meeting polled twice",
         || async {
             let listed = db.store.list_meetings().await.unwrap();
             listed.len() == 20 && listed.iter().all(|m| m.poll_seq >= 2)

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::TestDb;
+use common::{TestDb, eventually};
 use roster_sync::app::{Daemon, DaemonOptions};
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::config::Settings;
@@ -382,7 +382,7 @@ async fn a_failing_meeting_sleeping_in_retry_after_never_stalls_its_region(db: &
             .unwrap_or(0)
     };
     // Every meeting's cost (pages) is known before the faults begin.
-    wait_for("a first poll of every meeting", || {
+    eventually("a first poll of every meeting", || async {
         polled_ok(&healthy) >= 1 && polled_ok(&failing) >= 1
     })
     .await;
@@ -394,12 +394,12 @@ async fn a_failing_meeting_sleeping_in_retry_after_never_stalls_its_region(db: &
     }
     let faults_began = tokio::time::Instant::now();
     let faults = |sim: &SimHandle| sim.stats().list_attendees.faults;
-    wait_for("two failing polls asleep in their Retry-After", || {
+    eventually("two failing polls asleep in their Retry-After", || async {
         faults(&rig.sim) >= 2
     })
     .await;
     let before = polled_ok(&healthy);
-    wait_for("three more polls of every healthy meeting", || {
+    eventually("three more polls of every healthy meeting", || async {
         polled_ok(&healthy) >= before + 3
     })
     .await;
@@ -431,17 +431,6 @@ async fn a_failing_meeting_sleeping_in_retry_after_never_stalls_its_region(db: &
         "healthy meetings polled every {mean:.3} s on average while two failing meetings slept (interval 0.5 s; ideal sweep 1.0 s at 10 requests/s)"
     );
     daemon.stop().await.unwrap();
-}
-
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The binary with a clean environment pointed at the simulator.
@@ -634,7 +623,7 @@ async fn a_region_whose_credentials_are_refused_is_probed_once_per_interval_unti
         .spawn()
         .unwrap();
     let events = || async { store.events_since(0, 10_000).await.unwrap() };
-    wait_for_async("every meeting's joins", || async {
+    eventually("every meeting's joins", || async {
         events().await.len() == 12
     })
     .await;
@@ -643,7 +632,7 @@ async fn a_region_whose_credentials_are_refused_is_probed_once_per_interval_unti
         rig.sim
             .script(id, ScriptedFault::new(403, "AccessDeniedException"));
     }
-    wait_for_async("roster_sync_region_up 0", || async {
+    eventually("roster_sync_region_up 0", || async {
         metric(&listen, "roster_sync_region_up{region=\"us-east-1\"}").await == Some(0.0)
     })
     .await;
@@ -655,7 +644,7 @@ async fn a_region_whose_credentials_are_refused_is_probed_once_per_interval_unti
         rig.sim.stats().list_attendees.requests,
         std::time::Instant::now(),
     );
-    wait_for("five probes while denied", || {
+    eventually("five probes while denied", || async {
         rig.sim.stats().list_attendees.requests >= before + 5
     })
     .await;
@@ -669,20 +658,20 @@ async fn a_region_whose_credentials_are_refused_is_probed_once_per_interval_unti
     for id in &ids {
         rig.sim.clear_script(id);
     }
-    wait_for_async("roster_sync_region_up 1", || async {
+    eventually("roster_sync_region_up 1", || async {
         metric(&listen, "roster_sync_region_up{region=\"us-east-1\"}").await == Some(1.0)
     })
     .await;
     let gone = rig.driver.attendee_ids(&ids[3]).await.unwrap()[0].clone();
     rig.driver.delete_attendee(&ids[3], &gone).await.unwrap();
-    wait_for_async("the departure after recovery", || async {
+    eventually("the departure after recovery", || async {
         events().await.len() == 13
     })
     .await;
     // Every meeting resumed: each is polled successfully again.
     for id in &ids {
         let seq = store.get_meeting(id).await.unwrap().unwrap().poll_seq;
-        wait_for_async("a successful poll of every meeting", || async {
+        eventually("a successful poll of every meeting", || async {
             store.get_meeting(id).await.unwrap().unwrap().poll_seq > seq
         })
         .await;
@@ -692,21 +681,6 @@ async fn a_region_whose_credentials_are_refused_is_probed_once_per_interval_unti
     assert_eq!(all[12].attendee_id, gone);
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;
-}
-
-async fn wait_for_async<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A plain HTTP/1.1 GET: (status, body). 0 when nothing answers.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::TestDb;
+use common::{TestDb, eventually};
 use roster_sync::app::{Daemon, DaemonOptions};
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::config::Settings;
@@ -152,21 +152,6 @@ async fn daemon(
     )
     .await
     .expect("build the daemon")
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up after {LIMIT:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn event_count(db: &TestDb) -> usize {

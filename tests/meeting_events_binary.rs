@@ -6,6 +6,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::eventually;
+
 use chrono::Utc;
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::domain::{self, MeetingId, Region};
@@ -121,21 +123,6 @@ async fn metric(listen: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up after {LIMIT:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn stop(child: tokio::process::Child) -> String {

@@ -2,8 +2,8 @@
 //! PyPI), so the consumer is not only tested against our own simulator's idea of SQS.
 //!
 //! The server is `ROSTER_SYNC_MOTO_SERVER` (`.ci/run` installs it into `.venv`), else
-//! `.venv/bin/moto_server`. Without it the test is skipped with a notice, unless `CI` is set
-//! (and not `0` or `false`): then it fails.
+//! `.venv/bin/moto_server`. Without it the test is skipped, and named in the run's `SKIPPED`
+//! report (`common::skip`), unless `CI` is true: then it fails.
 
 mod common;
 
@@ -22,14 +22,10 @@ use roster_sync::sim::control::Driver;
 use roster_sync::sim::{self, SimConfig};
 use tokio_util::sync::CancellationToken;
 
-const LIMIT: Duration = Duration::from_secs(60);
+use common::eventually;
 
 fn region() -> Region {
     Region::parse("us-east-1").unwrap()
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 fn moto_server() -> Option<PathBuf> {
@@ -60,17 +56,12 @@ async fn start_moto(path: &PathBuf) -> Moto {
         .spawn()
         .expect("start moto_server");
     let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "moto_server did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("moto_server listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
     Moto { child, endpoint }
 }
 
@@ -96,30 +87,11 @@ fn body(t: EventType, meeting: &MeetingId, attendee: &AttendeeId) -> String {
     .to_body("123456789012")
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up after {LIMIT:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_intake_consumes_events_from_moto_deleting_each_once_handled() {
     let Some(path) = moto_server() else {
-        assert!(
-            !ci(),
-            "moto_server is missing (CI is set, so this test must run; .ci/run installs moto[server] into .venv)"
-        );
-        eprintln!(
-            "skipped: moto_server not found (python3 -m venv .venv && .venv/bin/pip install 'moto[server]')"
+        common::skip(
+            "moto_server is missing (python3 -m venv .venv && .venv/bin/pip install 'moto[server]')",
         );
         return;
     };

@@ -21,7 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-use common::BIN;
+use common::{BIN, eventually, eventually_within};
 
 /// The binary with a clean environment: no inherited configuration, placeholder AWS
 /// credentials (the simulator does not check signatures), the endpoint off unless asked.
@@ -73,19 +73,6 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
 
 async fn status_of(port: u16, path: &str) -> Option<u16> {
     get(port, path).await.map(|(code, _)| code)
-}
-
-/// Polls `check` until it holds. The limit only keeps a broken daemon from hanging the test.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -180,14 +167,10 @@ async fn sigterm_while_the_endpoint_hangs_stops_at_once_with_status_0_and_record
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    eventually(
-        "every meeting's fetch hangs",
-        Duration::from_secs(30),
-        || {
-            let n = accepted.load(Ordering::SeqCst);
-            async move { n >= 3 }
-        },
-    )
+    eventually("every meeting's fetch hangs", || {
+        let n = accepted.load(Ordering::SeqCst);
+        async move { n >= 3 }
+    })
     .await;
 
     let status = terminate(&mut daemon, "hung endpoint").await;
@@ -241,17 +224,13 @@ async fn sigterm_during_a_throttling_storm_stops_at_once_with_status_0_and_whole
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    eventually(
-        "the service throttles the daemon",
-        Duration::from_secs(30),
-        || async {
-            get(port, "/metrics").await.is_some_and(|(_, m)| {
-                m.lines().any(|l| {
-                    l.starts_with("roster_sync_chime_requests_total") && l.contains("throttled")
-                })
+    eventually("the service throttles the daemon", || async {
+        get(port, "/metrics").await.is_some_and(|(_, m)| {
+            m.lines().any(|l| {
+                l.starts_with("roster_sync_chime_requests_total") && l.contains("throttled")
             })
-        },
-    )
+        })
+    })
     .await;
 
     let status = terminate(&mut daemon, "throttling storm").await;
@@ -304,17 +283,13 @@ async fn a_second_signal_exits_at_once_with_a_non_zero_status() {
         .unwrap();
     let waiting = "SELECT count(*) FROM pg_stat_activity \
                    WHERE application_name = 'roster-sync' AND wait_event_type = 'Lock'";
-    eventually(
-        "a poll's transaction waits for the lock",
-        Duration::from_secs(30),
-        || async {
-            sqlx::query_scalar::<_, i64>(waiting)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                > 0
-        },
-    )
+    eventually("a poll's transaction waits for the lock", || async {
+        sqlx::query_scalar::<_, i64>(waiting)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            > 0
+    })
     .await;
     signal(&daemon, "-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -363,11 +338,9 @@ async fn a_second_run_on_the_same_postgres_database_is_refused_naming_the_first(
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    eventually(
-        "the first daemon is ready",
-        Duration::from_secs(30),
-        || async { status_of(port, "/readyz").await == Some(200) },
-    )
+    eventually("the first daemon is ready", || async {
+        status_of(port, "/readyz").await == Some(200)
+    })
     .await;
 
     let out = roster_sync(&["run"])
@@ -409,7 +382,7 @@ async fn healthz_turns_503_while_the_loop_waits_on_a_lock_and_200_when_it_is_rel
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    eventually("ready", Duration::from_secs(30), || async {
+    eventually("ready", || async {
         status_of(port, "/readyz").await == Some(200)
     })
     .await;
@@ -426,18 +399,14 @@ async fn healthz_turns_503_while_the_loop_waits_on_a_lock_and_200_when_it_is_rel
         .execute(&mut *blocker)
         .await
         .unwrap();
-    eventually(
-        "/healthz reports the stall",
-        Duration::from_secs(30),
-        || async {
-            get(port, "/healthz")
-                .await
-                .is_some_and(|(code, body)| code == 503 && body.contains("has not ticked"))
-        },
-    )
+    eventually("/healthz reports the stall", || async {
+        get(port, "/healthz")
+            .await
+            .is_some_and(|(code, body)| code == 503 && body.contains("has not ticked"))
+    })
     .await;
     blocker.rollback().await.unwrap();
-    eventually("/healthz is 200 again", Duration::from_secs(30), || async {
+    eventually("/healthz is 200 again", || async {
         status_of(port, "/healthz").await == Some(200)
     })
     .await;
@@ -473,7 +442,7 @@ async fn a_statement_past_statement_timeout_fails_and_the_loop_keeps_ticking() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    eventually("ready", Duration::from_secs(30), || async {
+    eventually("ready", || async {
         status_of(port, "/readyz").await == Some(200)
     })
     .await;
@@ -494,7 +463,6 @@ async fn a_statement_past_statement_timeout_fails_and_the_loop_keeps_ticking() {
         .unwrap();
     eventually(
         "three reads of the meeting list failed, the loop going on",
-        Duration::from_secs(30),
         || async {
             metric(port, errors)
                 .await
@@ -507,7 +475,7 @@ async fn a_statement_past_statement_timeout_fails_and_the_loop_keeps_ticking() {
     let (code, body) = get(port, "/healthz").await.unwrap();
     assert_eq!(code, 200, "the loop is not stalled: {body}");
     blocker.rollback().await.unwrap();
-    eventually("ready again", Duration::from_secs(30), || async {
+    eventually("ready again", || async {
         status_of(port, "/readyz").await == Some(200)
     })
     .await;
@@ -713,7 +681,7 @@ async fn a_start_while_postgres_is_down_waits_and_an_outage_mid_run_loses_nothin
         .unwrap();
 
     // The database is not there yet: the endpoint answers, not ready, and the process waits.
-    eventually("/readyz answers", Duration::from_secs(30), || async {
+    eventually("/readyz answers", || async {
         status_of(port, "/readyz").await.is_some()
     })
     .await;
@@ -727,7 +695,7 @@ async fn a_start_while_postgres_is_down_waits_and_an_outage_mid_run_loses_nothin
     assert!(alive(&mut daemon), "it waits for its database");
 
     cluster.start().await;
-    eventually("ready and polling", Duration::from_secs(90), || async {
+    eventually_within(Duration::from_secs(90), "ready and polling", || async {
         status_of(port, "/readyz").await == Some(200)
             && pg_counts(&cluster.url()).await == Some([10, 0])
     })
@@ -742,19 +710,17 @@ async fn a_start_while_postgres_is_down_waits_and_an_outage_mid_run_loses_nothin
         .add_attendees(&id, (10..12).map(|a| (format!("p{a}"), None)))
         .await
         .unwrap();
-    eventually(
-        "not ready while the database is away",
-        Duration::from_secs(60),
-        || async { status_of(port, "/readyz").await == Some(503) },
-    )
+    eventually("not ready while the database is away", || async {
+        status_of(port, "/readyz").await == Some(503)
+    })
     .await;
     assert!(alive(&mut daemon), "it waits for its database again");
     cluster.start().await;
-    eventually("every change recorded", Duration::from_secs(90), || async {
+    eventually_within(Duration::from_secs(90), "every change recorded", || async {
         pg_counts(&cluster.url()).await == Some([12, 3])
     })
     .await;
-    eventually("ready again", Duration::from_secs(60), || async {
+    eventually("ready again", || async {
         status_of(port, "/readyz").await == Some(200)
     })
     .await;
@@ -784,7 +750,7 @@ async fn run_no_migrate_waits_unready_until_another_role_applies_the_migrations(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    eventually("/readyz answers", Duration::from_secs(30), || async {
+    eventually("/readyz answers", || async {
         status_of(port, "/readyz").await.is_some()
     })
     .await;
@@ -794,11 +760,9 @@ async fn run_no_migrate_waits_unready_until_another_role_applies_the_migrations(
     assert!(alive(&mut daemon), "it waits instead of failing");
 
     ok(roster_sync(&["migrate"]).env("DATABASE_URL", &url)).await;
-    eventually(
-        "ready once the migrations are applied",
-        Duration::from_secs(60),
-        || async { status_of(port, "/readyz").await == Some(200) },
-    )
+    eventually("ready once the migrations are applied", || async {
+        status_of(port, "/readyz").await == Some(200)
+    })
     .await;
     assert!(terminate(&mut daemon, "no-migrate").await.success());
     let mut stderr = String::new();

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestDb;
+use common::{TestDb, eventually};
 use roster_sync::app::{Daemon, DaemonOptions};
 use roster_sync::chime::{ChimeClient, ClientOptions, simulator_sdk_config};
 use roster_sync::config::{MeetingEntry, Settings};
@@ -81,22 +81,6 @@ async fn daemon(db: &TestDb, sim: &SimHandle, meetings: Vec<MeetingEntry>) -> Da
 
 async fn meeting(db: &TestDb, id: &MeetingId) -> TrackedMeeting {
     db.store.get_meeting(id).await.unwrap().unwrap()
-}
-
-/// Checks `check` every 50 ms until it holds; the limit only keeps a broken build from hanging.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn lefts(db: &TestDb) -> i64 {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::TimeDelta;
-use common::TestDb;
+use common::{TestDb, eventually};
 use roster_sync::config::{Secret, Settings, WebhookEntry};
 use roster_sync::domain::{
     self, Attendee, AttendeeId, Capabilities, Change, ExternalUserId, MeetingId, Region,
@@ -121,19 +121,6 @@ fn webhook(name: &str, url: &str) -> WebhookEntry {
         kinds: Vec::new(),
         meeting_labels: Vec::new(),
         external_user_ids: Vec::new(),
-    }
-}
-
-/// Polls `check` until it holds or 30 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
-use common::{BIN, TestDb};
+use common::{BIN, TestDb, eventually};
 use roster_sync::config::{Secret, Settings, WebhookEntry};
 use roster_sync::domain::{
     Attendee, AttendeeId, Capabilities, Change, ExternalUserId, LeftReason, MeetingId, Region,
@@ -75,19 +75,6 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((code, body))
-}
-
-/// Polls `check` until it holds. The limit only keeps a broken daemon from hanging the test.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `ListAttendees` requests the simulator has answered, read from its `/_sim/stats`.
@@ -204,33 +191,25 @@ async fn losing_the_writer_lock_pauses_polling_and_readyz_until_the_lock_is_take
         let _ = stderr.read_to_string(&mut text).await;
         text
     });
-    eventually(
-        "the daemon is ready and polling",
-        Duration::from_secs(30),
-        || async {
-            get(port, "/readyz").await.is_some_and(|(c, _)| c == 200)
-                && list_attendees_requests(sim_port).await > 2
-        },
-    )
+    eventually("the daemon is ready and polling", || async {
+        get(port, "/readyz").await.is_some_and(|(c, _)| c == 200)
+            && list_attendees_requests(sim_port).await > 2
+    })
     .await;
 
     // The lock's session dies and another process takes the lock before the daemon can.
     let mut other = PgConnection::connect(&db.url).await.unwrap();
     take_the_writer_lock_away(&mut other).await;
 
-    eventually(
-        "/readyz answers 503 naming the writer lock",
-        Duration::from_secs(10),
-        || async {
-            get(port, "/readyz")
-                .await
-                .is_some_and(|(code, body)| code == 503 && body.contains("writer lock"))
-        },
-    )
+    eventually("/readyz answers 503 naming the writer lock", || async {
+        get(port, "/readyz")
+            .await
+            .is_some_and(|(code, body)| code == 503 && body.contains("writer lock"))
+    })
     .await;
     // Polling has stopped: no ListAttendees request for 2 s (10 poll intervals), once the
     // polls in flight when the lock went have ended.
-    eventually("polling stops", Duration::from_secs(20), || async {
+    eventually("polling stops", || async {
         let before = list_attendees_requests(sim_port).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         list_attendees_requests(sim_port).await == before
@@ -246,14 +225,10 @@ async fn losing_the_writer_lock_pauses_polling_and_readyz_until_the_lock_is_take
         .execute(&mut other)
         .await
         .unwrap();
-    eventually(
-        "ready and polling again",
-        Duration::from_secs(30),
-        || async {
-            get(port, "/readyz").await.is_some_and(|(c, _)| c == 200)
-                && list_attendees_requests(sim_port).await > paused_at
-        },
-    )
+    eventually("ready and polling again", || async {
+        get(port, "/readyz").await.is_some_and(|(c, _)| c == 200)
+            && list_attendees_requests(sim_port).await > paused_at
+    })
     .await;
 
     terminate(&mut daemon).await;
@@ -283,7 +258,7 @@ async fn a_single_writer_is_refused_while_cluster_replicas_run_naming_them() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    eventually("the replica is ready", Duration::from_secs(30), || async {
+    eventually("the replica is ready", || async {
         get(port, "/readyz").await.is_some_and(|(c, _)| c == 200)
     })
     .await;
@@ -321,11 +296,9 @@ async fn a_cluster_replica_is_refused_while_a_single_writer_runs_naming_it() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    eventually(
-        "the single writer is ready",
-        Duration::from_secs(30),
-        || async { get(port, "/readyz").await.is_some_and(|(c, _)| c == 200) },
-    )
+    eventually("the single writer is ready", || async {
+        get(port, "/readyz").await.is_some_and(|(c, _)| c == 200)
+    })
     .await;
 
     let second = replica(&db, &sim.endpoint_url(), free_port(), "replica-two.example")
@@ -417,14 +390,10 @@ async fn retention_deletes_nothing_while_the_writer_lock_is_lost() {
     let mut other = PgConnection::connect(&db.url).await.unwrap();
     take_the_writer_lock_away(&mut other).await;
     let permit = store.writer_permit();
-    eventually(
-        "the store notices the lost lock",
-        Duration::from_secs(10),
-        || {
-            let held = permit.is_held();
-            async move { !held }
-        },
-    )
+    eventually("the store notices the lost lock", || {
+        let held = permit.is_held();
+        async move { !held }
+    })
     .await;
     let cancel = CancellationToken::new();
     let deleted = retention
@@ -443,14 +412,10 @@ async fn retention_deletes_nothing_while_the_writer_lock_is_lost() {
         .execute(&mut other)
         .await
         .unwrap();
-    eventually(
-        "the store holds the lock again",
-        Duration::from_secs(10),
-        || {
-            let held = permit.is_held();
-            async move { held }
-        },
-    )
+    eventually("the store holds the lock again", || {
+        let held = permit.is_held();
+        async move { held }
+    })
     .await;
     let deleted = retention
         .pass(roster_sync::domain::now(), &cancel)
@@ -511,14 +476,10 @@ async fn a_webhook_sink_delivers_nothing_while_the_writer_lock_is_lost() {
     let mut other = PgConnection::connect(&db.url).await.unwrap();
     take_the_writer_lock_away(&mut other).await;
     let permit = store.writer_permit();
-    eventually(
-        "the store notices the lost lock",
-        Duration::from_secs(10),
-        || {
-            let held = permit.is_held();
-            async move { !held }
-        },
-    )
+    eventually("the store notices the lost lock", || {
+        let held = permit.is_held();
+        async move { !held }
+    })
     .await;
     // Events recorded meanwhile (by whichever process writes now) are not delivered from here.
     ana_came_and_went(store, &meeting_aa(), 2).await;
@@ -534,14 +495,10 @@ async fn a_webhook_sink_delivers_nothing_while_the_writer_lock_is_lost() {
         .execute(&mut other)
         .await
         .unwrap();
-    eventually(
-        "delivery resumes with the lock",
-        Duration::from_secs(20),
-        || {
-            let delivered = posts.load(Ordering::SeqCst);
-            async move { delivered > 0 }
-        },
-    )
+    eventually("delivery resumes with the lock", || {
+        let delivered = posts.load(Ordering::SeqCst);
+        async move { delivered > 0 }
+    })
     .await;
     cancel.cancel();
     tracker.wait().await;
