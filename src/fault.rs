@@ -15,15 +15,24 @@
 //!   transaction of a poll that changed something, before it commits: frozen holding the lock
 //!   that orders event commits. The cluster tests leave it stopped, as above.
 //!
+//! A stop fault goes on only once the test allows it: with `ROSTER_SYNC_FAULT_RESUME_FILE`
+//! set, a process resumed before that file exists stops itself again. A SIGCONT the test did
+//! not send (the cluster tests saw one arrive within a second, once in several full runs on a
+//! loaded machine) would otherwise let a replica write while the test means it frozen.
+//!
 //! Compiled into every build but inert unless the variable is set: it is read once, when the
 //! daemon starts (in `Daemon::build`), and a process that never armed it never
 //! crashes here. It must never be set in production (see ARCHITECTURE.md, "Test hooks").
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The environment variable naming the fault to inject.
 pub const FAULT_ENV: &str = "ROSTER_SYNC_FAULT";
+
+/// The environment variable naming the file whose existence lets a stopped process go on.
+pub const RESUME_FILE_ENV: &str = "ROSTER_SYNC_FAULT_RESUME_FILE";
 
 /// The exit status of a process stopped by an injected fault, so a test can tell it from any
 /// other failure.
@@ -63,6 +72,9 @@ impl Fault {
 
 static ARMED: OnceLock<Option<Fault>> = OnceLock::new();
 
+/// [`RESUME_FILE_ENV`] as read when the fault was armed.
+static RESUME_FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
 /// Reads [`FAULT_ENV`] once; later calls return what the first one found.
 ///
 /// # Errors
@@ -72,6 +84,7 @@ pub fn arm_from_env() -> anyhow::Result<Option<Fault>> {
     if let Some(armed) = ARMED.get() {
         return Ok(*armed);
     }
+    RESUME_FILE.get_or_init(|| std::env::var_os(RESUME_FILE_ENV).map(PathBuf::from));
     let fault = match std::env::var(FAULT_ENV) {
         Err(_) => None,
         Ok(v) if v.is_empty() => None,
@@ -100,7 +113,8 @@ static STOPPED: AtomicBool = AtomicBool::new(false);
 /// file in the working directory.
 ///
 /// The stop faults stop the whole process with SIGSTOP (sent by `kill`, so the library needs
-/// no `unsafe`) the first time only, and return once something sends SIGCONT.
+/// no `unsafe`) the first time only, and return once something sends SIGCONT and, with
+/// [`RESUME_FILE_ENV`] set, its file exists (before that, they stop again).
 pub fn inject(fault: Fault) {
     if ARMED.get().copied().flatten() != Some(fault) {
         return;
@@ -115,10 +129,23 @@ pub fn inject(fault: Fault) {
                 return;
             }
             eprintln!("{FAULT_ENV}={}: stopping on purpose", fault.as_str());
-            let stopped = std::process::Command::new("kill")
-                .args(["-STOP", &std::process::id().to_string()])
-                .status();
-            eprintln!("{FAULT_ENV}={}: resumed ({stopped:?})", fault.as_str());
+            let resume_file = RESUME_FILE.get().cloned().flatten();
+            loop {
+                let stopped = std::process::Command::new("kill")
+                    .args(["-STOP", &std::process::id().to_string()])
+                    .status();
+                match &resume_file {
+                    Some(file) if !file.exists() => eprintln!(
+                        "{FAULT_ENV}={}: resumed before {} exists; stopping again",
+                        fault.as_str(),
+                        file.display()
+                    ),
+                    _ => {
+                        eprintln!("{FAULT_ENV}={}: resumed ({stopped:?})", fault.as_str());
+                        return;
+                    }
+                }
+            }
         }
     }
 }

@@ -310,8 +310,9 @@ fn cluster_mode_on_sqlite_is_refused_at_start_naming_the_key() {
     assert!(stderr.contains("Postgres"), "{stderr}");
 }
 
-/// A `run` replica in cluster mode, killed when dropped.
-struct Replica(Child);
+/// A `run` replica in cluster mode, killed when dropped, and the directory of the file that
+/// lets an injected stop go on ([`Replica::resume`]).
+struct Replica(Child, tempfile::TempDir);
 
 impl Replica {
     fn start(db: &TestDb, endpoint: &str) -> Self {
@@ -321,6 +322,7 @@ impl Replica {
     /// A replica with a short interval, heartbeat and lease TTL; `extra` adds or overrides
     /// environment variables.
     fn start_with(db: &TestDb, endpoint: &str, extra: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let child = Command::new(BIN)
             .arg("run")
             .env_clear()
@@ -337,6 +339,10 @@ impl Replica {
                 format!("{}s", LEASE_TTL.as_secs()),
             )
             .env("ROSTER_SYNC__CLUSTER__HEARTBEAT", "300ms")
+            .env(
+                roster_sync::fault::RESUME_FILE_ENV,
+                dir.path().join("resume"),
+            )
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -344,7 +350,7 @@ impl Replica {
             .kill_on_drop(true)
             .spawn()
             .expect("start a replica");
-        Replica(child)
+        Replica(child, dir)
     }
 
     fn pid(&self) -> i32 {
@@ -366,6 +372,13 @@ impl Replica {
     fn state(&self) -> Option<char> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
         stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    /// Lets a replica stopped by an injected fault go on: creates its resume file, then sends
+    /// SIGCONT. A SIGCONT alone (from anywhere else) only makes the fault stop it again.
+    async fn resume(&self) {
+        std::fs::write(self.1.path().join("resume"), b"").unwrap();
+        self.signal("-CONT").await;
     }
 
     /// Waits until the replica is stopped by a signal (an injected stop fault); fails at once,
@@ -625,7 +638,7 @@ async fn a_replica_paused_past_its_lease_cannot_commit_the_poll_it_had_in_flight
     .await;
 
     // A resumes with its fetched roster and tries to commit it under its old lease token.
-    a.signal("-CONT").await;
+    a.resume().await;
     eventually("A counts the write it lost", || async {
         scrape(port, "roster_sync_lease_lost_total")
             .await
