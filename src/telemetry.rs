@@ -31,10 +31,14 @@ where
 {
     // Colour escapes only for a person at a terminal, never in a file or the journal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A line that cannot be written (stderr's reader has gone) is dropped. Reporting it
+    // would mean `eprintln!` to that same stderr, which panics: the task logging (the signal
+    // handler's "stopping" among them) would die, and SIGTERM would no longer stop the process.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
         .with_ansi(ansi)
-        .with_writer(writer);
+        .with_writer(writer)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),

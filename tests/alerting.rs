@@ -820,15 +820,17 @@ async fn events_follow_prints_events_committed_after_it_started_and_stops_on_sig
     track(&db.store, &id, "board").await;
     let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
 
-    let mut child = Command::new(BIN)
-        .args(["events", "--follow", "--format", "json", "--since"])
-        .arg(before[0].event_id.to_string())
-        .env("DATABASE_URL", &db.url)
-        .env_remove("ROSTER_SYNC_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = common::Reaped(
+        Command::new(BIN)
+            .args(["events", "--follow", "--format", "json", "--since"])
+            .arg(before[0].event_id.to_string())
+            .env("DATABASE_URL", &db.url)
+            .env_remove("ROSTER_SYNC_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let lines = line_reader(child.stdout.take().unwrap());
 
     // The first event after it started shows that it is following; the rest must follow it
@@ -870,15 +872,17 @@ async fn events_follow_prints_a_burst_of_events_each_once_in_commit_order(db: &T
     let id = meeting(8);
     track(&db.store, &id, "burst").await;
     let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
-    let mut child = Command::new(BIN)
-        .args(["events", "--follow", "--format", "json", "--since"])
-        .arg(before[0].event_id.to_string())
-        .env("DATABASE_URL", &db.url)
-        .env_remove("ROSTER_SYNC_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = common::Reaped(
+        Command::new(BIN)
+            .args(["events", "--follow", "--format", "json", "--since"])
+            .arg(before[0].event_id.to_string())
+            .env("DATABASE_URL", &db.url)
+            .env_remove("ROSTER_SYNC_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let lines = line_reader(child.stdout.take().unwrap());
     let mut expected = Vec::new();
     for p in 0..40u32 {
@@ -921,15 +925,17 @@ async fn events_follow_across_a_lost_database_connection_skips_and_repeats_nothi
     let id = meeting(11);
     track(&db.store, &id, "board").await;
     let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
-    let mut child = Command::new(BIN)
-        .args(["events", "--follow", "--format", "json", "--since"])
-        .arg(before[0].event_id.to_string())
-        .env("DATABASE_URL", &db.url)
-        .env_remove("ROSTER_SYNC_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::Reaped(
+        Command::new(BIN)
+            .args(["events", "--follow", "--format", "json", "--since"])
+            .arg(before[0].event_id.to_string())
+            .env("DATABASE_URL", &db.url)
+            .env_remove("ROSTER_SYNC_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let lines = line_reader(child.stdout.take().unwrap());
     let burst = |first: u32| {
         let (store, id) = (db.store.clone(), id.clone());
@@ -993,6 +999,46 @@ async fn events_follow_across_a_lost_database_connection_skips_and_repeats_nothi
     db.finish().await;
 }
 
+both_backends!(events_follow_whose_log_reader_went_away_keeps_printing_and_stops_on_sigterm);
+
+/// `events --follow` whose stderr reader has gone (`2>&1 | head`, a log shipper that died):
+/// a log line it cannot write is dropped, never a panic, so it keeps printing what commits,
+/// and SIGTERM (whose own log line cannot be written either) still stops it with status 0.
+async fn events_follow_whose_log_reader_went_away_keeps_printing_and_stops_on_sigterm(db: &TestDb) {
+    let id = meeting(12);
+    track(&db.store, &id, "board").await;
+    let mut child = common::Reaped(
+        Command::new(BIN)
+            .args(["events", "--follow", "--format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env_remove("ROSTER_SYNC_CONFIG")
+            // Every read logs, so lines keep coming after the reader has gone.
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    drop(child.stderr.take());
+    let lines = line_reader(child.stdout.take().unwrap());
+    let mut printed = Vec::new();
+    let mut expected = Vec::new();
+    for n in 1..4 {
+        let events = poll(&db.store, &id, &[Change::joined(&attendee(n, "ana"))]).await;
+        expected.push(events[0].event_id);
+        printed.push(next_line(&lines)["event_id"].as_i64().unwrap());
+    }
+    assert_eq!(printed, expected);
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = wait_with_deadline(&mut child);
+    assert!(status.success(), "events --follow ended with {status}");
+}
+
 #[tokio::test]
 async fn events_follow_exits_quietly_when_its_reader_goes_away() {
     let Some(db) = common::postgres_db().await else {
@@ -1002,14 +1048,16 @@ async fn events_follow_exits_quietly_when_its_reader_goes_away() {
     track(&db.store, &id, "board").await;
     poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
 
-    let mut child = Command::new(BIN)
-        .args(["events", "--follow", "--format", "json"])
-        .env("DATABASE_URL", &db.url)
-        .env_remove("ROSTER_SYNC_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::Reaped(
+        Command::new(BIN)
+            .args(["events", "--follow", "--format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env_remove("ROSTER_SYNC_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     reader.read_line(&mut first).unwrap();

@@ -778,3 +778,51 @@ async fn run_no_migrate_waits_unready_until_another_role_applies_the_migrations(
         "{stderr}"
     );
 }
+
+/// The daemon's stderr reader goes away (a log shipper that died, `2>&1 | head`): a log line
+/// that cannot be written is dropped, so the daemon keeps polling and recording, and SIGTERM
+/// (whose own log line cannot be written either) still stops it with status 0.
+#[tokio::test]
+async fn a_daemon_whose_log_reader_went_away_keeps_recording_and_stops_on_sigterm() {
+    let (sim, driver) = start_sim(SimConfig {
+        exempt_control: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let id = driver.create_meeting("unread", "us-east-1").await.unwrap();
+    driver
+        .add_attendees(&id, [("first".to_owned(), None)])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_with(&dir, std::slice::from_ref(&id)).await;
+    let mut daemon = roster_sync(&["run"])
+        .env("DATABASE_URL", &url)
+        .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", sim.endpoint_url())
+        // Every poll logs, so lines keep coming after the reader has gone.
+        .env("RUST_LOG", "roster_sync=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let joins = "SELECT count(*) FROM roster_events WHERE kind = 'joined'";
+    eventually("the first join recorded", || async {
+        sqlite_count(&url, joins).await == 1
+    })
+    .await;
+
+    drop(daemon.stderr.take());
+    driver
+        .add_attendees(&id, [("second".to_owned(), None)])
+        .await
+        .unwrap();
+    eventually(
+        "the second join recorded with nobody reading the log",
+        || async { sqlite_count(&url, joins).await == 2 },
+    )
+    .await;
+    let status = terminate(&mut daemon, "log reader gone").await;
+
+    assert!(status.success(), "{status}");
+    sim.shutdown().await.unwrap();
+}

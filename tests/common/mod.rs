@@ -587,3 +587,28 @@ pub fn presence_event(
         success: None,
     }
 }
+
+/// A child process killed (and reaped) when the test ends, however it ends: a test that fails
+/// half-way leaves no `roster-sync` behind holding its pipes. Derefs to the
+/// [`std::process::Child`].
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
