@@ -472,12 +472,14 @@ fn the_demo_ends_cleanly_when_its_reader_goes_away() {
 fn a_second_daemon_on_the_same_sqlite_file_is_refused_and_the_file_stays_intact() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("roster.db").display());
-    let mut first = roster_sync(&["run"])
-        .env("DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = common::Reaped(
+        roster_sync(&["run"])
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let lock = dir.path().join("roster.db.lock");
     let deadline = Instant::now() + Duration::from_secs(60);
     // The lock file holds the daemon's pid once the lock is taken.
@@ -521,14 +523,16 @@ fn meetings_listed_in_the_config_file_are_tracked_when_run_starts() {
     .unwrap();
     let (out, _, stderr) = run(roster_sync(&["migrate"]).env("DATABASE_URL", &url));
     assert!(out.status.success(), "{stderr}");
-    let mut daemon = roster_sync(&["run"])
-        .arg("--config")
-        .arg(&file)
-        .env("DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = common::Reaped(
+        roster_sync(&["run"])
+            .arg("--config")
+            .arg(&file)
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let listed = loop {
         let (out, stdout, _) =

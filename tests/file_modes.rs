@@ -25,20 +25,22 @@ async fn sqlite_files_are_created_owner_only_under_umask_022() {
         "roster.db.lock",
     ]
     .map(|name| dir.path().join(name));
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg("umask 022 && exec \"$0\" run")
-        .arg(common::BIN)
-        .env_clear()
-        .envs(common::binary_env())
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("ROSTER_SYNC__HTTP__LISTEN", "")
-        .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", "http://127.0.0.1:9")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the daemon");
+    let mut child = common::Reaped(
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 022 && exec \"$0\" run")
+            .arg(common::BIN)
+            .env_clear()
+            .envs(common::binary_env())
+            .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("ROSTER_SYNC__HTTP__LISTEN", "")
+            .env("ROSTER_SYNC__CHIME__ENDPOINT_URL", "http://127.0.0.1:9")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the daemon"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while files.iter().any(|f| !f.exists()) {
         if let Some(status) = child.try_wait().unwrap() {
