@@ -691,10 +691,12 @@ async fn a_receiver_stopped_across_a_daemon_restart_gets_every_event_in_order_wi
     assert_eq!(highest, *recorded.last().unwrap());
 }
 
-/// A receiver that accepts connections and never answers, with a `webhook.timeout` of a
-/// minute: while the sink waits on it, the daemon keeps polling and recording. Each change is
+/// A receiver that accepts connections and never answers, with a `webhook.timeout` of ten
+/// minutes: while the sink waits on it, the daemon keeps polling and recording. Each change is
 /// made only after the previous one was recorded, so a poll loop held up by the sink fails
-/// the wait instead of a timing.
+/// the wait instead of a timing. `database.statement_timeout` (which also ends a session idle
+/// in a transaction) is ten minutes too, so on Postgres as on SQLite a sink that held a lock
+/// the writers need while it waits would hold it past every wait here.
 async fn a_hung_receiver_never_holds_up_polling(db: &TestDb) {
     let (sim, driver) = common::sim_and_driver(100.0).await;
     let id = driver.create_meeting("hooks", "us-east-1").await.unwrap();
@@ -713,7 +715,8 @@ async fn a_hung_receiver_never_holds_up_polling(db: &TestDb) {
     std::fs::write(
         &config,
         format!(
-            "[webhook]\npoll_interval = \"50ms\"\ntimeout = \"60s\"\n\n\
+            "[database]\nstatement_timeout = \"10m\"\n\n\
+             [webhook]\npoll_interval = \"50ms\"\ntimeout = \"10m\"\n\n\
              [[webhooks]]\nname = \"hung\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"
         ),
     )
