@@ -821,12 +821,7 @@ async fn events_follow_prints_events_committed_after_it_started_and_stops_on_sig
     let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
 
     let mut child = common::Reaped(
-        Command::new(BIN)
-            .args(["events", "--follow", "--format", "json", "--since"])
-            .arg(before[0].event_id.to_string())
-            .env("DATABASE_URL", &db.url)
-            .env_remove("ROSTER_SYNC_CONFIG")
-            .stdout(Stdio::piped())
+        events_follow(&db.url, Some(before[0].event_id))
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
@@ -847,13 +842,7 @@ async fn events_follow_prints_events_committed_after_it_started_and_stops_on_sig
     }
     assert_eq!(printed, expected);
 
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = wait_with_deadline(&mut child);
+    let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "events --follow ended with {status}");
     assert!(
         lines.recv_timeout(Duration::from_secs(5)).is_err(),
@@ -873,12 +862,7 @@ async fn events_follow_prints_a_burst_of_events_each_once_in_commit_order(db: &T
     track(&db.store, &id, "burst").await;
     let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
     let mut child = common::Reaped(
-        Command::new(BIN)
-            .args(["events", "--follow", "--format", "json", "--since"])
-            .arg(before[0].event_id.to_string())
-            .env("DATABASE_URL", &db.url)
-            .env_remove("ROSTER_SYNC_CONFIG")
-            .stdout(Stdio::piped())
+        events_follow(&db.url, Some(before[0].event_id))
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
@@ -900,13 +884,7 @@ async fn events_follow_prints_a_burst_of_events_each_once_in_commit_order(db: &T
         .map(|_| next_line(&lines)["event_id"].as_i64().unwrap())
         .collect();
     assert_eq!(printed, expected, "printed in commit order, each once");
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = wait_with_deadline(&mut child);
+    let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "events --follow ended with {status}");
     assert!(
         lines.recv_timeout(Duration::from_secs(1)).is_err(),
@@ -926,12 +904,7 @@ async fn events_follow_across_a_lost_database_connection_skips_and_repeats_nothi
     track(&db.store, &id, "board").await;
     let before = poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
     let mut child = common::Reaped(
-        Command::new(BIN)
-            .args(["events", "--follow", "--format", "json", "--since"])
-            .arg(before[0].event_id.to_string())
-            .env("DATABASE_URL", &db.url)
-            .env_remove("ROSTER_SYNC_CONFIG")
-            .stdout(Stdio::piped())
+        events_follow(&db.url, Some(before[0].event_id))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -967,13 +940,7 @@ async fn events_follow_across_a_lost_database_connection_skips_and_repeats_nothi
         printed, expected,
         "each event once, in order, across the reconnect"
     );
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = wait_with_deadline(&mut child);
+    let status = sigterm_and_wait(&mut child);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(
@@ -1008,13 +975,9 @@ async fn events_follow_whose_log_reader_went_away_keeps_printing_and_stops_on_si
     let id = meeting(12);
     track(&db.store, &id, "board").await;
     let mut child = common::Reaped(
-        Command::new(BIN)
-            .args(["events", "--follow", "--format", "json"])
-            .env("DATABASE_URL", &db.url)
-            .env_remove("ROSTER_SYNC_CONFIG")
+        events_follow(&db.url, None)
             // Every read logs, so lines keep coming after the reader has gone.
             .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -1029,13 +992,7 @@ async fn events_follow_whose_log_reader_went_away_keeps_printing_and_stops_on_si
         printed.push(next_line(&lines)["event_id"].as_i64().unwrap());
     }
     assert_eq!(printed, expected);
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = wait_with_deadline(&mut child);
+    let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "events --follow ended with {status}");
 }
 
@@ -1049,11 +1006,7 @@ async fn events_follow_exits_quietly_when_its_reader_goes_away() {
     poll(&db.store, &id, &[Change::joined(&attendee(1, "ana"))]).await;
 
     let mut child = common::Reaped(
-        Command::new(BIN)
-            .args(["events", "--follow", "--format", "json"])
-            .env("DATABASE_URL", &db.url)
-            .env_remove("ROSTER_SYNC_CONFIG")
-            .stdout(Stdio::piped())
+        events_follow(&db.url, None)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -1089,6 +1042,31 @@ fn events_refuses_a_bad_meeting_id_or_kind_by_name() {
         assert!(stderr.contains(expected), "{stderr}");
         assert!(!stderr.contains("cannot open database"), "{stderr}");
     }
+}
+
+/// `roster-sync events --follow --format json` on `url`, after `since` when given, its
+/// stdout piped; the caller chooses stderr and spawns it.
+fn events_follow(url: &str, since: Option<i64>) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["events", "--follow", "--format", "json"]);
+    if let Some(since) = since {
+        cmd.arg("--since").arg(since.to_string());
+    }
+    cmd.env("DATABASE_URL", url)
+        .env_remove("ROSTER_SYNC_CONFIG")
+        .stdout(Stdio::piped());
+    cmd
+}
+
+/// Sends SIGTERM to `child` and returns its exit status (within 20 s).
+fn sigterm_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(sent);
+    wait_with_deadline(child)
 }
 
 /// The child's exit status within 20 s.
